@@ -1,0 +1,121 @@
+"""Decode and validate raw input messages against the wire contract.
+
+A message is either a typed event or a `Malformed` with a one-line reason; decoding
+never raises, so one bad message can never stop a worker. The same rules are written
+as JSON Schema in `schemas/` and a test holds the two in agreement.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import orjson
+
+from agents.ingest.records import Event, Gift, Payout, Recharge, SpendLimit
+
+ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+CURRENCY_RE = re.compile(r"^[A-Za-z]{3}$")
+MAX_TS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+MAX_VALUE_BYTES = 1_048_576
+MAX_REASON_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    error: str
+
+
+# (field, kind, low, high): kinds are "id", "int", "int?" (int or null), "str", "currency".
+FieldSpec = tuple[str, str, int, int | None]
+_ID = 0, 0
+SPECS: dict[str, tuple[str, tuple[FieldSpec, ...], Callable[..., Event]]] = {
+    "recharges": ("user_id", (
+        ("event_id", "id", *_ID), ("user_id", "id", *_ID), ("coins", "int", 1, 1_000_000),
+        ("amount_cents", "int", 0, None), ("currency", "currency", *_ID), ("ts", "int", 0, MAX_TS),
+    ), Recharge),
+    "gifts": ("sender_id", (
+        ("event_id", "id", *_ID), ("sender_id", "id", *_ID), ("creator_id", "id", *_ID),
+        ("stream_id", "id", *_ID), ("gift_id", "str", *_ID), ("quantity", "int", 1, 10_000),
+        ("ts", "int", 0, MAX_TS),
+    ), Gift),
+    "payouts": ("creator_id", (
+        ("event_id", "id", *_ID), ("creator_id", "id", *_ID), ("diamonds", "int", 1, 10**12),
+        ("ts", "int", 0, MAX_TS),
+    ), Payout),
+    "spend-limits": ("user_id", (
+        ("event_id", "id", *_ID), ("user_id", "id", *_ID), ("daily_coin_limit", "int?", 0, 10**9),
+        ("ts", "int", 0, MAX_TS),
+    ), SpendLimit),
+}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(raw: bytes, exact: bool = False) -> Any:
+    """Strict JSON (no NaN or Infinity). orjson for speed; `exact` re-reads with the
+    stdlib, whose integers have no 64-bit limit (orjson turns larger ones into floats)."""
+    if exact:
+        return json.loads(raw, parse_constant=_reject_constant)
+    return orjson.loads(raw)
+
+
+def _check(spec: FieldSpec, value: Any) -> str | None:
+    name, kind, lo, hi = spec
+    if kind == "id":
+        if type(value) is not str or not ID_RE.fullmatch(value):
+            return f"{name} must be a string matching ^[A-Za-z0-9_.:-]{{1,64}}$"
+    elif kind == "str":
+        if type(value) is not str:
+            return f"{name} must be a string"
+    elif kind == "currency":
+        if type(value) is not str or not CURRENCY_RE.fullmatch(value):
+            return f"{name} must be 3 letters"
+    elif value is None and kind == "int?":
+        return None
+    elif type(value) is not int:
+        return f"{name} must be an integer{' or null' if kind == 'int?' else ''}, not {type(value).__name__}"
+    elif value < lo or (hi is not None and value > hi):
+        return f"{name} must be from {lo} to {hi}" if hi is not None else f"{name} must be at least {lo}"
+    return None
+
+
+def decode(topic: str, key: bytes | None, value: bytes | None) -> Event | Malformed:
+    """`topic` is the contract name (without prefix)."""
+    key_field, fields, make = SPECS[topic]
+    if value is None or not value:
+        return Malformed("empty value")
+    if len(value) > MAX_VALUE_BYTES:
+        return Malformed(f"value of {len(value)} bytes exceeds {MAX_VALUE_BYTES}")
+    try:
+        data = parse_json(value)
+        if isinstance(data, dict) and any(
+            type(data.get(spec[0])) is float for spec in fields if spec[1].startswith("int")
+        ):
+            data = parse_json(value, exact=True)
+    except (ValueError, RecursionError) as exc:
+        return Malformed(f"not JSON: {str(exc)[:MAX_REASON_CHARS]}")
+    if not isinstance(data, dict):
+        return Malformed(f"value must be a JSON object, not {type(data).__name__}")
+    args = []
+    for spec in fields:
+        if spec[0] not in data:
+            return Malformed(f"missing field {spec[0]}")
+        value_ = data[spec[0]]
+        problem = _check(spec, value_)
+        if problem is not None:
+            return Malformed(problem)
+        args.append(value_)
+    if key is None:
+        return Malformed(f"message key is missing; it must equal {key_field}")
+    try:
+        key_text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return Malformed(f"message key is not UTF-8; it must equal {key_field}")
+    if key_text != data[key_field]:
+        return Malformed(f"message key {key_text[:80]!r} does not equal {key_field}")
+    return make(*args)

@@ -1,0 +1,95 @@
+"""The user ledger: recharges, gifts and spend limits of the users of one partition.
+
+Accepted gifts become credits to their creators, combined per creator within a batch
+and repartitioned by creator on the internal creator-ops topic; payouts are validated
+here and forwarded on the same topic, so the creator ledger sees one ordered stream per
+creator whatever partitioner the producers of `payouts` used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.credit.ops import credit_op, payout_op
+from agents.ingest.decode import Malformed, decode
+from agents.ingest.records import Event, Gift, Payout
+from agents.ledger.rules import Credit, apply_user_event, duplicate_outcome
+from agents.ledger.state import DAY_MS, UserState
+from agents.outcomes import Outcome
+from pipeline import topics
+from pipeline.economics import Economics
+from pipeline.engine.stage import Output, ReadModelUpdate, Stage
+from pipeline.engine.store import Store
+
+_TOPIC_CODE = {topics.RECHARGES: "r", topics.GIFTS: "g", topics.SPEND_LIMITS: "l"}
+
+
+class CreditCombiner:
+    """Sums a batch's credits per creator; `pop` releases one creator's sum early so a
+    payout forwarded in the same batch stays behind the credits that preceded it."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, list[Credit]] = {}
+
+    def add(self, credit: Credit) -> None:
+        self._pending.setdefault(credit.creator_id, []).append(credit)
+
+    def pop(self, creator_id: str, out: Output) -> None:
+        credits = self._pending.pop(creator_id, None)
+        if credits:
+            out.send(topics.CREATOR_OPS, creator_id, credit_op(creator_id, credits))
+
+    def flush(self, out: Output) -> None:
+        for creator_id in list(self._pending):
+            self.pop(creator_id, out)
+
+
+class UserLedger(Stage):
+    inputs = (topics.RECHARGES, topics.GIFTS, topics.SPEND_LIMITS, topics.PAYOUTS)
+    changelog_topic = topics.USERS_CHANGELOG
+    table_name = "users"
+    index_name = "user_event_ids"
+
+    def __init__(self, econ: Economics) -> None:
+        super().__init__(Store(UserState, UserState.from_json), (econ.dedupe_window_days + 1) * DAY_MS)
+        self.econ = econ
+        self.credits = CreditCombiner()
+
+    def decode(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[Event | Malformed, int | None]:
+        item = decode(topic, key, value)
+        return item, None if isinstance(item, Malformed) else item.ts
+
+    def handle(self, topic: str, item: Any, out: Output) -> None:
+        if isinstance(item, Payout):
+            self.credits.pop(item.creator_id, out)
+            out.send(topics.CREATOR_OPS, item.creator_id, payout_op(item))
+            return
+        self.dedupe.observe(item.ts)
+        dkey = f"{_TOPIC_CODE[topic]}|{item.key}|{item.event_id}"
+        outcome: Outcome
+        if self.dedupe.seen(dkey):
+            outcome = duplicate_outcome(self.table.get(item.key) or UserState(), item, self.econ)
+        else:
+            self.dedupe.add(dkey, item.ts)
+            outcome, credit = apply_user_event(self.table.for_update(item.key), item, self.econ)
+            if credit is not None:
+                self.credits.add(credit)
+        out.outcome(outcome)
+
+    def end_batch(self, out: Output) -> None:
+        self.credits.flush(out)
+
+    def abort(self) -> None:
+        super().abort()
+        self.credits = CreditCombiner()
+
+    def read_model(self, key: str, value: UserState) -> ReadModelUpdate:
+        today = max(value.day_spend, default=None)
+        return ReadModelUpdate("user", key, {
+            "coins": value.balance,
+            "recharged_coins": value.recharged,
+            "spent_coins": value.spent,
+            "daily_coin_limit": -1 if value.own_limit is None else value.own_limit,
+            "last_spend_day": -1 if today is None else today,
+            "last_spend_day_coins": 0 if today is None else value.day_spend[today],
+        }, value.seq)

@@ -1,0 +1,105 @@
+"""The user-side processing rules of the contract, as functions of (state, event).
+
+Each function decides, applies the decision to the given state in place and returns
+the outcome; the caller owns copying (the engine works on a per-batch copy so an
+aborted transaction leaves committed state untouched). No I/O here: these are tested
+without Kafka, and the invariants are asserted after every change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agents.ingest.records import Gift, Recharge, SpendLimit, UserEvent
+from agents.ledger.state import UserState, utc_day
+from agents.outcomes import Outcome
+from pipeline.economics import Economics
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """Diamonds an accepted gift owes its creator (applied after repartition)."""
+
+    creator_id: str
+    stream_id: str
+    sender_id: str
+    coins: int
+    diamonds: int
+    ts: int
+
+
+def effective_limit(state: UserState, econ: Economics) -> int:
+    limit = econ.platform_daily_coin_limit
+    return limit if state.own_limit is None else min(limit, state.own_limit)
+
+
+def apply_recharge(state: UserState, ev: Recharge) -> Outcome:
+    state.balance += ev.coins
+    state.recharged += ev.coins
+    state.seq += 1
+    state.check()
+    return Outcome(ev.event_id, "recharge", "accepted", None, ev.user_id, ev.coins, None, None, state.balance, ev.ts)
+
+
+def gift_coins(ev: Gift, econ: Economics) -> int | None:
+    price = econ.gifts.get(ev.gift_id)
+    return None if price is None else price * ev.quantity
+
+
+def gift_rejection(state: UserState, ev: Gift, econ: Economics) -> str | None:
+    """The first failing check, in the contract's order, or None to accept."""
+    coins = gift_coins(ev, econ)
+    if coins is None:
+        return "unknown_gift"
+    if ev.sender_id == ev.creator_id:
+        return "self_gift"
+    if coins > state.balance:
+        return "insufficient_coins"
+    if state.day_spend.get(utc_day(ev.ts), 0) + coins > effective_limit(state, econ):
+        return "spend_limit_exceeded"
+    return None
+
+
+def apply_gift(state: UserState, ev: Gift, econ: Economics) -> tuple[Outcome, Credit | None]:
+    coins = gift_coins(ev, econ)
+    reason = gift_rejection(state, ev, econ)
+    if reason is not None:
+        outcome = Outcome(ev.event_id, "gift", "rejected", reason, ev.sender_id, coins, None, None, state.balance, ev.ts)
+        return outcome, None
+    assert coins is not None and coins > 0
+    diamonds = econ.creator_diamonds(coins)
+    assert 0 <= diamonds <= coins  # the fee, coins - diamonds, is never negative
+    before = state.balance
+    state.balance -= coins
+    state.spent += coins
+    state.add_day_spend(utc_day(ev.ts), coins)
+    state.seq += 1
+    state.check()
+    assert state.balance == before - coins
+    outcome = Outcome(ev.event_id, "gift", "accepted", None, ev.sender_id, coins, diamonds, None, state.balance, ev.ts)
+    return outcome, Credit(ev.creator_id, ev.stream_id, ev.sender_id, coins, diamonds, ev.ts)
+
+
+def apply_spend_limit(state: UserState, ev: SpendLimit) -> Outcome:
+    state.own_limit = ev.daily_coin_limit
+    state.seq += 1
+    state.check()
+    return Outcome(ev.event_id, "spend_limit", "accepted", None, ev.user_id, None, None, None, None, ev.ts)
+
+
+def duplicate_outcome(state: UserState, ev: UserEvent, econ: Economics) -> Outcome:
+    """A repeated event_id: no effect; the record still says what the event was."""
+    if isinstance(ev, Recharge):
+        return Outcome(ev.event_id, "recharge", "duplicate", None, ev.user_id, ev.coins, None, None, state.balance, ev.ts)
+    if isinstance(ev, Gift):
+        coins = gift_coins(ev, econ)
+        return Outcome(ev.event_id, "gift", "duplicate", None, ev.sender_id, coins, None, None, state.balance, ev.ts)
+    return Outcome(ev.event_id, "spend_limit", "duplicate", None, ev.user_id, None, None, None, None, ev.ts)
+
+
+def apply_user_event(state: UserState, ev: UserEvent, econ: Economics) -> tuple[Outcome, Credit | None]:
+    if isinstance(ev, Gift):
+        return apply_gift(state, ev, econ)
+    if isinstance(ev, Recharge):
+        return apply_recharge(state, ev), None
+    return apply_spend_limit(state, ev), None

@@ -1,0 +1,90 @@
+"""`python -m pipeline`: the one command line of the ledger (see --help)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.settings import ConfigError
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from faust.worker import Worker
+
+    from pipeline import economics, settings
+    from pipeline.app import create_app, preflight
+
+    s = settings.load()
+    econ = economics.load(s.economics_file)
+    preflight(s)
+    app = create_app(s, econ)
+    worker = Worker(app, loglevel=s.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()  # exits the process
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from pipeline import settings
+    from pipeline.infra import dev
+
+    s = settings.load()
+    lines = {"up": dev.up, "down": dev.down, "status": dev.status}[args.action](s)
+    print("\n".join(lines))
+    return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pipeline import settings, topics
+
+    s = settings.load()
+    asyncio.run(topics.ensure_topics(s))
+    print("\n".join(f"{t.name}: {t.partitions} partitions" for t in topics.specs(s)))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline import demo
+
+    return demo.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Real-time coin and gift ledger on Kafka. Settings come from PIPELINE_* "
+        "environment variables (README, 'Settings').",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("worker", help="run a ledger worker (Faust app, HTTP read model on PIPELINE_WEB_PORT)")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("dev", help="local Kafka (KRaft) and Redis for development and tests")
+    p.add_argument("action", choices=("up", "down", "status"), help="start (idempotent), stop, or show them")
+    p.set_defaults(func=_dev)
+
+    p = sub.add_parser("topics", help="create the pipeline's topics (workers also do it at start)")
+    p.set_defaults(func=_topics)
+
+    p = sub.add_parser("run", help="dev up, a worker, and a short simulated live event; prints balances and top creators")
+    p.add_argument("--events", type=int, default=5000, help="events to simulate (default 5000)")
+    p.add_argument("--users", type=int, default=200, help="distinct viewers (default 200)")
+    p.add_argument("--creators", type=int, default=20, help="distinct creators (default 20)")
+    p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    p.set_defaults(func=_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The Faust application of a worker: lifecycle, web server and the ledger engine.
+
+Faust runs the worker (signals, logging, the aiohttp web server, services); the ledger
+itself runs as a service inside it (pipeline/engine), because Faust's per-message
+agents cannot carry the ledger's volume and its exactly-once mode is not trustworthy
+(README, "Design").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+from faust.app.base import BootStrategy
+from mode import Service
+from redis.exceptions import RedisError
+
+from agents.credit.agent import CreatorLedger
+from agents.ledger.agent import UserLedger
+from agents.readmodel.redis_sink import RedisReadModel
+from pipeline import metrics, topics
+from pipeline.economics import Economics
+from pipeline.engine.engine import Engine
+from pipeline.engine.stage import Stage
+from pipeline.settings import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+TABLE_SIZES_INTERVAL_S = 5.0
+EXIT_ENGINE_FAILED = 3
+
+
+class _WebOnlyBoot(BootStrategy):
+    """Faust's own Kafka consumer and producer stay off: the engine owns Kafka I/O."""
+
+    enable_kafka = False
+
+
+class LedgerApp(faust.App):
+    BootStrategy = _WebOnlyBoot
+
+
+class LedgerService(Service):
+    """Starts the engine once the worker runs and stops it cleanly on shutdown."""
+
+    def __init__(self, settings: Settings, econ: Economics, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.read_model = RedisReadModel(settings)
+        self.engine = Engine(settings, lambda: stages(econ), self.read_model.write, self.read_model.write)
+        self.failed: BaseException | None = None
+
+    async def on_start(self) -> None:
+        await self.engine.start()
+        self.add_future(self._run())
+        self.add_future(self.read_model.retry_forever())
+        self.add_future(self._report_sizes())
+
+    async def _run(self) -> None:
+        try:
+            await self.engine.run()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.failed = exc
+            # A ledger that cannot process must not keep answering health checks:
+            # exit; its open transaction is aborted by the next owner of its partitions.
+            log.critical("ledger engine stopped: %r", exc, exc_info=exc)
+            logging.shutdown()
+            os._exit(EXIT_ENGINE_FAILED)
+
+    async def _report_sizes(self) -> None:
+        while True:
+            for name, n in self.engine.table_sizes().items():
+                metrics.TABLE_ENTRIES.labels(name).set(n)
+            await asyncio.sleep(TABLE_SIZES_INTERVAL_S)
+
+    async def on_stop(self) -> None:
+        await self.engine.stop()
+        await self.read_model.close()
+
+
+def preflight(settings: Settings) -> None:
+    """Fail fast, in one line, on what a worker cannot run without."""
+    asyncio.run(_preflight(settings))
+
+
+async def _preflight(settings: Settings) -> None:
+    await topics.ensure_topics(settings)
+    client = aioredis.from_url(settings.redis_url, socket_timeout=5)
+    try:
+        await client.ping()
+    except RedisError as exc:
+        raise ConfigError(
+            f"cannot use Redis at PIPELINE_REDIS_URL ({exc.__class__.__name__}: {exc}); "
+            "start it with `python -m pipeline dev up` or fix the URL (host, port, password)"
+        ) from None
+    finally:
+        await client.aclose()
+
+
+def stages(econ: Economics) -> list[Stage]:
+    return [UserLedger(econ), CreatorLedger(econ)]
+
+
+def create_app(settings: Settings, econ: Economics) -> LedgerApp:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = LedgerApp(
+        settings.topic("ledger-worker"),
+        broker=[f"kafka://{s}" for s in settings.bootstrap_list],
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_enabled=True,
+        datadir=str(settings.data_dir / "faust"),
+        store="memory://",
+    )
+    service = LedgerService(settings, econ, loop=None, beacon=app.beacon)
+    app.ledger = service  # type: ignore[attr-defined]
+
+    @app.task
+    async def _start_ledger() -> None:
+        await app.add_runtime_dependency(service)
+
+    from pipeline.web import register_views
+
+    register_views(app, settings, service)
+    return app

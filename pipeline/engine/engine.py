@@ -1,0 +1,262 @@
+"""The worker's processing loop: one consumer group, one task per assigned partition.
+
+Faust's per-message stream machinery tops out near 1,500 events/s with a table write
+per event (../shared/FAUST_NOTES.md), and its exactly-once mode has open duplicate and
+fencing bugs; this loop reads with aiokafka in batches and commits each partition's
+batch in a Kafka transaction (see task.py). The range assignor gives one worker
+partition p of every input topic, so a task holds all inputs of the keys it owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.structs import TopicPartition
+
+from pipeline import metrics
+from pipeline.engine.codec import loads
+from pipeline.engine.stage import ReadModelUpdate, Stage
+from pipeline.engine.task import MAX_BUFFERED, PartitionTask
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+StageFactory = Callable[[], list[Stage]]
+ReadModelSink = Callable[[list[ReadModelUpdate]], Awaitable[None]]
+
+POLL_TIMEOUT_MS = 50
+RESTORE_POLL_MS = 200
+RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Engine:
+    def __init__(self, settings: Settings, stages: StageFactory, sink: ReadModelSink, refill: ReadModelSink) -> None:
+        self.settings = settings
+        self.make_stages = stages
+        self.sink = sink
+        self.refill = refill
+        self.tasks: dict[int, PartitionTask] = {}
+        self.lock = asyncio.Lock()
+        probe = stages()
+        self.input_topics = sorted({t for s in probe for t in s.inputs})
+        self.changelog_topics = [s.changelog_topic for s in probe]
+        self.consumer: AIOKafkaConsumer | None = None
+        self._stopping = False
+        self._failures = 0
+        self.ready = asyncio.Event()
+        self.processed_total = 0
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_list,
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+            fetch_max_wait_ms=50,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+            max_poll_interval_ms=300_000,
+        )
+        await self.consumer.start()
+        self.consumer.subscribe([s.topic(t) for t in self.input_topics], listener=_Listener(self))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        async with self.lock:
+            for task in self.tasks.values():
+                await task.stop()
+            self.tasks.clear()
+            if self.consumer is not None:
+                await self.consumer.stop()
+
+    async def run(self) -> None:
+        assert self.consumer is not None
+        while not self._stopping:
+            batch = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.max_batch)
+            async with self.lock:
+                await self._cycle(batch)
+
+    # -- one cycle -------------------------------------------------------------
+    async def _cycle(self, batch: dict[TopicPartition, list]) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        prefix_len = len(self.settings.topic_prefix)
+        for tp, records in batch.items():
+            task = self.tasks.get(tp.partition)
+            if task is not None:  # else revoked meanwhile: the new owner re-reads it
+                task.add(tp.topic[prefix_len:], records)
+        now_ms = time.time() * 1000
+        for task in self.tasks.values():
+            positions = {t: await consumer.position(task.tp(t)) for t in task.input_topics}
+
+            def caught_up(topic: str, task: PartitionTask = task, positions: dict[str, int] = positions) -> bool:
+                lso = consumer.last_stable_offset(task.tp(topic))
+                return lso is not None and positions[topic] >= lso
+
+            self.processed_total += task.process(caught_up, now_ms)
+        busy = [t for t in self.tasks.values() if t.has_work]
+        results = await asyncio.gather(*(t.commit() for t in busy), return_exceptions=True)
+        updates: list[ReadModelUpdate] = []
+        for task, result in zip(busy, results):
+            if isinstance(result, BaseException):
+                await self._recover(task, result)
+            else:
+                updates.extend(result)
+                self._failures = 0
+        if updates:
+            await self.sink(updates)
+        self._flow_control()
+
+    def _flow_control(self) -> None:
+        """Pause inputs whose buffer is full (another input of the merge lags)."""
+        consumer = self.consumer
+        assert consumer is not None
+        paused = consumer.paused()
+        for task in self.tasks.values():
+            for topic in task.input_topics:
+                tp = task.tp(topic)
+                full = task.buffered(topic) >= MAX_BUFFERED
+                if full and tp not in paused:
+                    consumer.pause(tp)
+                elif not full and tp in paused:
+                    consumer.resume(tp)
+
+    async def _recover(self, task: PartitionTask, error: BaseException) -> None:
+        """A transaction failed: rewind the partition to its last commit; a fenced
+        producer means another worker owns the partition now, so drop it."""
+        assert self.consumer is not None
+        if isinstance(error, ProducerFenced):
+            log.warning("partition %d was taken over by another worker; dropping it", task.partition)
+            await task.stop()
+            self.tasks.pop(task.partition, None)
+            return
+        if not isinstance(error, KafkaError):
+            raise error  # a bug (e.g. an invariant assertion): stop rather than corrupt
+        delay = RETRY_BACKOFF_S[min(self._failures, len(RETRY_BACKOFF_S) - 1)]
+        self._failures += 1
+        log.warning("transaction of partition %d failed (%s); retrying in %.1fs", task.partition, error, delay)
+        for topic, offset in task.rewind().items():
+            self.consumer.seek(task.tp(topic), offset)
+        await asyncio.sleep(delay)
+        if self._failures >= 3:
+            # The producer itself may be unusable (e.g. after a broker restart).
+            await task.stop()
+            await task.start_producer()
+            await self._seek_committed(task)
+
+    # -- assignment --------------------------------------------------------------
+    async def on_revoked(self) -> None:
+        """Everything processed is committed at the end of each cycle, which holds the
+        lock: waiting for it means nothing is half-done when partitions move."""
+        async with self.lock:
+            for task in self.tasks.values():
+                for topic, offset in task.rewind().items():
+                    assert self.consumer is not None
+                    self.consumer.seek(task.tp(topic), offset)
+            self.ready.clear()
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        async with self.lock:
+            prefix_len = len(self.settings.topic_prefix)
+            by_partition: dict[int, set[str]] = {}
+            for tp in assigned:
+                by_partition.setdefault(tp.partition, set()).add(tp.topic[prefix_len:])
+            for p, topics in by_partition.items():
+                if topics != set(self.input_topics):
+                    raise RuntimeError(f"partition {p} assigned without all co-partitioned inputs: {sorted(topics)}")
+            for p in [p for p in self.tasks if p not in by_partition]:
+                await self.tasks.pop(p).stop()
+            new = [PartitionTask(p, self.make_stages(), self.settings) for p in sorted(by_partition) if p not in self.tasks]
+            for task in new:
+                await task.start_producer()
+            await self._restore(new)
+            self.tasks.update((task.partition, task) for task in new)
+            for task in self.tasks.values():
+                await self._seek_committed(task)
+            metrics.ASSIGNED_PARTITIONS.set(len(self.tasks))
+            log.info("assigned partitions %s (new: %s)", sorted(self.tasks), [t.partition for t in new])
+            for task in new:
+                await self.refill([u for s in task.stages for u in s.snapshot()])
+            self.ready.set()
+
+    async def _seek_committed(self, task: PartitionTask) -> None:
+        assert self.consumer is not None
+        tps = [task.tp(t) for t in task.input_topics]
+        for tp in tps:
+            committed = await self.consumer.committed(tp)
+            topic = tp.topic[len(self.settings.topic_prefix):]
+            if committed is None:
+                await self.consumer.seek_to_beginning(tp)
+                task.committed_offsets.pop(topic, None)
+                task.next_offsets.pop(topic, None)
+            else:
+                self.consumer.seek(tp, committed)
+                task.committed_offsets[topic] = task.next_offsets[topic] = committed
+
+    async def _restore(self, tasks: list[PartitionTask]) -> None:
+        """Rebuild new partitions' state from their changelogs (committed records only)."""
+        if not tasks:
+            return
+        started = time.monotonic()
+        owners: dict[TopicPartition, Stage] = {}
+        for task in tasks:
+            for stage in task.stages:
+                owners[TopicPartition(self.settings.topic(stage.changelog_topic), task.partition)] = stage
+        restorer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_list,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        await restorer.start()
+        try:
+            restorer.assign(list(owners))
+            await restorer.seek_to_beginning(*owners)
+            ends = await restorer.end_offsets(list(owners))
+            remaining = {tp for tp in owners if await restorer.position(tp) < ends[tp]}
+            n = 0
+            while remaining:
+                batch = await restorer.getmany(*remaining, timeout_ms=RESTORE_POLL_MS, max_records=10_000)
+                for tp, records in batch.items():
+                    stage = owners[tp]
+                    for record in records:
+                        stage.restore(record.key.decode(), None if record.value is None else loads(record.value))
+                    n += len(records)
+                remaining = {tp for tp in remaining if await restorer.position(tp) < ends[tp]}
+            log.info(
+                "restored partitions %s from %d changelog records in %.2fs",
+                [t.partition for t in tasks], n, time.monotonic() - started,
+            )
+        finally:
+            await restorer.stop()
+
+    def table_sizes(self) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        for task in self.tasks.values():
+            for stage in task.stages:
+                for name, n in stage.sizes().items():
+                    sizes[name] = sizes.get(name, 0) + n
+        return sizes
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.engine.on_revoked()
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.engine.on_assigned(assigned)

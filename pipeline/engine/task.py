@@ -1,0 +1,163 @@
+"""One partition's work: its stages, their merges, and its transactional producer.
+
+Exactly-once, the Kafka way: each partition has its own transactional id, so the
+worker that takes a partition over fences the previous owner (a zombie can no longer
+commit) and aborts its open transaction before restoring state from the changelog.
+A batch's outputs, changelog records and input offsets commit in one transaction, so
+state, outcomes and progress never disagree, whenever a worker dies.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from typing import Callable
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+from agents.ingest.decode import Malformed
+from pipeline import metrics
+from pipeline.engine.codec import dumps
+from pipeline.engine.merge import NO_TIME, EventTimeMerge, Pending
+from pipeline.engine.stage import Output, ReadModelUpdate, Stage
+from pipeline.settings import Settings
+from pipeline.topics import DEAD_LETTERS, MAX_MESSAGE_BYTES
+
+log = logging.getLogger(__name__)
+
+# Buffered input records per topic-partition above which fetching it pauses.
+MAX_BUFFERED = 20_000
+TRANSACTION_TIMEOUT_MS = 30_000
+
+
+class PartitionTask:
+    def __init__(self, partition: int, stages: list[Stage], settings: Settings) -> None:
+        self.partition = partition
+        self.stages = stages
+        self.settings = settings
+        self.merges = [EventTimeMerge(s.inputs, settings.max_idle_ms) for s in stages]
+        self.stage_of = {topic: i for i, s in enumerate(stages) for topic in s.inputs}
+        # Offset after the last processed record, per input topic (unprefixed).
+        self.next_offsets: dict[str, int] = {}
+        self.committed_offsets: dict[str, int] = {}
+        self.out = Output()
+        self.producer: AIOKafkaProducer | None = None
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.settings.topic('ledger-tx')}-{self.partition}"
+
+    def tp(self, topic: str) -> TopicPartition:
+        return TopicPartition(self.settings.topic(topic), self.partition)
+
+    @property
+    def input_topics(self) -> list[str]:
+        return list(self.stage_of)
+
+    async def start_producer(self) -> None:
+        """Create the producer and fence any previous owner of this partition."""
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap_list,
+            transactional_id=self.transactional_id,
+            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+            max_batch_size=1_048_576,
+            max_request_size=MAX_MESSAGE_BYTES,
+            linger_ms=5,
+            request_timeout_ms=30_000,
+        )
+        await self.producer.start()
+        await self.producer.begin_transaction()  # InitProducerId: fences the old epoch
+        await self.producer.commit_transaction()
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
+
+    def add(self, topic: str, records: list) -> None:
+        stage = self.stages[self.stage_of[topic]]
+        merge = self.merges[self.stage_of[topic]]
+        for r in records:
+            item, ts = stage.decode(topic, r.key, r.value)
+            merge.add(Pending(NO_TIME if ts is None else ts, topic, r.offset, r.key, r.value, item))
+
+    def buffered(self, topic: str) -> int:
+        return self.merges[self.stage_of[topic]].buffered(topic)
+
+    def process(self, caught_up: Callable[[str], bool], now_ms: float) -> int:
+        """Run the merged records that are ready through their stages; returns how many."""
+        n = 0
+        for stage, merge in zip(self.stages, self.merges):
+            for p in merge.drain(caught_up, now_ms):
+                if isinstance(p.item, Malformed):
+                    self._dead_letter(p)
+                else:
+                    stage.handle(p.topic, p.item, self.out)
+                self.next_offsets[p.topic] = p.offset + 1
+                n += 1
+            stage.end_batch(self.out)
+        return n
+
+    def _dead_letter(self, p: Pending) -> None:
+        assert isinstance(p.item, Malformed)
+        metrics.DEAD_LETTERS.labels(p.topic).inc()
+        self.out.send(DEAD_LETTERS, None if p.key is None else p.key.decode("utf-8", "replace"), {
+            "source_topic": self.settings.topic(p.topic),
+            "partition": self.partition,
+            "offset": p.offset,
+            "error": p.item.error,
+            "payload_b64": base64.b64encode(p.value or b"").decode(),
+        })
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.out.messages) or self.next_offsets != self.committed_offsets
+
+    async def commit(self) -> list[ReadModelUpdate]:
+        """Commit the batch: outputs, changelogs and offsets in one transaction."""
+        assert self.producer is not None
+        started = time.perf_counter()
+        producer, prefix = self.producer, self.settings.topic_prefix
+        out, self.out = self.out, Output()
+        try:
+            async with producer.transaction():
+                for m in out.messages:
+                    await producer.send(prefix + m.topic, m.value, key=m.key)
+                for stage in self.stages:
+                    topic = prefix + stage.changelog_topic
+                    for key, value in stage.changelog():
+                        await producer.send(
+                            topic, None if value is None else dumps(value), key=key.encode(), partition=self.partition
+                        )
+                offsets = {
+                    self.tp(t): OffsetAndMetadata(o, "")
+                    for t, o in self.next_offsets.items()
+                    if self.committed_offsets.get(t) != o
+                }
+                if offsets:
+                    await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
+        except BaseException:
+            metrics.TRANSACTIONS.labels("aborted").inc()
+            for stage in self.stages:
+                stage.abort()
+            raise
+        metrics.TRANSACTIONS.labels("committed").inc()
+        self.committed_offsets = dict(self.next_offsets)
+        updates = [u for stage in self.stages for u in stage.commit()]
+        now = time.time()
+        for o in out.outcomes:
+            metrics.count_outcome(o)
+            metrics.OUTCOME_LATENCY.observe(max(0.0, now - o.ts / 1000))
+        metrics.DIAMONDS_CREDITED.inc(out.diamonds_credited)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        return updates
+
+    def rewind(self) -> dict[str, int]:
+        """After an aborted transaction: forget buffered input; returns where to seek."""
+        for merge in self.merges:
+            merge.clear()
+        self.out = Output()
+        self.next_offsets = dict(self.committed_offsets)
+        return dict(self.committed_offsets)

@@ -1,0 +1,52 @@
+"""Prometheus metrics of the ledger (documented in the README, "Metrics").
+
+Labels are low-cardinality only (type, status, reason, topic, table): never user or
+creator ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from agents.outcomes import Outcome
+
+EVENTS = Counter(
+    "ledger_events_total", "Ledger outcomes published, by event type, status and rejection reason.",
+    ["type", "status", "reason"],
+)
+DEAD_LETTERS = Counter("ledger_dead_letters_total", "Malformed input messages sent to dead-letters.", ["topic"])
+COINS_RECHARGED = Counter("ledger_coins_recharged_total", "Coins added by accepted recharges.")
+COINS_SPENT = Counter("ledger_coins_spent_total", "Coins spent on accepted gifts.")
+DIAMONDS_CREDITED = Counter("ledger_diamonds_credited_total", "Diamonds credited to creators.")
+DIAMONDS_PAID_OUT = Counter("ledger_diamonds_paid_out_total", "Diamonds deducted by accepted payouts.")
+USD_CENTS_PAID = Counter("ledger_payout_usd_cents_total", "US cents paid by accepted payouts.")
+TRANSACTIONS = Counter("ledger_transactions_total", "Kafka transactions, by result.", ["result"])
+BATCH_SECONDS = Histogram(
+    "ledger_batch_duration_seconds", "Time to process and commit one partition's batch.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+OUTCOME_LATENCY = Histogram(
+    "ledger_event_to_outcome_seconds", "Event time (ts) to committed outcome, per event.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+TABLE_ENTRIES = Gauge("ledger_table_entries", "Entries in the worker's state tables.", ["table"])
+ASSIGNED_PARTITIONS = Gauge("ledger_assigned_partitions", "Partitions this worker processes.")
+CONSUMER_LAG = Gauge("ledger_consumer_lag_messages", "Messages behind the end of each input partition.", ["topic", "partition"])
+READ_MODEL_ERRORS = Counter("ledger_redis_errors_total", "Failed Redis writes (retried).")
+READ_MODEL_SECONDS = Histogram(
+    "ledger_redis_write_duration_seconds", "Time of one Redis read-model write.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+
+
+def count_outcome(outcome: Outcome) -> None:
+    EVENTS.labels(outcome.type, outcome.status, outcome.reason or "").inc()
+    if outcome.status != "accepted":
+        return
+    if outcome.type == "recharge":
+        COINS_RECHARGED.inc(outcome.coins or 0)
+    elif outcome.type == "gift":
+        COINS_SPENT.inc(outcome.coins or 0)
+    elif outcome.type == "payout":
+        DIAMONDS_PAID_OUT.inc(outcome.diamonds or 0)
+        USD_CENTS_PAID.inc(outcome.usd_cents or 0)

@@ -1,0 +1,132 @@
+"""Runtime settings, read once from environment variables.
+
+Every setting has a documented default (README, "Settings") so a newcomer runs the
+pipeline with no configuration; a bad value raises ConfigError naming the variable and
+what would fix it, instead of failing later deep inside Kafka or Redis clients.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlparse
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names it and the fix."""
+
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    topic_prefix: str = ""
+    redis_prefix: str = ""
+    web_host: str = "0.0.0.0"
+    web_port: int = 6066
+    partitions: int = 4
+    replication_factor: int = 1
+    data_dir: Path = field(default_factory=lambda: PROJECT_ROOT / "var")
+    economics_file: Path | None = None
+    log_level: str = "info"
+    # Largest number of input records one processing cycle takes (one transaction per
+    # partition per cycle): bounds memory and the size of a transaction.
+    max_batch: int = 5000
+    # Longest a partition waits for a lagging co-partitioned input before it is
+    # processed anyway (event-time merge; see agents/engine/merge.py).
+    max_idle_ms: int = 500
+
+    @property
+    def bootstrap_list(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+    def topic(self, name: str) -> str:
+        """The full name of a pipeline topic, internal or contract, under the prefix."""
+        return f"{self.topic_prefix}{name}"
+
+    def redis_key(self, key: str) -> str:
+        return f"{self.redis_prefix}{key}"
+
+    @property
+    def group_id(self) -> str:
+        return self.topic("ledger")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; set it to an integer from {lo} to {hi}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value} is out of range; set it to an integer from {lo} to {hi}")
+    return value
+
+
+def _host_port(value: str, name: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{name}: {value!r} is not host:port; use for example 127.0.0.1:9092")
+    return host, int(port)
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate settings; raises ConfigError with the variable to fix."""
+    env = os.environ if env is None else env
+    d = Settings()
+    bootstrap = env.get("PIPELINE_BOOTSTRAP_SERVERS", d.bootstrap_servers).strip()
+    if not bootstrap:
+        raise ConfigError("PIPELINE_BOOTSTRAP_SERVERS is empty; set it to host:port[,host:port...]")
+    for server in bootstrap.split(","):
+        _host_port(server.strip(), "PIPELINE_BOOTSTRAP_SERVERS")
+    redis_url = env.get("PIPELINE_REDIS_URL", d.redis_url).strip()
+    parsed = urlparse(redis_url)
+    if parsed.scheme not in ("redis", "rediss", "unix") or (parsed.scheme != "unix" and not parsed.hostname):
+        raise ConfigError(
+            f"PIPELINE_REDIS_URL={redis_url!r} is not a Redis URL; use redis://[:password@]host:port/db"
+        )
+    for var, default in (("PIPELINE_TOPIC_PREFIX", d.topic_prefix), ("PIPELINE_REDIS_PREFIX", d.redis_prefix)):
+        if not _PREFIX_RE.match(env.get(var, default)):
+            raise ConfigError(f"{var} may hold only letters, digits, '.', '_' and '-' (at most 100)")
+    log_level = env.get("PIPELINE_LOG_LEVEL", d.log_level).lower()
+    if log_level not in ("crit", "error", "warn", "info", "debug"):
+        raise ConfigError(f"PIPELINE_LOG_LEVEL={log_level!r}; use one of crit, error, warn, info, debug")
+    economics = env.get("PIPELINE_ECONOMICS_FILE") or None
+    if economics is not None and not Path(economics).is_file():
+        raise ConfigError(f"PIPELINE_ECONOMICS_FILE={economics!r} does not exist; point it at a TOML file like pipeline/economics.toml")
+    data_dir = Path(env.get("PIPELINE_DATA_DIR") or d.data_dir)
+    return Settings(
+        bootstrap_servers=bootstrap,
+        redis_url=redis_url,
+        topic_prefix=env.get("PIPELINE_TOPIC_PREFIX", d.topic_prefix),
+        redis_prefix=env.get("PIPELINE_REDIS_PREFIX", d.redis_prefix),
+        web_host=env.get("PIPELINE_WEB_HOST", d.web_host),
+        web_port=_int(env, "PIPELINE_WEB_PORT", d.web_port, 1, 65535),
+        partitions=_int(env, "PIPELINE_PARTITIONS", d.partitions, 1, 256),
+        replication_factor=_int(env, "PIPELINE_REPLICATION_FACTOR", d.replication_factor, 1, 5),
+        data_dir=data_dir,
+        economics_file=Path(economics) if economics else None,
+        log_level=log_level,
+        max_batch=_int(env, "PIPELINE_MAX_BATCH", d.max_batch, 1, 100_000),
+        max_idle_ms=_int(env, "PIPELINE_MAX_IDLE_MS", d.max_idle_ms, 0, 60_000),
+    )
+
+
+def kafka_address(settings: Settings) -> tuple[str, int]:
+    """The first bootstrap server, where `dev up` runs its local broker."""
+    return _host_port(settings.bootstrap_list[0], "PIPELINE_BOOTSTRAP_SERVERS")
+
+
+def redis_address(settings: Settings) -> tuple[str, int]:
+    parsed = urlparse(settings.redis_url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 6379

@@ -1,0 +1,94 @@
+"""Every topic the pipeline uses, and their creation with one partition count.
+
+Topics are created explicitly (never auto-created by the broker) so that all
+co-partitioned inputs, the internal credit topic and the changelogs share one partition
+count: the engine relies on partition p of each holding the same keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from pipeline.settings import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+# Contract topics.
+RECHARGES = "recharges"
+GIFTS = "gifts"
+PAYOUTS = "payouts"
+SPEND_LIMITS = "spend-limits"
+OUTCOMES = "ledger-outcomes"
+DEAD_LETTERS = "dead-letters"
+FRAUD_ALERTS = "fraud-alerts"
+INPUTS = (RECHARGES, GIFTS, PAYOUTS, SPEND_LIMITS)
+OUTPUTS = (OUTCOMES, DEAD_LETTERS, FRAUD_ALERTS)
+
+# Internal topics (design of this project, under the same prefix).
+# Credits of accepted gifts and validated payouts, repartitioned by creator.
+CREATOR_OPS = "ledger-creator-ops"
+USERS_CHANGELOG = "ledger-users-changelog"
+CREATORS_CHANGELOG = "ledger-creators-changelog"
+INTERNAL = (CREATOR_OPS, USERS_CHANGELOG, CREATORS_CHANGELOG)
+COMPACTED = (USERS_CHANGELOG, CREATORS_CHANGELOG)
+
+# Largest record the pipeline writes (a changelog record of a busy key); the topic
+# setting must allow it.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def specs(settings: Settings) -> list[TopicSpec]:
+    out = []
+    for name in INPUTS + OUTPUTS + INTERNAL:
+        config = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+        if name in COMPACTED:
+            config["cleanup.policy"] = "compact"
+        if settings.replication_factor > 1:
+            config["min.insync.replicas"] = str(min(2, settings.replication_factor))
+        out.append(TopicSpec(settings.topic(name), settings.partitions, config))
+    return out
+
+
+async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
+    """Create missing topics; refuse to run on topics with another partition count."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_list, request_timeout_ms=10_000)
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+    except (KafkaConnectionError, asyncio.TimeoutError, OSError) as exc:
+        raise ConfigError(
+            f"cannot reach Kafka at PIPELINE_BOOTSTRAP_SERVERS={settings.bootstrap_servers} ({exc.__class__.__name__}); "
+            "start it with `python -m pipeline dev up` or point the setting at a running broker"
+        ) from None
+    try:
+        wanted = specs(settings)
+        existing = await admin.describe_topics([s.name for s in wanted])
+        counts = {t["topic"]: len(t["partitions"]) for t in existing if t.get("error_code", 0) == 0}
+        missing = [s for s in wanted if s.name not in counts]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(s.name, s.partitions, settings.replication_factor, topic_configs=s.config) for s in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by another worker
+            log.info("created topics: %s", ", ".join(s.name for s in missing))
+        wrong = {n: c for n, c in counts.items() if c != settings.partitions}
+        if wrong:
+            raise ConfigError(
+                f"topics {wrong} do not have PIPELINE_PARTITIONS={settings.partitions} partitions; "
+                "set PIPELINE_PARTITIONS to their count or recreate them"
+            )
+    finally:
+        await admin.close()

@@ -1,0 +1,107 @@
+"""An independent reference ledger, written from CONTRACT.md alone (imports nothing of
+the pipeline), that the integration tests compare the real pipeline against.
+
+It applies events one at a time in the order given: the tests feed it the global
+event-time order, which the pipeline reproduces per key.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+CATALOG = {
+    "rose": 1, "finger_heart": 5, "perfume": 20, "confetti": 100,
+    "money_gun": 500, "galaxy": 1000, "lion": 29999, "universe": 44999,
+}
+PLATFORM_LIMIT = 200_000
+MIN_PAYOUT = 2_000
+DAY = 86_400_000
+TYPES = {"recharges": "recharge", "gifts": "gift", "payouts": "payout", "spend-limits": "spend_limit"}
+KEY_FIELD = {"recharges": "user_id", "gifts": "sender_id", "payouts": "creator_id", "spend-limits": "user_id"}
+
+
+class ReferenceLedger:
+    def __init__(self) -> None:
+        self.coins: dict[str, int] = defaultdict(int)
+        self.recharged: dict[str, int] = defaultdict(int)
+        self.spent: dict[str, int] = defaultdict(int)
+        self.day_spent: dict[tuple[str, int], int] = defaultdict(int)
+        self.own_limit: dict[str, int | None] = {}
+        self.diamonds: dict[str, int] = defaultdict(int)
+        self.lifetime: dict[str, int] = defaultdict(int)
+        self.paid_out: dict[str, int] = defaultdict(int)
+        self.fees = 0
+        self.seen: set[tuple[str, str, str]] = set()
+        self.outcomes: list[dict[str, Any]] = []
+
+    def apply(self, topic: str, ev: dict[str, Any]) -> dict[str, Any]:
+        kind = TYPES[topic]
+        subject = ev[KEY_FIELD[topic]]
+        out: dict[str, Any] = {
+            "event_id": ev["event_id"], "type": kind, "status": "accepted", "reason": None,
+            "subject_id": subject, "coins": None, "diamonds": None, "usd_cents": None,
+            "balance_after": None, "ts": ev["ts"],
+        }
+        duplicate = (topic, subject, ev["event_id"]) in self.seen
+        self.seen.add((topic, subject, ev["event_id"]))
+        if duplicate:
+            out["status"] = "duplicate"
+        if kind == "recharge":
+            out["coins"] = ev["coins"]
+            if not duplicate:
+                self.coins[subject] += ev["coins"]
+                self.recharged[subject] += ev["coins"]
+            out["balance_after"] = self.coins[subject]
+        elif kind == "gift":
+            price = CATALOG.get(ev["gift_id"])
+            cost = None if price is None else price * ev["quantity"]
+            out["coins"] = cost
+            if not duplicate:
+                limit = PLATFORM_LIMIT if self.own_limit.get(subject) is None else min(PLATFORM_LIMIT, self.own_limit[subject])
+                day = (subject, ev["ts"] // DAY)
+                if cost is None:
+                    out["status"], out["reason"] = "rejected", "unknown_gift"
+                elif subject == ev["creator_id"]:
+                    out["status"], out["reason"] = "rejected", "self_gift"
+                elif cost > self.coins[subject]:
+                    out["status"], out["reason"] = "rejected", "insufficient_coins"
+                elif self.day_spent[day] + cost > limit:
+                    out["status"], out["reason"] = "rejected", "spend_limit_exceeded"
+                else:
+                    credited = cost // 2
+                    self.coins[subject] -= cost
+                    self.spent[subject] += cost
+                    self.day_spent[day] += cost
+                    self.diamonds[ev["creator_id"]] += credited
+                    self.lifetime[ev["creator_id"]] += credited
+                    self.fees += cost - credited
+                    out["diamonds"] = credited
+            out["balance_after"] = self.coins[subject]
+        elif kind == "payout":
+            out["diamonds"] = ev["diamonds"]
+            if not duplicate:
+                if ev["diamonds"] < MIN_PAYOUT:
+                    out["status"], out["reason"] = "rejected", "below_min_payout"
+                elif ev["diamonds"] > self.diamonds[subject]:
+                    out["status"], out["reason"] = "rejected", "insufficient_diamonds"
+                else:
+                    self.diamonds[subject] -= ev["diamonds"]
+                    self.paid_out[subject] += ev["diamonds"]
+                    out["usd_cents"] = ev["diamonds"] * 500 // 1000
+            out["balance_after"] = self.diamonds[subject]
+        else:
+            if not duplicate:
+                self.own_limit[subject] = ev["daily_coin_limit"]
+        self.outcomes.append(out)
+        return out
+
+    def user(self, user_id: str) -> dict[str, int]:
+        return {"coins": self.coins[user_id], "recharged_coins": self.recharged[user_id], "spent_coins": self.spent[user_id]}
+
+    def creator(self, creator_id: str) -> dict[str, int]:
+        return {
+            "diamonds": self.diamonds[creator_id],
+            "lifetime_diamonds": self.lifetime[creator_id],
+            "paid_out_diamonds": self.paid_out[creator_id],
+        }
