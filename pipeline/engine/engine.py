@@ -49,6 +49,7 @@ class Engine:
         self.consumer: AIOKafkaConsumer | None = None
         self._stopping = False
         self._failures = 0
+        self._seek_epoch = 0
         self.ready = asyncio.Event()
         self.processed_total = 0
 
@@ -84,9 +85,27 @@ class Engine:
     async def run(self) -> None:
         assert self.consumer is not None
         while not self._stopping:
+            epoch = self._seek_epoch
             batch = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.max_batch)
             async with self.lock:
+                if epoch != self._seek_epoch:
+                    # A seek (assignment, rewind) came between the fetch and now: the
+                    # batch may predate it. Drop it and resume exactly where each
+                    # input's buffered data ends; nothing is skipped or read twice.
+                    self._seek_all()
+                    batch = {}
                 await self._cycle(batch)
+
+    def _seek(self, task: PartitionTask, offsets: dict[str, int]) -> None:
+        assert self.consumer is not None
+        for topic, offset in offsets.items():
+            self.consumer.seek(task.tp(topic), offset)
+            task.fetch_next[topic] = offset
+        self._seek_epoch += 1
+
+    def _seek_all(self) -> None:
+        for task in self.tasks.values():
+            self._seek(task, dict(task.fetch_next))
 
     # -- one cycle -------------------------------------------------------------
     async def _cycle(self, batch: dict[TopicPartition, list]) -> None:
@@ -147,8 +166,7 @@ class Engine:
         delay = RETRY_BACKOFF_S[min(self._failures, len(RETRY_BACKOFF_S) - 1)]
         self._failures += 1
         log.warning("transaction of partition %d failed (%s); retrying in %.1fs", task.partition, error, delay)
-        for topic, offset in task.rewind().items():
-            self.consumer.seek(task.tp(topic), offset)
+        self._seek(task, task.rewind())
         await asyncio.sleep(delay)
         if self._failures >= 3:
             # The producer itself may be unusable (e.g. after a broker restart).
@@ -162,9 +180,7 @@ class Engine:
         lock: waiting for it means nothing is half-done when partitions move."""
         async with self.lock:
             for task in self.tasks.values():
-                for topic, offset in task.rewind().items():
-                    assert self.consumer is not None
-                    self.consumer.seek(task.tp(topic), offset)
+                self._seek(task, task.rewind())
             self.ready.clear()
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -192,18 +208,20 @@ class Engine:
             self.ready.set()
 
     async def _seek_committed(self, task: PartitionTask) -> None:
-        assert self.consumer is not None
+        """Position every input at its committed offset (or its beginning), always by an
+        explicit seek: aiokafka's lazy reset can land after a fetch and re-deliver."""
+        consumer = self.consumer
+        assert consumer is not None
         tps = [task.tp(t) for t in task.input_topics]
-        for tp in tps:
-            committed = await self.consumer.committed(tp)
-            topic = tp.topic[len(self.settings.topic_prefix):]
-            if committed is None:
-                await self.consumer.seek_to_beginning(tp)
-                task.committed_offsets.pop(topic, None)
-                task.next_offsets.pop(topic, None)
-            else:
-                self.consumer.seek(tp, committed)
-                task.committed_offsets[topic] = task.next_offsets[topic] = committed
+        beginnings = await consumer.beginning_offsets(tps)
+        offsets = {}
+        for topic, tp in zip(task.input_topics, tps):
+            committed = await consumer.committed(tp)
+            offsets[topic] = beginnings[tp] if committed is None else committed
+        task.committed_offsets = dict(offsets)
+        task.next_offsets = dict(offsets)
+        task.rewind()
+        self._seek(task, offsets)
 
     async def _restore(self, tasks: list[PartitionTask]) -> None:
         """Rebuild new partitions' state from their changelogs (committed records only)."""

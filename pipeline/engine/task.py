@@ -9,6 +9,7 @@ state, outcomes and progress never disagree, whenever a worker dies.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -43,6 +44,8 @@ class PartitionTask:
         self.next_offsets: dict[str, int] = {}
         self.committed_offsets: dict[str, int] = {}
         self.out = Output()
+        # Offset after the last record buffered, per input: where fetching resumes.
+        self.fetch_next: dict[str, int] = {}
         self.producer: AIOKafkaProducer | None = None
 
     @property
@@ -79,6 +82,8 @@ class PartitionTask:
     def add(self, topic: str, records: list) -> None:
         stage = self.stages[self.stage_of[topic]]
         merge = self.merges[self.stage_of[topic]]
+        assert records[0].offset >= self.fetch_next[topic], "records from before a seek"
+        self.fetch_next[topic] = records[-1].offset + 1
         for r in records:
             item, ts = stage.decode(topic, r.key, r.value)
             merge.add(Pending(NO_TIME if ts is None else ts, topic, r.offset, r.key, r.value, item))
@@ -123,14 +128,16 @@ class PartitionTask:
         out, self.out = self.out, Output()
         try:
             async with producer.transaction():
-                for m in out.messages:
-                    await producer.send(prefix + m.topic, m.value, key=m.key)
+                sends = [await producer.send(prefix + m.topic, m.value, key=m.key) for m in out.messages]
                 for stage in self.stages:
                     topic = prefix + stage.changelog_topic
                     for key, value in stage.changelog():
-                        await producer.send(
+                        sends.append(await producer.send(
                             topic, None if value is None else dumps(value), key=key.encode(), partition=self.partition
-                        )
+                        ))
+                # Every record must be acknowledged inside the transaction: aiokafka can
+                # otherwise end the transaction with batches still in flight.
+                await asyncio.gather(*sends)
                 offsets = {
                     self.tp(t): OffsetAndMetadata(o, "")
                     for t, o in self.next_offsets.items()
@@ -155,9 +162,10 @@ class PartitionTask:
         return updates
 
     def rewind(self) -> dict[str, int]:
-        """After an aborted transaction: forget buffered input; returns where to seek."""
+        """Forget buffered and uncommitted input; returns where to seek (the last commit)."""
         for merge in self.merges:
             merge.clear()
         self.out = Output()
         self.next_offsets = dict(self.committed_offsets)
+        self.fetch_next = dict(self.committed_offsets)
         return dict(self.committed_offsets)

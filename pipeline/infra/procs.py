@@ -119,7 +119,11 @@ def is_alive(pid: int | None, marker: str | None = None) -> bool:
     if pid is None or pid <= 0:
         return False
     child = _children.get(pid)
-    if child is not None and child.poll() is not None:
+    if child is not None:
+        # Our own child: poll() is exact, and the marker check could misfire while the
+        # server rewrites its process title (Redis does, at start-up).
+        if child.poll() is None:
+            return True
         del _children[pid]
         return False
     try:

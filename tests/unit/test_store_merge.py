@@ -1,0 +1,257 @@
+"""Store overlay, DedupeIndex segments and expiry, and the event-time merge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from pipeline.engine.merge import NO_TIME, EventTimeMerge, Pending
+from pipeline.engine.store import MAX_EXPIRE_PER_BATCH, DedupeIndex, Store
+
+WINDOW = 1_000
+Records = list[tuple[str, dict[str, Any] | None]]
+
+
+# --- Store ----------------------------------------------------------------------------
+
+
+@dataclass
+class Box:
+    n: int = 0
+    seq: int = 0
+
+    def copy(self) -> "Box":
+        return Box(self.n, self.seq)
+
+    def bump(self, by: int = 1) -> None:
+        self.n += by
+        self.seq += 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n": self.n, "q": self.seq}
+
+
+def box_from_json(data: dict[str, Any]) -> Box:
+    return Box(data["n"], data["q"])
+
+
+@pytest.fixture
+def store() -> Store[Box]:
+    s: Store[Box] = Store(Box, box_from_json)
+    s.for_update("a").bump(5)
+    s.commit()
+    return s
+
+
+def test_for_update_copies_on_first_touch(store: Store[Box]) -> None:
+    value = store.for_update("a")
+    value.bump()
+    assert store.for_update("a") is value  # one copy per batch
+    assert store.get("a") == Box(6, 2)
+    assert store.committed["a"] == Box(5, 1)
+
+
+def test_commit_publishes_only_changed_keys(store: Store[Box]) -> None:
+    store.for_update("a")  # read-only touch
+    store.for_update("new")  # created, never changed
+    store.for_update("b").bump(2)
+    store.for_update("b").bump(3)
+    assert [(k, v.to_json()) for k, v in store.changes()] == [("b", {"n": 5, "q": 2})]
+    store.commit()
+    assert store.committed == {"a": Box(5, 1), "b": Box(5, 2)}
+    assert store.dirty == {} and store.get("new") is None
+    assert len(store) == 2
+
+
+def test_abort_drops_the_overlay(store: Store[Box]) -> None:
+    store.for_update("a").bump()
+    store.for_update("b").bump()
+    store.abort()
+    assert store.committed == {"a": Box(5, 1)}
+    assert (store.get("a"), store.get("b"), list(store.changes())) == (Box(5, 1), None, [])
+
+
+def test_restore_and_tombstone(store: Store[Box]) -> None:
+    store.restore("b", {"n": 9, "q": 4})
+    store.restore("a", None)
+    store.restore("zzz", None)  # a tombstone for an unknown key is harmless
+    assert store.committed == {"b": Box(9, 4)}
+
+
+# --- DedupeIndex ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def index() -> DedupeIndex:
+    return DedupeIndex(WINDOW)
+
+
+def batch(index: DedupeIndex, keys: dict[str, int], observe: int | None = None) -> Records:
+    """One batch: observe each event time, add the keys, write the changelog, commit."""
+    for key, ts in keys.items():
+        index.observe(ts)
+        index.add(key, ts)
+    if observe is not None:
+        index.observe(observe)
+    records = index.changelog()
+    index.commit()
+    return records
+
+
+def test_new_segment_per_batch(index: DedupeIndex) -> None:
+    assert batch(index, {"a": 10, "b": 30, "c": 20}) == [("#dd:0", {"t": 30, "k": ["a", "b", "c"]})]
+    assert batch(index, {}) == []
+    assert batch(index, {"d": 5}) == [("#dd:1", {"t": 5, "k": ["d"]})]
+    assert index.segments == {0: (30, ["a", "b", "c"]), 1: (5, ["d"])}
+    assert len(index) == 4
+
+
+def test_seen_includes_the_uncommitted_batch(index: DedupeIndex) -> None:
+    index.add("a", 1)
+    assert index.seen("a") and not index.seen("b")
+    with pytest.raises(AssertionError):
+        index.add("a", 2)
+
+
+def test_id_exactly_window_behind_is_kept_one_more_is_forgotten(index: DedupeIndex) -> None:
+    batch(index, {"old": 100})
+    assert batch(index, {}, observe=100 + WINDOW) == []
+    assert index.seen("old")
+    assert batch(index, {}, observe=100 + WINDOW + 1) == [("#dd:0", None)]
+    assert not index.seen("old") and index.segments == {}
+
+
+def test_tombstones_exactly_for_expired_segments(index: DedupeIndex) -> None:
+    for i, ts in enumerate((100, 200, 300, 400)):
+        batch(index, {f"k{i}": ts})
+    records = batch(index, {"new": 1_250})
+    assert records == [("#dd:4", {"t": 1_250, "k": ["new"]}), ("#dd:0", None), ("#dd:1", None)]
+    assert sorted(index.index) == ["k2", "k3", "new"]
+    assert list(index.segments) == [2, 3, 4]
+
+
+def test_young_segment_lingers_behind_an_older_one(index: DedupeIndex) -> None:
+    """Expiry walks segments in creation order and stops at the first young one."""
+    batch(index, {"late": 900})
+    batch(index, {"early": 100})
+    assert batch(index, {}, observe=1_500) == []
+    assert index.seen("early")
+    assert batch(index, {}, observe=1_901) == [("#dd:0", None), ("#dd:1", None)]
+
+
+def test_expiry_is_capped_per_batch(index: DedupeIndex) -> None:
+    for i in range(MAX_EXPIRE_PER_BATCH + 5):
+        batch(index, {f"k{i}": 1})
+    first = batch(index, {}, observe=10_000)
+    assert first == [(f"#dd:{i}", None) for i in range(MAX_EXPIRE_PER_BATCH)]
+    assert batch(index, {}) == [(f"#dd:{i}", None) for i in range(MAX_EXPIRE_PER_BATCH, MAX_EXPIRE_PER_BATCH + 5)]
+    assert len(index) == 0
+
+
+def test_commit_matches_changelog_and_restore_reproduces(index: DedupeIndex) -> None:
+    records: Records = []
+    for keys, observe in [({"a": 100}, None), ({"b": 600}, None), ({"c": 1_200}, 1_500), ({"d": 1_700}, None)]:
+        records += batch(index, keys, observe)
+    assert ("#dd:0", None) in records and ("#dd:1", None) in records
+    fresh = DedupeIndex(WINDOW)
+    for key, value in records:
+        fresh.restore(key, value)
+    assert (fresh.index, fresh.segments, fresh.next_segment) == (index.index, index.segments, index.next_segment)
+    assert sorted(fresh.index) == ["c", "d"]
+    assert fresh.watermark == 1_700
+
+
+def test_restore_then_continue(index: DedupeIndex) -> None:
+    records = batch(index, {"a": 100}) + batch(index, {"b": 200})
+    fresh = DedupeIndex(WINDOW)
+    for key, value in records:
+        fresh.restore(key, value)
+    assert batch(fresh, {"c": 1_150}) == [("#dd:2", {"t": 1_150, "k": ["c"]}), ("#dd:0", None)]
+
+
+def test_abort_forgets_pending_keys_and_watermark(index: DedupeIndex) -> None:
+    batch(index, {"a": 100})
+    index.add("b", 50_000)
+    index.observe(50_000)
+    index.abort()
+    assert not index.seen("b")
+    assert index.changelog() == []  # the aborted watermark expires nothing
+    assert index.watermark == 100
+
+
+# --- EventTimeMerge -------------------------------------------------------------------
+
+INPUTS = ("a", "b", "c")
+
+
+def merge_of(**buffers: list[int]) -> EventTimeMerge:
+    merge = EventTimeMerge(INPUTS, max_idle_ms=500)
+    for topic, times in buffers.items():
+        for offset, ts in enumerate(times):
+            merge.add(Pending(ts, topic, offset, None, None, f"{topic}{offset}"))
+    return merge
+
+
+def drained(merge: EventTimeMerge, now_ms: float = 0, lagging: tuple[str, ...] = ()) -> list[str]:
+    return [p.item for p in merge.drain(lambda topic: topic not in lagging, now_ms)]
+
+
+def test_merges_by_event_time() -> None:
+    merge = merge_of(a=[10, 40], b=[20, 30], c=[5])
+    assert drained(merge) == ["c0", "a0", "b0", "b1", "a1"]
+    assert [merge.buffered(t) for t in INPUTS] == [0, 0, 0]
+
+
+def test_each_input_keeps_its_order_when_time_goes_backwards() -> None:
+    merge = merge_of(a=[10, 5, 50], b=[7, 30])
+    assert drained(merge) == ["b0", "a0", "a1", "b1", "a2"]
+
+
+def test_ties_go_to_the_input_listed_first() -> None:
+    merge = merge_of(c=[5, 5], b=[5], a=[5])
+    assert drained(merge) == ["a0", "b0", "c0", "c1"]
+
+
+def test_malformed_records_come_first() -> None:
+    assert drained(merge_of(a=[3], b=[NO_TIME])) == ["b0", "a0"]
+
+
+def test_holds_back_while_an_empty_input_is_not_caught_up() -> None:
+    merge = merge_of(a=[10, 20])
+    assert drained(merge, 1_000, lagging=("b",)) == []
+    assert drained(merge, 1_499, lagging=("b",)) == []
+    assert drained(merge, 1_500, lagging=("b",)) == ["a0", "a1"]
+
+
+def test_waiting_starts_over_after_the_buffers_ran_dry() -> None:
+    merge = merge_of(a=[10])
+    drained(merge, 0, lagging=("b",))
+    assert drained(merge, 500, lagging=("b",)) == ["a0"]
+    merge.add(Pending(11, "a", 1, None, None, "a1"))
+    assert drained(merge, 600, lagging=("b",)) == []
+    assert drained(merge, 1_100, lagging=("b",)) == ["a1"]
+
+
+def test_data_arriving_on_the_lagging_input_is_merged_in_order() -> None:
+    merge = merge_of(a=[10, 30])
+    assert drained(merge, 0, lagging=("b",)) == []
+    merge.add(Pending(20, "b", 0, None, None, "b0"))
+    assert drained(merge, 100) == ["a0", "b0", "a1"]
+
+
+def test_proceeds_at_once_when_the_empty_input_is_caught_up() -> None:
+    assert drained(merge_of(a=[10], b=[20]), 0) == ["a0", "b0"]
+
+
+def test_a_lagging_input_blocks_only_once_its_buffer_is_empty() -> None:
+    """Only an empty buffer can hide an earlier record."""
+    assert drained(merge_of(a=[10], b=[20], c=[30]), 0, lagging=("c",)) == ["a0", "b0", "c0"]
+    assert drained(merge_of(a=[10], b=[20], c=[30]), 0, lagging=("a",)) == ["a0"]
+
+
+def test_clear_forgets_buffers() -> None:
+    merge = merge_of(a=[1], b=[2])
+    merge.clear()
+    assert drained(merge) == []
