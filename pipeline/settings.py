@@ -75,7 +75,7 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> i
 
 def _host_port(value: str, name: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(f"{name}: {value!r} is not host:port; use for example 127.0.0.1:9092")
     return host, int(port)
 
@@ -91,7 +91,12 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         _host_port(server.strip(), "PIPELINE_BOOTSTRAP_SERVERS")
     redis_url = env.get("PIPELINE_REDIS_URL", d.redis_url).strip()
     parsed = urlparse(redis_url)
-    if parsed.scheme not in ("redis", "rediss", "unix") or (parsed.scheme != "unix" and not parsed.hostname):
+    try:
+        parsed.port  # raises ValueError on a port that is not a number from 0 to 65535
+        valid = parsed.scheme in ("redis", "rediss", "unix") and (parsed.scheme == "unix" or bool(parsed.hostname))
+    except ValueError:
+        valid = False
+    if not valid:
         raise ConfigError(
             f"PIPELINE_REDIS_URL={redis_url!r} is not a Redis URL; use redis://[:password@]host:port/db"
         )

@@ -55,7 +55,10 @@ def gift_rejection(state: UserState, ev: Gift, econ: Economics) -> str | None:
         return "self_gift"
     if coins > state.balance:
         return "insufficient_coins"
-    if state.day_spend.get(utc_day(ev.ts), 0) + coins > effective_limit(state, econ):
+    day = utc_day(ev.ts)
+    if state.day_total_forgotten(day):
+        return "spend_limit_exceeded"  # that day's spend is no longer known: fail safe
+    if state.day_spend.get(day, 0) + coins > effective_limit(state, econ):
         return "spend_limit_exceeded"
     return None
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DAY_MS = 86_400_000
-# Day totals older than the newest MAX_SPEND_DAYS days are dropped: a limit decision
-# for a gift older than that would see no earlier spend that day (documented limit).
+# Spend is kept for the user's newest MAX_SPEND_DAYS spend days; a gift dated before
+# all of them once that many are kept is refused (its day's total is unknown).
 MAX_SPEND_DAYS = 40
 
 
@@ -40,7 +40,11 @@ class UserState:
     def copy(self) -> "UserState":
         return UserState(self.balance, self.recharged, self.spent, self.own_limit, dict(self.day_spend), self.seq)
 
+    def day_total_forgotten(self, day: int) -> bool:
+        return len(self.day_spend) >= MAX_SPEND_DAYS and day < min(self.day_spend)
+
     def add_day_spend(self, day: int, coins: int) -> None:
+        assert not self.day_total_forgotten(day)
         self.day_spend[day] = self.day_spend.get(day, 0) + coins
         if len(self.day_spend) > MAX_SPEND_DAYS:
             del self.day_spend[min(self.day_spend)]

@@ -8,6 +8,7 @@ touched by a batch is written to the changelog once, however often it changed.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
 
 
@@ -72,19 +73,24 @@ SEGMENT_PREFIX = "#dd:"  # '#' is outside the id pattern: no clash with state ke
 class DedupeIndex:
     """event ids applied within the dedupe window, persisted as one changelog record per
     batch ("segment"). A segment is dropped, with a tombstone, once its newest event is
-    older than the window behind the newest event time this partition has seen; the
-    window is the contract's minimum plus one day, so an id lives at least that long.
+    older than the window behind the newest event time this partition has seen AND it
+    was written longer than the window ago: an id lives at least the window in event
+    time and in real time, so one event dated far in the future cannot flush the index.
+    The window is the contract's 7 days plus one.
     """
 
-    def __init__(self, window_ms: int) -> None:
+    def __init__(self, window_ms: int, clock: Callable[[], float] = time.time) -> None:
         assert window_ms > 0
         self.window_ms = window_ms
+        self.clock = clock
         self.index: dict[str, int] = {}  # dedupe key -> segment
-        self.segments: dict[int, tuple[int, list[str]]] = {}  # segment -> (newest ts, keys)
+        # segment -> (newest event time, wall time written in ms, keys), in creation order
+        self.segments: dict[int, tuple[int, int, list[str]]] = {}
         self.next_segment = 0
         self.watermark = 0  # newest event time seen
         self._pending: dict[str, int] = {}
         self._pending_watermark = 0
+        self._batch_wall = 0
 
     def seen(self, key: str) -> bool:
         return key in self.index or key in self._pending
@@ -99,19 +105,23 @@ class DedupeIndex:
 
     def changelog(self) -> list[tuple[str, dict[str, Any] | None]]:
         """The records that make this batch's changes durable (new segment, tombstones)."""
+        self._batch_wall = int(self.clock() * 1000)
         out: list[tuple[str, dict[str, Any] | None]] = []
         if self._pending:
-            out.append((f"{SEGMENT_PREFIX}{self.next_segment}", {"t": max(self._pending.values()), "k": list(self._pending)}))
-        horizon = max(self.watermark, self._pending_watermark) - self.window_ms
-        out.extend((f"{SEGMENT_PREFIX}{seg}", None) for seg in self._expired(horizon))
+            segment = {"t": max(self._pending.values()), "w": self._batch_wall, "k": list(self._pending)}
+            out.append((f"{SEGMENT_PREFIX}{self.next_segment}", segment))
+        watermark = max(self.watermark, self._pending_watermark)
+        out.extend((f"{SEGMENT_PREFIX}{seg}", None) for seg in self._expired(watermark))
         return out
 
-    def _expired(self, horizon: int) -> list[int]:
-        """Expired segments at the front (segments are kept in creation order; one
-        whose newest event is later than a younger one's lingers a little longer)."""
+    def _expired(self, watermark: int) -> list[int]:
+        """Expired segments at the front (segments are kept in creation order; one whose
+        newest event is later than a younger one's lingers a little longer)."""
         out = []
-        for seg, (ts, _) in self.segments.items():
-            if ts >= horizon or len(out) >= MAX_EXPIRE_PER_BATCH:
+        for seg, (ts, wall, _) in self.segments.items():
+            if ts >= watermark - self.window_ms or wall >= self._batch_wall - self.window_ms:
+                break
+            if len(out) >= MAX_EXPIRE_PER_BATCH:
                 break
             out.append(seg)
         return out
@@ -119,10 +129,10 @@ class DedupeIndex:
     def commit(self) -> None:
         """Apply what `changelog()` wrote: the same expiry, then the new segment."""
         self.watermark = max(self.watermark, self._pending_watermark)
-        for seg in self._expired(self.watermark - self.window_ms):
+        for seg in self._expired(self.watermark):
             self._drop(seg)
         if self._pending:
-            self._install(self.next_segment, max(self._pending.values()), list(self._pending))
+            self._install(self.next_segment, max(self._pending.values()), self._batch_wall, list(self._pending))
         self._pending.clear()
 
     def abort(self) -> None:
@@ -134,11 +144,11 @@ class DedupeIndex:
         if data is None:
             self._drop(seg)
         else:
-            self._install(seg, data["t"], data["k"])
+            self._install(seg, data["t"], data["w"], data["k"])
             self.watermark = self._pending_watermark = max(self.watermark, data["t"])
 
-    def _install(self, seg: int, ts: int, keys: list[str]) -> None:
-        self.segments[seg] = (ts, keys)
+    def _install(self, seg: int, ts: int, wall: int, keys: list[str]) -> None:
+        self.segments[seg] = (ts, wall, keys)
         for key in keys:
             self.index[key] = seg
         self.next_segment = max(self.next_segment, seg + 1)
@@ -146,7 +156,7 @@ class DedupeIndex:
     def _drop(self, seg: int) -> None:
         entry = self.segments.pop(seg, None)
         if entry is not None:
-            for key in entry[1]:
+            for key in entry[2]:
                 if self.index.get(key) == seg:
                     del self.index[key]
 

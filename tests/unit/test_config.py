@@ -149,10 +149,6 @@ def test_bad_setting_names_the_variable(name: str, value: str) -> None:
         settings.load({name: value})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: settings.load accepts a PIPELINE_REDIS_URL whose port is not a number or out of "
-    "range; urlparse only validates the port when .port is read, so the error comes later as "
-    "a bare ValueError (redis_address / the Redis client) instead of a ConfigError naming the variable"))
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:notaport/0", "redis://127.0.0.1:99999/0"])
 def test_redis_url_with_bad_port_names_the_variable(url: str) -> None:
     with pytest.raises(ConfigError, match="PIPELINE_REDIS_URL"):

@@ -319,10 +319,6 @@ def test_commit_returns_read_model_updates_of_changed_keys(users: UserLedger) ->
 FAR_FUTURE = 253_402_300_799_999  # the largest ts the contract's validator accepts
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: dedupe expiry is measured against the newest ts ever seen on the partition, so one "
-    "well-formed event with a far-future ts (any key) expires every segment; a copy with the "
-    "SAME event time as its original, in the next batch, is applied again (double recharge)"))
 def test_far_future_event_of_another_user_does_not_disable_dedupe(users: UserLedger) -> None:
     run(users, [recharge("r", 100, "u1")])
     run(users, [recharge("z", 1, "u2", ts=FAR_FUTURE)])  # its commit expires every older segment

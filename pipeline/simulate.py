@@ -1,0 +1,140 @@
+"""A seeded live-event load generator producing contract events.
+
+Viewers and creators have Zipf-distributed activity (a few whales, a long tail); a
+viewer recharges a package when its coins run low, then sends gifts drawn from the
+catalog with a realistic mix (many roses, few lions). Optional shares of spend-limit
+changes, payouts, malformed messages and producer-retry duplicates, and a "mega live"
+mode in which one creator and one stream receive a given share of all gifts.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from pipeline import topics
+from pipeline.economics import Economics
+
+# Relative popularity of catalog gifts (by price rank): cheap gifts dominate.
+GIFT_POPULARITY = (400, 200, 120, 60, 25, 10, 2, 1)
+QUANTITIES = ((1, 70), (2, 10), (5, 8), (10, 6), (99, 5), (999, 1))
+MAX_GIFT_COINS = 50_000
+
+Message = tuple[str, bytes, bytes]  # topic (no prefix), key, value
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    events: int = 10_000
+    users: int = 1_000
+    creators: int = 100
+    streams_per_creator: int = 1
+    seed: int = 7
+    zipf_s: float = 1.1
+    spend_limit_share: float = 0.01
+    payout_share: float = 0.005
+    malformed_share: float = 0.0
+    duplicate_share: float = 0.0
+    mega_live_share: float = 0.0  # share of gifts to creator 0 on its stream 0
+    start_ts: int | None = None  # event time of the first event (default: now)
+    tick_ms: int = 1  # event time advance per event
+    id_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        assert self.events >= 0 and self.users >= 1 and self.creators >= 1
+        for share in (self.spend_limit_share, self.payout_share, self.malformed_share,
+                      self.duplicate_share, self.mega_live_share):
+            assert 0.0 <= share <= 1.0
+
+
+class _Zipf:
+    """Draws ranks 0..n-1 with P(k) proportional to 1 / (k+1)^s."""
+
+    def __init__(self, n: int, s: float, rng: random.Random) -> None:
+        self.cum = list(itertools.accumulate(1.0 / (k + 1) ** s for k in range(n)))
+        self.rng = rng
+
+    def draw(self) -> int:
+        return bisect.bisect_left(self.cum, self.rng.random() * self.cum[-1])
+
+
+def generate(cfg: SimConfig, econ: Economics) -> Iterator[Message]:
+    rng = random.Random(cfg.seed)
+    users, creators = _Zipf(cfg.users, cfg.zipf_s, rng), _Zipf(cfg.creators, cfg.zipf_s, rng)
+    catalog = sorted(econ.gifts.items(), key=lambda kv: kv[1])
+    gift_weights = list(itertools.accumulate(GIFT_POPULARITY[i] if i < len(GIFT_POPULARITY) else 1 for i in range(len(catalog))))
+    qty_values = [q for q, _ in QUANTITIES]
+    qty_weights = list(itertools.accumulate(w for _, w in QUANTITIES))
+    packages = econ.recharge_packages
+    coins: dict[int, int] = {}  # the simulator's own idea of each viewer's balance
+    recent: list[Message] = []
+    ts = cfg.start_ts if cfg.start_ts is not None else int(time.time() * 1000)
+    p = cfg.id_prefix
+    for n in range(cfg.events):
+        ts += cfg.tick_ms
+        eid = f"{p}e{n}"
+        roll = rng.random()
+        if roll < cfg.malformed_share:
+            yield _malformed(rng, eid, ts)
+            continue
+        roll -= cfg.malformed_share
+        if roll < cfg.duplicate_share and recent:
+            yield rng.choice(recent)  # a producer retry: the same message again
+            continue
+        roll -= cfg.duplicate_share
+        if roll < cfg.payout_share:
+            c = creators.draw()
+            msg = _msg(topics.PAYOUTS, {"event_id": eid, "creator_id": f"{p}c{c}",
+                                        "diamonds": rng.choice((2_000, 5_000, 20_000, 100_000)), "ts": ts}, "creator_id")
+        elif roll < cfg.payout_share + cfg.spend_limit_share:
+            u = users.draw()
+            limit = rng.choice((None, 5_000, 20_000, 100_000))
+            msg = _msg(topics.SPEND_LIMITS, {"event_id": eid, "user_id": f"{p}u{u}", "daily_coin_limit": limit, "ts": ts}, "user_id")
+        else:
+            u = users.draw()
+            if rng.random() < cfg.mega_live_share:
+                c, stream = 0, 0
+            else:
+                c, stream = creators.draw(), rng.randrange(cfg.streams_per_creator)
+            gift_id, price = catalog[bisect.bisect_left(gift_weights, rng.random() * gift_weights[-1])]
+            qty = qty_values[bisect.bisect_left(qty_weights, rng.random() * qty_weights[-1])]
+            if price * qty > MAX_GIFT_COINS:
+                qty = 1  # big quantities come with cheap gifts
+            cost = price * qty
+            if coins.get(u, 0) < cost:
+                package = next((x for x in packages if x >= cost), packages[-1])
+                coins[u] = coins.get(u, 0) + package
+                msg = _msg(topics.RECHARGES, {"event_id": eid, "user_id": f"{p}u{u}", "coins": package,
+                                              "amount_cents": package, "currency": "USD", "ts": ts}, "user_id")
+            else:
+                coins[u] -= cost
+                msg = _msg(topics.GIFTS, {"event_id": eid, "sender_id": f"{p}u{u}", "creator_id": f"{p}c{c}",
+                                          "stream_id": f"{p}c{c}-s{stream}", "gift_id": gift_id, "quantity": qty,
+                                          "ts": ts}, "sender_id")
+        if cfg.duplicate_share:
+            recent.append(msg)
+            if len(recent) > 100:
+                recent.pop(0)
+        yield msg
+
+
+def _msg(topic: str, value: dict, key_field: str) -> Message:
+    return topic, value[key_field].encode(), json.dumps(value, separators=(",", ":")).encode()
+
+
+def _malformed(rng: random.Random, eid: str, ts: int) -> Message:
+    kind = rng.randrange(4)
+    if kind == 0:
+        return topics.GIFTS, b"u0", b"{oops"
+    if kind == 1:
+        return topics.RECHARGES, b"u0", json.dumps({"event_id": eid, "user_id": "u0", "coins": -5,
+                                                     "amount_cents": 0, "currency": "USD", "ts": ts}).encode()
+    if kind == 2:
+        return topics.GIFTS, b"someone-else", json.dumps({"event_id": eid, "sender_id": "u0", "creator_id": "c0",
+                                                           "stream_id": "s0", "gift_id": "rose", "quantity": 1, "ts": ts}).encode()
+    return topics.PAYOUTS, b"c0", json.dumps({"event_id": eid, "creator_id": "c0", "ts": ts}).encode()
