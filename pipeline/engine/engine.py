@@ -120,9 +120,9 @@ class Engine:
         for task in self.tasks.values():
             positions = {t: await consumer.position(task.tp(t)) for t in task.input_topics}
 
-            def caught_up(topic: str, task: PartitionTask = task, positions: dict[str, int] = positions) -> bool:
+            def caught_up(topic: str, task: PartitionTask = task, positions: dict[str, int] = positions) -> bool | None:
                 lso = consumer.last_stable_offset(task.tp(topic))
-                return lso is not None and positions[topic] >= lso
+                return None if lso is None else positions[topic] >= lso
 
             self.processed_total += task.process(caught_up, now_ms)
         busy = [t for t in self.tasks.values() if t.has_work]

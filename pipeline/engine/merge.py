@@ -3,10 +3,12 @@
 Kafka orders each partition, not the topics of one key: a recharge and a gift of one
 user sit in two topics, and what a fetch returns first depends on timing (a backlog
 fetched after a restart can deliver a thousand gifts before their recharges). As Kafka
-Streams does, the merge takes the record with the smallest event time among the heads
-of the buffers, and holds back while an input with no buffered record is known to have
-unread data (its position is below its last stable offset), for at most `max_idle_ms`.
-Each input keeps its own partition order; ties go to the input listed first.
+Streams does (KIP-695), the merge takes the record with the smallest event time among
+the heads of the buffers, and holds back while an input with no buffered record is
+known to have unread data (its position is below its last stable offset): that data
+is on its way, however long it takes. Only an input whose lag is unknown (no fetch
+answered for it yet) is waited for at most `max_idle_ms`. Each input keeps its own
+partition order; ties go to the input listed first.
 """
 
 from __future__ import annotations
@@ -47,28 +49,31 @@ class EventTimeMerge:
             buf.clear()
         self._blocked_since = None
 
-    def drain(self, caught_up: Callable[[str], bool], now_ms: float) -> Iterator[Pending]:
-        """Yield records in merge order while the order is known (or waited long enough)."""
+    def drain(self, caught_up: Callable[[str], bool | None], now_ms: float) -> Iterator[Pending]:
+        """Yield records in merge order while the order is known. `caught_up(topic)` is
+        True (nothing unread), False (unread data known: wait) or None (unknown: wait at
+        most max_idle_ms)."""
         buffers = [(i, self.buffers[t]) for i, t in enumerate(self.inputs)]
         while True:
             best: deque[Pending] | None = None
             best_key = (0, 0)
-            waiting = False
+            lagging = unknown = False
             for i, buf in buffers:
                 if buf:
                     key = (buf[0].ts, i)
                     if best is None or key < best_key:
                         best, best_key = buf, key
-                elif not caught_up(self.inputs[i]):
-                    waiting = True
-            if best is None:
+                else:
+                    state = caught_up(self.inputs[i])
+                    lagging = lagging or state is False
+                    unknown = unknown or state is None
+            if best is None or lagging or not unknown:
                 self._blocked_since = None
+            if best is None or lagging:
                 return
-            if waiting:
+            if unknown:
                 if self._blocked_since is None:
                     self._blocked_since = now_ms
                 if now_ms - self._blocked_since < self.max_idle_ms:
                     return
-            else:
-                self._blocked_since = None
             yield best.popleft()

@@ -211,8 +211,11 @@ def merge_of(**buffers: list[int]) -> EventTimeMerge:
     return merge
 
 
-def drained(merge: EventTimeMerge, now_ms: float = 0, lagging: tuple[str, ...] = ()) -> list[str]:
-    return [p.item for p in merge.drain(lambda topic: topic not in lagging, now_ms)]
+def drained(
+    merge: EventTimeMerge, now_ms: float = 0, lagging: tuple[str, ...] = (), unknown: tuple[str, ...] = ()
+) -> list[str]:
+    """`lagging` inputs have known unread data; `unknown` ones have no fetch answer yet."""
+    return [p.item for p in merge.drain(lambda t: None if t in unknown else t not in lagging, now_ms)]
 
 
 def test_merges_by_event_time() -> None:
@@ -235,20 +238,29 @@ def test_malformed_records_come_first() -> None:
     assert drained(merge_of(a=[3], b=[NO_TIME])) == ["b0", "a0"]
 
 
-def test_holds_back_while_an_empty_input_is_not_caught_up() -> None:
+def test_holds_back_while_an_empty_input_has_known_unread_data() -> None:
+    """Known lag: the data is on its way, so the merge waits however long it takes."""
     merge = merge_of(a=[10, 20])
     assert drained(merge, 1_000, lagging=("b",)) == []
-    assert drained(merge, 1_499, lagging=("b",)) == []
-    assert drained(merge, 1_500, lagging=("b",)) == ["a0", "a1"]
+    assert drained(merge, 100_000, lagging=("b",)) == []
+    merge.add(Pending(15, "b", 0, None, None, "b0"))
+    assert drained(merge, 100_001) == ["a0", "b0", "a1"]
+
+
+def test_an_input_of_unknown_lag_is_waited_for_at_most_max_idle() -> None:
+    merge = merge_of(a=[10, 20])
+    assert drained(merge, 1_000, unknown=("b",)) == []
+    assert drained(merge, 1_499, unknown=("b",)) == []
+    assert drained(merge, 1_500, unknown=("b",)) == ["a0", "a1"]
 
 
 def test_waiting_starts_over_after_the_buffers_ran_dry() -> None:
     merge = merge_of(a=[10])
-    drained(merge, 0, lagging=("b",))
-    assert drained(merge, 500, lagging=("b",)) == ["a0"]
+    drained(merge, 0, unknown=("b",))
+    assert drained(merge, 500, unknown=("b",)) == ["a0"]
     merge.add(Pending(11, "a", 1, None, None, "a1"))
-    assert drained(merge, 600, lagging=("b",)) == []
-    assert drained(merge, 1_100, lagging=("b",)) == ["a1"]
+    assert drained(merge, 600, unknown=("b",)) == []
+    assert drained(merge, 1_100, unknown=("b",)) == ["a1"]
 
 
 def test_data_arriving_on_the_lagging_input_is_merged_in_order() -> None:
