@@ -136,3 +136,43 @@ def test_sigkill_mid_stream_matches_reference(deployment: Deployment, workers: l
     # rather than after one transaction that holds the whole backlog.
     deployment.extra_env["PIPELINE_MAX_BATCH"] = "50"
     _scenario(deployment, workers, 3 * EVENTS, kill_at=(0.2, 0.6))
+
+
+def test_workers_share_partitions_rebalance_and_answer_any_key(deployment: Deployment, workers: list[Worker]) -> None:
+    """Two workers split the partitions; one is SIGKILLed mid-stream (its partitions move
+    to the other) and comes back; either answers for every user and creator."""
+    d = deployment
+    d.extra_env["PIPELINE_MAX_BATCH"] = "50"
+    stream = user_stream(seed=21, n=3 * EVENTS)
+    model = ReferenceLedger()
+    for topic, ev in stream.events:
+        model.apply(topic, ev)
+    d.create_topics()
+    run(produce(d.bootstrap, [(d.topic(t), k, v) for t, k, v in stream.messages]))
+    w1, w2 = Worker(d, "w1"), Worker(d, "w2")
+    workers.extend([w1, w2])
+    w1.start(wait=False)
+    w2.start(wait=False)
+    w1.wait_healthy()
+    w2.wait_healthy()
+    run(wait_end_offsets(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes) // 4, DONE_TIMEOUT_S))
+    w2.kill()
+    outcomes = run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), DONE_TIMEOUT_S))
+    _assert_same_outcomes(outcomes, model.outcomes)
+    w2.start()
+    users = {ev.get("user_id") or ev.get("sender_id") for _, ev in stream.events}
+    creators = {f"c{i}" for i in range(12)}
+    for w in (w1, w2):
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                _check_state(w, model, users, creators)
+                break
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while sorted(w1.get("/health")[1]["partitions"] + w2.get("/health")[1]["partitions"]) != [0, 1, 2, 3]:
+        assert time.monotonic() < deadline, "the two workers do not split the partitions"
+        time.sleep(0.5)

@@ -1,0 +1,11 @@
+# Worker image: `docker compose up --scale worker=N` (see docker-compose.yml).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY pipeline ./pipeline
+COPY agents ./agents
+COPY schemas ./schemas
+RUN pip install --no-cache-dir -e .
+ENV PIPELINE_WEB_PORT=6066 PIPELINE_DATA_DIR=/data
+EXPOSE 6066
+CMD ["python", "-m", "pipeline", "worker"]
