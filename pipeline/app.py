@@ -50,7 +50,7 @@ class LedgerService(Service):
         super().__init__(**kwargs)
         self.settings = settings
         self.read_model = RedisReadModel(settings)
-        self.engine = Engine(settings, lambda: stages(econ), self.read_model.write, self.read_model.write)
+        self.engine = Engine(settings, lambda p: stages(econ, p, settings.partitions), self.read_model.write)
         self.failed: BaseException | None = None
 
     async def on_start(self) -> None:
@@ -102,8 +102,8 @@ async def _preflight(settings: Settings) -> None:
         await client.aclose()
 
 
-def stages(econ: Economics) -> list[Stage]:
-    return [UserLedger(econ), CreatorLedger(econ)]
+def stages(econ: Economics, partition: int, partitions: int) -> list[Stage]:
+    return [UserLedger(econ, partition, partitions), CreatorLedger(econ, partitions)]
 
 
 def create_app(settings: Settings, econ: Economics) -> LedgerApp:

@@ -19,8 +19,11 @@ from agents.readmodel.redis_sink import hash_key
 from pipeline.settings import Settings
 
 READ_TIMEOUT_S = 2.0
-USER_FIELDS = ("coins", "recharged_coins", "spent_coins")
+USER_FIELDS = (
+    "coins", "recharged_coins", "spent_coins", "daily_coin_limit", "last_spend_day", "last_spend_day_coins",
+)
 CREATOR_FIELDS = ("diamonds", "lifetime_diamonds", "paid_out_diamonds")
+NULLABLE = {"daily_coin_limit", "last_spend_day"}  # stored as -1 when null
 
 
 def register_views(app: Any, settings: Settings, service: Any) -> None:
@@ -32,36 +35,29 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
     def error(view: View, status: int, message: str) -> Response:
         return view.json({"error": message, "status": status}, status=status)
 
+    async def entity(view: View, kind: str, id_: str, fields: tuple[str, ...]) -> Response:
+        """A user or creator hash as JSON: unknown ids read as zeros; -1 stands for null."""
+        if not ID_RE.fullmatch(id_):
+            return error(view, 400, f"{kind}_id must match ^[A-Za-z0-9_.:-]{{1,64}}$")
+        try:
+            h = await read_hash(kind, id_)
+        except (RedisError, OSError):
+            return error(view, 503, "read model unavailable (Redis)")
+        body: dict[str, Any] = {f"{kind}_id": id_}
+        for name in fields:
+            value = int(h.get(name, -1 if name in NULLABLE else 0))
+            body[name] = None if name in NULLABLE and value < 0 else value
+        return view.json(body)
+
     @app.page("/users/{user_id}")
     class UserView(View):
         async def get(self, request: Request, user_id: str) -> Response:
-            if not ID_RE.fullmatch(user_id):
-                return error(self, 400, "user_id must match ^[A-Za-z0-9_.:-]{1,64}$")
-            try:
-                h = await read_hash("user", user_id)
-            except (RedisError, OSError):
-                return error(self, 503, "read model unavailable (Redis)")
-            body: dict[str, Any] = {"user_id": user_id}
-            body.update({f: int(h.get(f, 0)) for f in USER_FIELDS})
-            limit = int(h.get("daily_coin_limit", -1))
-            body["daily_coin_limit"] = None if limit < 0 else limit
-            day = int(h.get("last_spend_day", -1))
-            body["last_spend_day"] = None if day < 0 else day
-            body["last_spend_day_coins"] = int(h.get("last_spend_day_coins", 0))
-            return self.json(body)
+            return await entity(self, "user", user_id, USER_FIELDS)
 
     @app.page("/creators/{creator_id}")
     class CreatorView(View):
         async def get(self, request: Request, creator_id: str) -> Response:
-            if not ID_RE.fullmatch(creator_id):
-                return error(self, 400, "creator_id must match ^[A-Za-z0-9_.:-]{1,64}$")
-            try:
-                h = await read_hash("creator", creator_id)
-            except (RedisError, OSError):
-                return error(self, 503, "read model unavailable (Redis)")
-            body: dict[str, Any] = {"creator_id": creator_id}
-            body.update({f: int(h.get(f, 0)) for f in CREATOR_FIELDS})
-            return self.json(body)
+            return await entity(self, "creator", creator_id, CREATOR_FIELDS)
 
     @app.page("/health")
     class HealthView(View):

@@ -1,12 +1,20 @@
-"""The creator ledger: diamonds credited from gifts, and payouts, per creator."""
+"""The creator ledger: diamonds credited from gifts, and payouts, per creator.
+
+A payout is decided on the diamonds available at its event time, counting every credit
+of an earlier gift whichever user partition it comes from (agents/credit/progress.py):
+a payout that some partition may still precede with a credit waits in its creator's
+`held` list, persisted with the creator's state, and credits of gifts later than a
+payout that are already in are left out of its decision (`recent`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from agents.credit.ops import parse_op
+from agents.credit.ops import Mark, parse_op, payout_op
+from agents.credit.progress import Progress
 from agents.credit.rules import CreditBatch, apply_credit, apply_payout, duplicate_payout
-from agents.credit.state import CreatorState
+from agents.credit.state import MAX_HELD, CreatorState
 from agents.ingest.records import Payout
 from agents.ledger.state import DAY_MS
 from pipeline import topics
@@ -15,6 +23,11 @@ from pipeline.engine.codec import loads
 from pipeline.engine.stage import Output, ReadModelUpdate, Stage
 from pipeline.engine.store import Store
 
+PROGRESS_PREFIX = "#progress"
+# Longest a payout waits for the progress of every user partition, in real time, counted
+# from its arrival or from this partition's start (a restart is not a reason to give up).
+MAX_HOLD_MS = 30_000
+
 
 class CreatorLedger(Stage):
     inputs = (topics.CREATOR_OPS,)
@@ -22,20 +35,95 @@ class CreatorLedger(Stage):
     table_name = "creators"
     index_name = "payout_event_ids"
 
-    def __init__(self, econ: Economics) -> None:
-        super().__init__(Store(CreatorState, CreatorState.from_json), (econ.dedupe_window_days + 1) * DAY_MS)
+    def __init__(self, econ: Economics, sources: int, max_hold_ms: int = MAX_HOLD_MS) -> None:
+        self.progress_table: Store[Progress] = Store(Progress, Progress.from_json)
+        super().__init__(
+            Store(CreatorState, CreatorState.from_json), (econ.dedupe_window_days + 1) * DAY_MS,
+            side={PROGRESS_PREFIX: self.progress_table},
+        )
         self.econ = econ
+        self.sources = sources
+        self.max_hold_ms = max_hold_ms
+        self.holding: set[str] = set()  # creators with held records, as committed
+        self._now_ms = 0.0
+        self._started_ms: float | None = None  # first tick of this instance
 
-    def decode(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[CreditBatch | Payout, int | None]:
+    def decode(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[CreditBatch | Payout | Mark, int | None]:
         assert value is not None, "creator-ops records are written by the pipeline and never empty"
         item = parse_op(loads(value))
         return item, item.ts
 
     def handle(self, topic: str, item: Any, out: Output) -> None:
-        if isinstance(item, CreditBatch):
-            apply_credit(self.table.for_update(item.creator_id), item)
-            out.diamonds_credited += item.diamonds
+        if isinstance(item, Mark):
+            self.progress_table.for_update("").record(item.source, item.ts, item.idle)
+            self._release_all(out)
+        elif isinstance(item, CreditBatch):
+            self._credit(item, out)
+        else:
+            op = dict(payout_op(item), since=self._progress().snapshot(), at=self._now_ms)
+            current = self.table.get(item.creator_id)
+            if (current is None or not current.held) and self._decidable(op):
+                self._payout(item, out)
+                return
+            if current is not None and len(current.held) >= MAX_HELD:
+                self._release(item.creator_id, out, force=1)  # bounded: the oldest goes now
+            state = self.table.for_update(item.creator_id)
+            state.held.append(op)
+            state.seq += 1
+            state.check()
+
+    def tick(self, out: Output, now_ms: float) -> None:
+        self._now_ms = now_ms
+        if self._started_ms is None:
+            self._started_ms = now_ms
+        self._release_all(out)
+
+    def _progress(self) -> Progress:
+        return self.progress_table.get("") or Progress()
+
+    def _decidable(self, payout: dict[str, Any], progress: Progress | None = None) -> bool:
+        """Every user partition has passed the payout's event time (every earlier credit
+        is in), or it has waited the longest hold."""
+        progress = progress or self._progress()
+        started = self._now_ms if self._started_ms is None else self._started_ms
+        waited = self._now_ms - max(payout["at"], started)
+        return progress.passed(payout["ts"], payout["since"], self.sources) or waited >= self.max_hold_ms
+
+    def _release_all(self, out: Output) -> None:
+        waiting = self.holding | {k for k, v in self.table.dirty.items() if v.held}
+        for creator_id in sorted(waiting):
+            self._release(creator_id, out)
+
+    def _release(self, creator_id: str, out: Output, force: int = 0) -> None:
+        """Decide held payouts in arrival order, up to the first not yet decidable (the
+        first `force` ones in any case)."""
+        current = self.table.get(creator_id)
+        if current is None or not current.held:
             return
+        progress = self._progress()
+        ready = min(force, len(current.held))
+        while ready < len(current.held) and self._decidable(current.held[ready], progress):
+            ready += 1
+        if ready == 0:
+            return
+        state = self.table.for_update(creator_id)
+        released, state.held = state.held[:ready], state.held[ready:]
+        state.seq += 1
+        for op in released:
+            payout = parse_op(op)
+            assert isinstance(payout, Payout)
+            self._payout(payout, out)
+
+    def _credit(self, item: CreditBatch, out: Output) -> None:
+        state = self.table.for_update(item.creator_id)
+        horizon = self._progress().horizon(self.sources)
+        if horizon is not None and state.held:
+            # A held payout is dated before the horizon: keep what it must not count.
+            horizon = min(horizon, min(op["ts"] for op in state.held) - 1)
+        apply_credit(state, item, horizon)
+        out.diamonds_credited += item.diamonds
+
+    def _payout(self, item: Payout, out: Output) -> None:
         self.dedupe.observe(item.ts)
         dkey = f"p|{item.creator_id}|{item.event_id}"
         if self.dedupe.seen(dkey):
@@ -45,9 +133,23 @@ class CreatorLedger(Stage):
             outcome = apply_payout(self.table.for_update(item.creator_id), item, self.econ)
         out.outcome(outcome)
 
+    def commit(self) -> list[ReadModelUpdate]:
+        for key, value in self.table.changes():
+            (self.holding.add if value.held else self.holding.discard)(key)
+        return super().commit()
+
+    def restore(self, key: str, value: dict[str, Any] | None) -> None:
+        super().restore(key, value)
+        if not key.startswith("#"):
+            state = self.table.committed.get(key)
+            (self.holding.add if state is not None and state.held else self.holding.discard)(key)
+
     def read_model(self, key: str, value: CreatorState) -> ReadModelUpdate:
         return ReadModelUpdate("creator", key, {
             "diamonds": value.available,
             "lifetime_diamonds": value.lifetime,
             "paid_out_diamonds": value.paid_out,
         }, value.seq)
+
+    def sizes(self) -> dict[str, int]:
+        return dict(super().sizes(), held_creators=len(self.holding))

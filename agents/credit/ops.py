@@ -1,29 +1,34 @@
 """Records of the internal creator-ops topic (key: creator_id).
 
 `c`: the combined credit of a batch's accepted gifts to one creator; `p`: a validated
-payout request. Written and read only by this pipeline, so they are compact and trusted.
+payout request; `m`: a progress mark of a user-ledger partition (key none, sent to every
+partition). Written and read only by this pipeline, so they are compact and trusted.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from agents.credit.rules import CreditBatch
 from agents.ingest.records import Payout
 from agents.ledger.rules import Credit
-from agents.ledger.state import utc_day
 
 
 def credit_op(creator_id: str, credits: list[Credit]) -> dict[str, Any]:
-    by_day: dict[int, int] = {}
+    by_ts: dict[int, int] = {}
     for c in credits:
         assert c.creator_id == creator_id
-        day = utc_day(c.ts)
-        by_day[day] = by_day.get(day, 0) + c.diamonds
+        by_ts[c.ts] = by_ts.get(c.ts, 0) + c.diamonds
+    return batch_op(CreditBatch(
+        creator_id, sum(c.coins for c in credits), len(credits), tuple(sorted(by_ts.items())),
+    ))
+
+
+def batch_op(batch: CreditBatch) -> dict[str, Any]:
     return {
-        "op": "c", "creator_id": creator_id,
-        "diamonds": sum(c.diamonds for c in credits), "coins": sum(c.coins for c in credits),
-        "gifts": len(credits), "ts": max(c.ts for c in credits), "days": [[d, n] for d, n in by_day.items()],
+        "op": "c", "creator_id": batch.creator_id, "coins": batch.coins, "gifts": batch.gifts,
+        "items": [list(item) for item in batch.items],
     }
 
 
@@ -31,11 +36,23 @@ def payout_op(ev: Payout) -> dict[str, Any]:
     return {"op": "p", "event_id": ev.event_id, "creator_id": ev.creator_id, "diamonds": ev.diamonds, "ts": ev.ts}
 
 
-def parse_op(data: dict[str, Any]) -> CreditBatch | Payout:
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """Progress of one user-ledger partition (see agents/credit/progress.py)."""
+
+    source: int
+    ts: int
+    idle: bool
+
+
+def mark_op(source: int, ts: int, idle: bool) -> dict[str, Any]:
+    return {"op": "m", "source": source, "ts": ts, "idle": idle}
+
+
+def parse_op(data: dict[str, Any]) -> CreditBatch | Payout | Mark:
+    if data["op"] == "m":
+        return Mark(data["source"], data["ts"], data["idle"])
     if data["op"] == "c":
-        return CreditBatch(
-            data["creator_id"], data["diamonds"], data["coins"], data["gifts"], data["ts"],
-            {d: n for d, n in data["days"]},
-        )
+        return CreditBatch(data["creator_id"], data["coins"], data["gifts"], tuple((t, d) for t, d in data["items"]))
     assert data["op"] == "p", data
     return Payout(data["event_id"], data["creator_id"], data["diamonds"], data["ts"])

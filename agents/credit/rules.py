@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agents.credit.state import MAX_DAYS, CreatorState
+from agents.ledger.state import utc_day
 from agents.ingest.records import Payout
 from agents.outcomes import Outcome
 from pipeline.economics import Economics
@@ -17,43 +18,64 @@ from pipeline.economics import Economics
 @dataclass(frozen=True, slots=True)
 class CreditBatch:
     """The diamonds of one or more accepted gifts to one creator, combined before the
-    repartition so a hot creator costs one record per batch, not one per gift."""
+    repartition so a hot creator costs one record per batch, not one per gift; the
+    diamonds are kept per event time so a payout can tell which came before it."""
 
     creator_id: str
-    diamonds: int
     coins: int
     gifts: int
-    ts: int  # newest gift's event time
-    by_day: dict[int, int]  # UTC day -> diamonds
+    items: tuple[tuple[int, int], ...]  # (event time, diamonds), by event time
 
     def __post_init__(self) -> None:
         assert self.gifts > 0 and 0 <= self.diamonds <= self.coins
-        assert sum(self.by_day.values()) == self.diamonds
+        assert self.items and all(a[0] < b[0] for a, b in zip(self.items, self.items[1:]))
+        assert all(d >= 0 for _, d in self.items)
+
+    @property
+    def diamonds(self) -> int:
+        return sum(d for _, d in self.items)
+
+    @property
+    def ts(self) -> int:
+        return self.items[-1][0]
+
+    def by_day(self) -> dict[int, int]:
+        days: dict[int, int] = {}
+        for ts, diamonds in self.items:
+            days[utc_day(ts)] = days.get(utc_day(ts), 0) + diamonds
+        return days
 
 
-def apply_credit(state: CreatorState, credit: CreditBatch) -> None:
+def apply_credit(state: CreatorState, credit: CreditBatch, horizon: int | None) -> None:
+    """`horizon`: event time every user partition has passed (None: unknown); credits
+    later than it are remembered so that a payout dated before them does not count them."""
     state.available += credit.diamonds
     state.lifetime += credit.diamonds
-    for day, diamonds in credit.by_day.items():
+    for day, diamonds in credit.by_day().items():
         state.day_diamonds[day] = state.day_diamonds.get(day, 0) + diamonds
     while len(state.day_diamonds) > MAX_DAYS:
         del state.day_diamonds[min(state.day_diamonds)]
+    state.recent.extend([ts, d] for ts, d in credit.items if horizon is None or ts > horizon)
+    state.forget_recent(horizon)
     state.seq += 1
     state.check()
 
 
-def payout_rejection(state: CreatorState, ev: Payout, econ: Economics) -> str | None:
+def payout_rejection(available: int, ev: Payout, econ: Economics) -> str | None:
     if ev.diamonds < econ.min_payout_diamonds:
         return "below_min_payout"
-    if ev.diamonds > state.available:
+    if ev.diamonds > available:
         return "insufficient_diamonds"
     return None
 
 
 def apply_payout(state: CreatorState, ev: Payout, econ: Economics) -> Outcome:
-    reason = payout_rejection(state, ev, econ)
+    """Decided on the diamonds available at the payout's event time: credits of later
+    gifts that are already in do not count."""
+    available = state.available_at(ev.ts)
+    reason = payout_rejection(available, ev, econ)
     if reason is not None:
-        return Outcome(ev.event_id, "payout", "rejected", reason, ev.creator_id, None, ev.diamonds, None, state.available, ev.ts)
+        return Outcome(ev.event_id, "payout", "rejected", reason, ev.creator_id, None, ev.diamonds, None, available, ev.ts)
     before = state.available
     state.available -= ev.diamonds
     state.paid_out += ev.diamonds
@@ -61,8 +83,11 @@ def apply_payout(state: CreatorState, ev: Payout, econ: Economics) -> Outcome:
     state.check()
     assert state.available == before - ev.diamonds
     cents = econ.payout_cents(ev.diamonds)
-    return Outcome(ev.event_id, "payout", "accepted", None, ev.creator_id, None, ev.diamonds, cents, state.available, ev.ts)
+    return Outcome(
+        ev.event_id, "payout", "accepted", None, ev.creator_id, None, ev.diamonds, cents, available - ev.diamonds, ev.ts
+    )
 
 
 def duplicate_payout(state: CreatorState, ev: Payout) -> Outcome:
-    return Outcome(ev.event_id, "payout", "duplicate", None, ev.creator_id, None, ev.diamonds, None, state.available, ev.ts)
+    available = state.available_at(ev.ts)
+    return Outcome(ev.event_id, "payout", "duplicate", None, ev.creator_id, None, ev.diamonds, None, available, ev.ts)

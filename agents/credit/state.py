@@ -2,7 +2,10 @@
 
 Invariants (checked by `check()` after every change):
 - available >= 0 and lifetime == available + paid_out (diamonds are conserved);
-- credited diamonds are kept per UTC day for at most MAX_DAYS days (bounded state).
+- credited diamonds are kept per UTC day for at most MAX_DAYS days (bounded state);
+- `held` (payouts waiting for every earlier credit, see agents/credit/agent.py) holds
+  at most MAX_HELD payouts, and `recent` (credits of gifts some user partition may not
+  have passed yet) at most MAX_RECENT entries.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_DAYS = 40
+MAX_HELD = 10_000
+MAX_RECENT = 100_000
 
 
 @dataclass(slots=True)
@@ -20,23 +25,49 @@ class CreatorState:
     paid_out: int = 0
     day_diamonds: dict[int, int] = field(default_factory=dict)
     seq: int = 0
+    # payouts (as creator-ops records) waiting until no earlier credit can still come
+    held: list[dict[str, Any]] = field(default_factory=list)
+    # [event time, diamonds] of credits that a payout dated before them must not count
+    recent: list[list[int]] = field(default_factory=list)
+
+    def available_at(self, ts: int) -> int:
+        """Available diamonds without the credits of gifts later than `ts`; never below
+        zero (later payouts may already have spent those credits)."""
+        return max(0, self.available - sum(d for t, d in self.recent if t > ts))
+
+    def forget_recent(self, horizon: int | None) -> None:
+        """No payout dated at or before `horizon` can still come: forget those credits."""
+        if horizon is not None:
+            self.recent = [r for r in self.recent if r[0] > horizon]
+        if len(self.recent) > MAX_RECENT:
+            self.recent.sort()
+            del self.recent[: len(self.recent) - MAX_RECENT]
 
     def check(self) -> None:
         assert self.available >= 0, self
         assert self.lifetime == self.available + self.paid_out, self
         assert len(self.day_diamonds) <= MAX_DAYS, self
+        assert len(self.held) <= MAX_HELD and all(op["op"] == "p" for op in self.held), self
+        assert len(self.recent) <= MAX_RECENT, self
 
     def copy(self) -> "CreatorState":
-        return CreatorState(self.available, self.lifetime, self.paid_out, dict(self.day_diamonds), self.seq)
+        return CreatorState(
+            self.available, self.lifetime, self.paid_out, dict(self.day_diamonds), self.seq, list(self.held), list(self.recent)
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "a": self.available, "l": self.lifetime, "p": self.paid_out,
             "d": [[day, n] for day, n in self.day_diamonds.items()], "q": self.seq,
         }
+        if self.held:
+            data["h"] = self.held
+        if self.recent:
+            data["r"] = self.recent
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "CreatorState":
-        state = cls(data["a"], data["l"], data["p"], {d: n for d, n in data["d"]}, data["q"])
+        state = cls(data["a"], data["l"], data["p"], {d: n for d, n in data["d"]}, data["q"], data.get("h", []), data.get("r", []))
         state.check()
         return state

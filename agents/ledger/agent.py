@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.credit.ops import credit_op, payout_op
+from agents.credit.ops import credit_op, mark_op, payout_op
+from agents.credit.progress import MARK_INTERVAL_MS
 from agents.ingest.decode import Malformed, decode
 from agents.ingest.records import Event, Gift, Payout
 from agents.ledger.rules import Credit, apply_user_event, duplicate_outcome
@@ -50,16 +51,23 @@ class UserLedger(Stage):
     table_name = "users"
     index_name = "user_event_ids"
 
-    def __init__(self, econ: Economics) -> None:
+    def __init__(self, econ: Economics, partition: int, partitions: int) -> None:
         super().__init__(Store(UserState, UserState.from_json), (econ.dedupe_window_days + 1) * DAY_MS)
         self.econ = econ
+        self.partition = partition
+        self.partitions = partitions
         self.credits = CreditCombiner()
+        self.progress_ts = 0  # newest event time applied (agents/credit/progress.py)
+        self._committed_progress_ts = 0
+        self._marked: tuple[int, bool] | None = None
+        self._marked_at = 0.0
 
     def decode(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[Event | Malformed, int | None]:
         item = decode(topic, key, value)
         return item, None if isinstance(item, Malformed) else item.ts
 
     def handle(self, topic: str, item: Any, out: Output) -> None:
+        self.progress_ts = max(self.progress_ts, item.ts)
         if isinstance(item, Payout):
             self.credits.pop(item.creator_id, out)
             out.send(topics.CREATOR_OPS, item.creator_id, payout_op(item))
@@ -76,12 +84,23 @@ class UserLedger(Stage):
                 self.credits.add(credit)
         out.outcome(outcome)
 
-    def end_batch(self, out: Output) -> None:
+    def end_batch(self, out: Output, idle: bool, now_ms: float) -> None:
         self.credits.flush(out)
+        mark = (self.progress_ts, idle)
+        if mark != self._marked or (idle and now_ms - self._marked_at >= MARK_INTERVAL_MS):
+            for q in range(self.partitions):
+                out.send(topics.CREATOR_OPS, None, mark_op(self.partition, *mark), partition=q)
+            self._marked, self._marked_at = mark, now_ms
 
     def abort(self) -> None:
         super().abort()
         self.credits = CreditCombiner()
+        self._marked = None  # the marks of the aborted batch were not written
+        self.progress_ts = self._committed_progress_ts
+
+    def commit(self) -> list[ReadModelUpdate]:
+        self._committed_progress_ts = self.progress_ts
+        return super().commit()
 
     def read_model(self, key: str, value: UserState) -> ReadModelUpdate:
         today = max(value.day_spend, default=None)

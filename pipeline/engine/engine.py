@@ -27,7 +27,7 @@ from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-StageFactory = Callable[[], list[Stage]]
+StageFactory = Callable[[int], list[Stage]]  # partition -> its stages
 ReadModelSink = Callable[[list[ReadModelUpdate]], Awaitable[None]]
 
 POLL_TIMEOUT_MS = 50
@@ -36,14 +36,13 @@ RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class Engine:
-    def __init__(self, settings: Settings, stages: StageFactory, sink: ReadModelSink, refill: ReadModelSink) -> None:
+    def __init__(self, settings: Settings, stages: StageFactory, sink: ReadModelSink) -> None:
         self.settings = settings
         self.make_stages = stages
-        self.sink = sink
-        self.refill = refill
+        self.sink = sink  # committed state changes; on assignment, all of a new partition
         self.tasks: dict[int, PartitionTask] = {}
         self.lock = asyncio.Lock()
-        probe = stages()
+        probe = stages(0)
         self.input_topics = sorted({t for s in probe for t in s.inputs})
         self.changelog_topics = [s.changelog_topic for s in probe]
         self.consumer: AIOKafkaConsumer | None = None
@@ -194,7 +193,7 @@ class Engine:
                     raise RuntimeError(f"partition {p} assigned without all co-partitioned inputs: {sorted(topics)}")
             for p in [p for p in self.tasks if p not in by_partition]:
                 await self.tasks.pop(p).stop()
-            new = [PartitionTask(p, self.make_stages(), self.settings) for p in sorted(by_partition) if p not in self.tasks]
+            new = [PartitionTask(p, self.make_stages(p), self.settings) for p in sorted(by_partition) if p not in self.tasks]
             for task in new:
                 await task.start_producer()
             await self._restore(new)
@@ -204,7 +203,7 @@ class Engine:
             metrics.ASSIGNED_PARTITIONS.set(len(self.tasks))
             log.info("assigned partitions %s (new: %s)", sorted(self.tasks), [t.partition for t in new])
             for task in new:
-                await self.refill([u for s in task.stages for u in s.snapshot()])
+                await self.sink([u for s in task.stages for u in s.snapshot()])
             self.ready.set()
 
     async def _seek_committed(self, task: PartitionTask) -> None:

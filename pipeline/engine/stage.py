@@ -23,6 +23,7 @@ class Message:
     topic: str  # contract or internal name, without the prefix
     key: bytes | None
     value: bytes | None
+    partition: int | None = None  # None: by key, with Kafka's default partitioner
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +47,8 @@ class Output:
         self.outcomes: list[Outcome] = []
         self.diamonds_credited = 0
 
-    def send(self, topic: str, key: str | None, value: Any) -> None:
-        self.messages.append(Message(topic, None if key is None else key.encode(), dumps(value)))
+    def send(self, topic: str, key: str | None, value: Any, partition: int | None = None) -> None:
+        self.messages.append(Message(topic, None if key is None else key.encode(), dumps(value), partition))
 
     def outcome(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
@@ -58,8 +59,9 @@ class Output:
 
 
 class Stage(ABC):
-    """A keyed state machine of one partition: a table of values and the index of the
-    event ids it applied, both restored from one changelog topic."""
+    """A keyed state machine of one partition: a table of values (plus, for some stages,
+    side tables under a key prefix) and the index of the event ids it applied, all
+    restored from one changelog topic."""
 
     # Input topics (without prefix) merged in event-time order, and the changelog.
     inputs: tuple[str, ...]
@@ -68,8 +70,10 @@ class Stage(ABC):
     table_name: str
     index_name: str
 
-    def __init__(self, table: Store[Any], dedupe_window_ms: int) -> None:
+    def __init__(self, table: Store[Any], dedupe_window_ms: int, side: dict[str, Store[Any]] | None = None) -> None:
         self.table = table
+        self.side = side or {}  # key prefix (outside the id pattern) -> table
+        assert all(prefix.startswith("#") for prefix in self.side)
         self.dedupe = DedupeIndex(dedupe_window_ms)
 
     @abstractmethod
@@ -83,30 +87,44 @@ class Stage(ABC):
     @abstractmethod
     def read_model(self, key: str, value: Any) -> ReadModelUpdate: ...
 
-    def end_batch(self, out: Output) -> None:
-        """Write what the stage combined over the batch."""
+    def tick(self, out: Output, now_ms: float) -> None:
+        """Called every cycle, input or not: for work that waits on time."""
+
+    def end_batch(self, out: Output, idle: bool, now_ms: float) -> None:
+        """Write what the stage combined over the batch; `idle`: every input is caught up."""
+
+    def _tables(self) -> list[tuple[str, Store[Any]]]:
+        return [("", self.table), *self.side.items()]
 
     def changelog(self) -> list[tuple[str, dict[str, Any] | None]]:
         """This batch's state changes as changelog records (None: tombstone)."""
-        records: list[tuple[str, dict[str, Any] | None]] = [(k, v.to_json()) for k, v in self.table.changes()]
+        records: list[tuple[str, dict[str, Any] | None]] = [
+            (prefix + k, v.to_json()) for prefix, t in self._tables() for k, v in t.changes()
+        ]
         return records + self.dedupe.changelog()
 
     def commit(self) -> list[ReadModelUpdate]:
         """The batch's transaction committed: publish its state; return what changed."""
         updates = [self.read_model(k, v) for k, v in self.table.changes()]
-        self.table.commit()
+        for _, t in self._tables():
+            t.commit()
         self.dedupe.commit()
         return updates
 
     def abort(self) -> None:
-        self.table.abort()
+        for _, t in self._tables():
+            t.abort()
         self.dedupe.abort()
 
     def restore(self, key: str, value: dict[str, Any] | None) -> None:
         if key.startswith(SEGMENT_PREFIX):
             self.dedupe.restore(key, value)
-        else:
-            self.table.restore(key, value)
+            return
+        for prefix, t in self.side.items():
+            if key.startswith(prefix):
+                t.restore(key[len(prefix):], value)
+                return
+        self.table.restore(key, value)
 
     def snapshot(self) -> list[ReadModelUpdate]:
         """Every committed value, to refill an emptied read model."""

@@ -91,10 +91,11 @@ class PartitionTask:
     def buffered(self, topic: str) -> int:
         return self.merges[self.stage_of[topic]].buffered(topic)
 
-    def process(self, caught_up: Callable[[str], bool], now_ms: float) -> int:
+    def process(self, caught_up: Callable[[str], bool | None], now_ms: float) -> int:
         """Run the merged records that are ready through their stages; returns how many."""
         n = 0
         for stage, merge in zip(self.stages, self.merges):
+            stage.tick(self.out, now_ms)
             for p in merge.drain(caught_up, now_ms):
                 if isinstance(p.item, Malformed):
                     self._dead_letter(p)
@@ -102,7 +103,8 @@ class PartitionTask:
                     stage.handle(p.topic, p.item, self.out)
                 self.next_offsets[p.topic] = p.offset + 1
                 n += 1
-            stage.end_batch(self.out)
+            idle = all(not merge.buffered(t) and caught_up(t) is True for t in stage.inputs)
+            stage.end_batch(self.out, idle, now_ms)
         return n
 
     def _dead_letter(self, p: Pending) -> None:
@@ -128,7 +130,10 @@ class PartitionTask:
         out, self.out = self.out, Output()
         try:
             async with producer.transaction():
-                sends = [await producer.send(prefix + m.topic, m.value, key=m.key) for m in out.messages]
+                sends = [
+                    await producer.send(prefix + m.topic, m.value, key=m.key, partition=m.partition)
+                    for m in out.messages
+                ]
                 for stage in self.stages:
                     topic = prefix + stage.changelog_topic
                     for key, value in stage.changelog():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -56,6 +56,19 @@ def _wait_outcomes(d: Deployment, expected: int, kill_at: tuple[float, ...], wor
     return run(read_all(d.bootstrap, d.topic("ledger-outcomes"), expected, DONE_TIMEOUT_S))
 
 
+def _eventually(check: Callable[[], None], timeout_s: float = 10.0) -> None:
+    """The read model follows a commit by one Redis round trip: retry a failing check."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            check()
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _check_state(worker: Worker, model: ReferenceLedger, users: set[str], creators: set[str]) -> None:
     for user in sorted(users):
         status, body = worker.get(f"/users/{user}")
@@ -77,8 +90,11 @@ def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[
     # The stream must exercise every outcome of the contract (else the test proves less).
     for reason in ("unknown_gift", "self_gift", "insufficient_coins", "spend_limit_exceeded"):
         assert statuses[("gift", "rejected", reason)] > 0, reason
-    for kind in ("recharge", "gift", "spend_limit"):
+    for kind in ("recharge", "gift", "spend_limit", "payout"):
         assert statuses[(kind, "duplicate", None)] > 0, kind
+    for reason in ("below_min_payout", "insufficient_diamonds"):
+        assert statuses[("payout", "rejected", reason)] > 0, reason
+    assert statuses[("payout", "accepted", None)] > 0
     assert stream.malformed
 
     # The whole stream is produced before the worker starts: a backlog is where the
@@ -113,15 +129,7 @@ def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[
     assert payout_statuses[("rejected", "below_min_payout")] and payout_statuses[("duplicate", None)]
 
     users = {ev.get("user_id") or ev.get("sender_id") for t, ev in stream.events if t != "payouts"}
-    deadline = time.monotonic() + 10
-    while True:  # the read model follows the commit by one Redis round trip
-        try:
-            _check_state(worker, model, users, creators)
-            break
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    _eventually(lambda: _check_state(worker, model, users, creators))
     # Conservation: coins recharged = held + spent; spent = diamonds credited + fee.
     assert sum(model.recharged.values()) == sum(model.coins.values()) + sum(model.spent.values())
     assert sum(model.spent.values()) == sum(model.lifetime.values()) + model.fees
@@ -160,18 +168,10 @@ def test_workers_share_partitions_rebalance_and_answer_any_key(deployment: Deplo
     outcomes = run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), DONE_TIMEOUT_S))
     _assert_same_outcomes(outcomes, model.outcomes)
     w2.start()
-    users = {ev.get("user_id") or ev.get("sender_id") for _, ev in stream.events}
+    users = {ev.get("user_id") or ev.get("sender_id") for t, ev in stream.events if t != "payouts"}
     creators = {f"c{i}" for i in range(12)}
     for w in (w1, w2):
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                _check_state(w, model, users, creators)
-                break
-            except AssertionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        _eventually(lambda: _check_state(w, model, users, creators))
     deadline = time.monotonic() + 30
     while sorted(w1.get("/health")[1]["partitions"] + w2.get("/health")[1]["partitions"]) != [0, 1, 2, 3]:
         assert time.monotonic() < deadline, "the two workers do not split the partitions"

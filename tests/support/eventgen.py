@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support.reference import CATALOG, KEY_FIELD
+from tests.support.reference import CATALOG, KEY_FIELD, ReferenceLedger
 
 DAY = 86_400_000
 START_TS = 20_000 * DAY - 20_000  # 20 s of event time before a UTC midnight
@@ -48,8 +48,11 @@ def _malformed(rng: random.Random, ts: int) -> tuple[str, bytes | None, bytes]:
 
 
 def user_stream(seed: int, n: int, users: int = 60, creators: int = 12) -> Stream:
-    """Recharges, gifts and spend limits (plus duplicates and malformed messages)."""
+    """Recharges, gifts and spend limits, plus duplicates, malformed messages and
+    payouts asking for exactly what the creator has earned by then (or one more), so a
+    payout decided before a credit of an earlier gift shows."""
     rng = random.Random(seed)
+    model = ReferenceLedger()
     user_ids = [f"u{i}" for i in range(users)] + [f"c{i}" for i in range(3)]  # some creators also gift
     creator_ids = [f"c{i}" for i in range(creators)]
     gifts = list(CATALOG) + ["dragon"]  # "dragon" is not in the catalog
@@ -64,7 +67,12 @@ def user_stream(seed: int, n: int, users: int = 60, creators: int = 12) -> Strea
             stream.malformed.append(msg)
             stream.messages.append(msg)
             continue
-        if roll < 0.04 and stream.events:
+        if roll < 0.03 and stream.events:
+            topic, creator = "payouts", rng.choice(creator_ids)
+            available = model.diamonds[creator]
+            amount = rng.choice([available, available + 1, max(2_000, available // 3), 1_999])
+            ev = {"event_id": f"p{i}", "creator_id": creator, "diamonds": max(1, amount), "ts": ts}
+        elif roll < 0.06 and stream.events:
             # A resend of an earlier event id (same key, new event time): a duplicate.
             topic, old = rng.choice(stream.events)
             ev = dict(old, ts=ts)
@@ -85,6 +93,7 @@ def user_stream(seed: int, n: int, users: int = 60, creators: int = 12) -> Strea
                   "gift_id": gift, "quantity": qty, "ts": ts}
         stream.events.append((topic, ev))
         stream.messages.append(_encode(topic, ev))
+        model.apply(topic, ev)
     return stream
 
 

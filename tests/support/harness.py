@@ -183,6 +183,13 @@ async def produce(bootstrap: str, messages: list[tuple[str, bytes | None, bytes]
     return [Sent(t, k, v, m.partition, m.offset) for (t, k, v), m in zip(messages, metas)]
 
 
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    while not consumer.partitions_for_topic(topic):
+        await consumer._client.force_metadata_update()  # aiokafka has no public refresh
+        await asyncio.sleep(0.05)
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+
+
 async def read_all(
     bootstrap: str, topic: str, expected: int, timeout_s: float, committed: bool = True, settle_s: float = 1.0
 ) -> list[Any]:
@@ -194,11 +201,7 @@ async def read_all(
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        while not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        consumer.assign(await _partitions(consumer, topic))
         out: list[Any] = []
         deadline = time.monotonic() + timeout_s
         settle: float | None = None
@@ -221,11 +224,7 @@ async def wait_end_offsets(bootstrap: str, topic: str, at_least: int, timeout_s:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        while not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
+        tps = await _partitions(consumer, topic)
         deadline = time.monotonic() + timeout_s
         while True:
             total = sum((await consumer.end_offsets(tps)).values())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agents.credit.ops import credit_op, parse_op, payout_op
-from agents.credit.rules import CreditBatch, apply_credit, apply_payout, duplicate_payout
-from agents.credit.state import MAX_DAYS, CreatorState
+from agents.credit.ops import batch_op, credit_op, parse_op, payout_op
+from agents.credit.rules import CreditBatch, apply_credit, apply_payout, duplicate_payout, payout_rejection
+from agents.credit.state import MAX_DAYS, MAX_RECENT, CreatorState
 from agents.ingest.records import Payout
 from agents.ledger.rules import Credit
 from agents.outcomes import PAYOUT_REASONS, Outcome
@@ -31,9 +31,10 @@ def payout(diamonds: int, eid: str = "p-1", ts: int = T0) -> Payout:
     return Payout(eid, "c1", diamonds, ts)
 
 
-def batch(by_day: dict[int, int], coins: int | None = None, ts: int = T0) -> CreditBatch:
-    diamonds = sum(by_day.values())
-    return CreditBatch("c1", diamonds, 2 * diamonds if coins is None else coins, len(by_day), ts, by_day)
+def batch(items: list[tuple[int, int]], coins: int | None = None) -> CreditBatch:
+    """A credit of one gift per (event time, diamonds) item; coins twice the diamonds."""
+    diamonds = sum(d for _, d in items)
+    return CreditBatch("c1", 2 * diamonds if coins is None else coins, len(items), tuple(items))
 
 
 def test_reason_list_is_the_contract_order() -> None:
@@ -95,34 +96,48 @@ def test_duplicate_payout_outcome() -> None:
 
 def test_credit_application_keeps_lifetime_equal_to_available_plus_paid_out(econ: Economics) -> None:
     state = CreatorState()
-    apply_credit(state, batch({100: 3_000, 101: 500}))
-    apply_payout(state, payout(2_400), econ)
-    apply_credit(state, batch({101: 7}))
-    assert state == CreatorState(1_107, 3_507, 2_400, {100: 3_000, 101: 507}, seq=3)
+    apply_credit(state, batch([(100 * DAY, 3_000), (101 * DAY + 5, 500)]), None)
+    apply_payout(state, payout(2_400), econ)  # at T0, after every credit
+    apply_credit(state, batch([(101 * DAY + 9, 7)]), None)
+    # No horizon known: every credit is remembered as recent.
+    assert state == CreatorState(
+        1_107, 3_507, 2_400, {100: 3_000, 101: 507}, seq=3,
+        recent=[[100 * DAY, 3_000], [101 * DAY + 5, 500], [101 * DAY + 9, 7]],
+    )
     assert state.lifetime == state.available + state.paid_out
+
+
+def test_credit_batch_derived_fields() -> None:
+    b = CreditBatch("c1", 100, 3, ((T0 - 1, 7), (T0 + 5, 0), (T0 + DAY, 40)))
+    assert (b.diamonds, b.ts) == (47, T0 + DAY)
+    assert b.by_day() == {T0 // DAY - 1: 7, T0 // DAY: 0, T0 // DAY + 1: 40}
 
 
 def test_zero_diamond_credit_still_counts_as_a_change() -> None:
     """A batch of single roses credits 0 diamonds; the state is still (trivially) written."""
     state = CreatorState()
-    apply_credit(state, CreditBatch("c1", 0, 1, 1, T0, {T0 // DAY: 0}))
+    apply_credit(state, CreditBatch("c1", 1, 1, ((T0, 0),)), T0)
     assert (state.available, state.lifetime, state.seq) == (0, 0, 1)
+    assert state.day_diamonds == {T0 // DAY: 0} and state.recent == []
 
 
 def test_day_totals_are_bounded() -> None:
     assert MAX_DAYS == 40
     state = CreatorState()
     for day in range(50):
-        apply_credit(state, batch({day: day + 1}))
+        apply_credit(state, batch([(day * DAY + 1, day + 1)]), day * DAY + 1)
     assert sorted(state.day_diamonds) == list(range(10, 50))
+    assert state.day_diamonds[49] == 50
     assert state.lifetime == state.available == sum(range(1, 51))  # totals keep every diamond
+    assert state.recent == []  # each credit was at the horizon: none is later than it
 
 
 def test_one_batch_spanning_more_days_than_kept() -> None:
     state = CreatorState()
-    apply_credit(state, batch({d: 1 for d in range(45)}))
+    apply_credit(state, batch([(d * DAY + d, 1) for d in range(45)]), None)
     assert sorted(state.day_diamonds) == list(range(5, 45))
     assert state.available == 45
+    assert len(state.recent) == 45  # the per-time record is not cut by days
 
 
 def test_creator_state_json_round_trip() -> None:
@@ -131,13 +146,36 @@ def test_creator_state_json_round_trip() -> None:
     assert CreatorState.from_json(state.to_json()) == state
 
 
+def test_creator_state_json_round_trip_with_held_and_recent() -> None:
+    held = [{"op": "p", "event_id": "p-1", "creator_id": "c1", "diamonds": 2_000, "ts": T0, "since": {"0": 3}, "at": 1.5}]
+    state = CreatorState(5, 9, 4, {7: 9}, 3, held, [[T0 + 1, 2], [T0 + 2, 3]])
+    data = loads(dumps(state.to_json()))
+    assert data == {"a": 5, "l": 9, "p": 4, "d": [[7, 9]], "q": 3, "h": held, "r": [[T0 + 1, 2], [T0 + 2, 3]]}
+    restored = CreatorState.from_json(data)
+    assert restored == state
+    # copy() does not share the lists
+    copy = state.copy()
+    copy.held.append(dict(held[0], event_id="p-2"))
+    copy.recent.append([T0 + 3, 1])
+    assert (len(state.held), len(state.recent)) == (1, 2)
+
+
+def test_creator_state_refuses_a_credit_among_held_records() -> None:
+    with pytest.raises(AssertionError):
+        CreatorState.from_json({"a": 0, "l": 0, "p": 0, "d": [], "q": 0, "h": [{"op": "c"}]})
+
+
 @pytest.mark.parametrize(("args", "why"), [
-    (("c1", 5, 10, 1, 0, {0: 4}), "by_day sums to 4, not 5"),
-    (("c1", 11, 10, 1, 0, {0: 11}), "more diamonds than coins"),
-    (("c1", 0, 0, 0, 0, {}), "no gift"),
-    (("c1", -1, 10, 1, 0, {0: -1}), "negative diamonds"),
+    (("c1", 10, 1, ((0, 11),)), "more diamonds than coins"),
+    (("c1", 10, 1, ((0, 6), (1, 5))), "more diamonds than coins, over two items"),
+    (("c1", 0, 0, ((0, 0),)), "no gift"),
+    (("c1", 10, 1, ((0, -1),)), "negative diamonds"),
+    (("c1", 10, 1, ()), "no item"),
+    (("c1", 10, 2, ((5, 1), (4, 1))), "items not sorted by event time"),
+    (("c1", 10, 2, ((5, 1), (5, 1))), "two items of one event time"),
+    (("c1", 10, 3, ((1, 1), (5, 1), (5, 1))), "a repeated event time after the first item"),
 ])
-def test_credit_batch_refuses_inconsistent_totals(args: tuple, why: str) -> None:
+def test_credit_batch_refuses_inconsistent_items(args: tuple, why: str) -> None:
     with pytest.raises(AssertionError):
         CreditBatch(*args)
 
@@ -150,10 +188,32 @@ def test_credit_op_round_trip() -> None:
     ]
     op = credit_op("c1", credits)
     assert op == {
-        "op": "c", "creator_id": "c1", "diamonds": 22_549, "coins": 45_100, "gifts": 3, "ts": T0 + DAY,
-        "days": [[20_000, 22_549], [20_001, 0]],
+        "op": "c", "creator_id": "c1", "coins": 45_100, "gifts": 3,
+        "items": [[T0 + 5, 50], [T0 + 10, 22_499], [T0 + DAY, 0]],  # sorted by event time
     }
-    assert parse_op(loads(dumps(op))) == CreditBatch("c1", 22_549, 45_100, 3, T0 + DAY, {20_000: 22_549, 20_001: 0})
+    parsed = parse_op(loads(dumps(op)))
+    assert parsed == CreditBatch("c1", 45_100, 3, ((T0 + 5, 50), (T0 + 10, 22_499), (T0 + DAY, 0)))
+    assert isinstance(parsed, CreditBatch)
+    assert (parsed.diamonds, parsed.ts, parsed.by_day()) == (22_549, T0 + DAY, {20_000: 22_549, 20_001: 0})
+    assert batch_op(parsed) == op
+
+
+def test_credit_op_coalesces_gifts_of_one_event_time() -> None:
+    credits = [
+        Credit("c1", "s1", "u1", 1_000, 500, T0 + 7),
+        Credit("c1", "s1", "u2", 20, 10, T0 + 3),
+        Credit("c1", "s2", "u3", 1, 0, T0 + 7),
+        Credit("c1", "s1", "u1", 100, 50, T0 + 3),
+        Credit("c1", "s1", "u4", 29_999, 14_999, T0 - DAY),
+    ]
+    op = credit_op("c1", credits)
+    assert op == {
+        "op": "c", "creator_id": "c1", "coins": 31_120, "gifts": 5,  # every gift still counts
+        "items": [[T0 - DAY, 14_999], [T0 + 3, 60], [T0 + 7, 500]],
+    }
+    parsed = parse_op(loads(dumps(op)))
+    assert isinstance(parsed, CreditBatch)
+    assert (parsed.diamonds, parsed.gifts, parsed.ts) == (15_559, 5, T0 + 7)
 
 
 def test_credit_op_refuses_another_creator() -> None:
@@ -170,5 +230,88 @@ def test_payout_op_round_trip() -> None:
 def test_big_totals_survive_the_codec() -> None:
     """Sums of many credits can pass 2**64; the internal records must keep them exact."""
     big = 2**64 + 3
-    op = credit_op("c1", [Credit("c1", "s", "u", 2 * big + 1, big, 0)])
-    assert parse_op(loads(dumps(op))) == CreditBatch("c1", big, 2 * big + 1, 1, 0, {0: big})
+    op = credit_op("c1", [Credit("c1", "s", "u", 2 * big + 1, big, 0), Credit("c1", "s", "v", 2 * big + 1, big, 0)])
+    assert op["items"] == [[0, 2 * big]]
+    assert parse_op(loads(dumps(op))) == CreditBatch("c1", 4 * big + 2, 2, ((0, 2 * big),))
+    state = CreatorState()
+    apply_credit(state, CreditBatch("c1", 4 * big + 2, 2, ((0, 2 * big),)), None)
+    state = CreatorState.from_json(loads(dumps(state.to_json())))
+    assert (state.available, state.recent) == (2 * big, [[0, 2 * big]])
+
+
+# --- payouts decided at their event time (credits of later gifts do not count) ------
+
+
+def test_payout_rejection_takes_the_available_amount(econ: Economics) -> None:
+    assert payout_rejection(1_999, payout(1_999), econ) == "below_min_payout"
+    assert payout_rejection(10**12, payout(1_999), econ) == "below_min_payout"
+    assert payout_rejection(4_999, payout(5_000), econ) == "insufficient_diamonds"
+    assert payout_rejection(5_000, payout(5_000), econ) is None
+
+
+def test_available_at_leaves_out_recent_credits_later_than_the_time() -> None:
+    state = CreatorState(10_000, 10_000, 0, {}, 3, recent=[[T0 + 10, 1_000], [T0 + 20, 2_000], [T0 + 30, 4_000]])
+    assert state.available_at(T0 + 30) == 10_000
+    assert state.available_at(T0 + 29) == 6_000
+    assert state.available_at(T0 + 20) == 6_000  # a credit at the payout's own time counts
+    assert state.available_at(T0 + 19) == 4_000
+    assert state.available_at(T0 + 10) == 4_000
+    assert state.available_at(T0) == 3_000
+    assert state.available == 10_000  # a question, not a change
+
+
+def test_a_credit_later_than_the_payout_is_not_counted(econ: Economics) -> None:
+    state = CreatorState()
+    apply_credit(state, batch([(T0 - 10, 3_000)]), T0 - 100)
+    apply_credit(state, batch([(T0 + 10, 5_000)]), T0 - 100)  # a gift after the payout, already in
+    assert state.available == 8_000
+    before = state.copy()
+    outcome = apply_payout(state, payout(4_000, ts=T0), econ)
+    assert outcome == Outcome("p-1", "payout", "rejected", "insufficient_diamonds", "c1", None, 4_000, None, 3_000, T0)
+    assert state == before
+
+
+def test_balance_after_of_an_accepted_payout_leaves_out_later_credits(econ: Economics) -> None:
+    state = CreatorState()
+    apply_credit(state, batch([(T0 - 10, 3_000), (T0 + 10, 5_000)]), T0 - 100)
+    outcome = apply_payout(state, payout(2_500, ts=T0), econ)
+    # 3,000 available at T0, 500 of them left; the 5,000 of the later gift stay credited.
+    assert outcome == Outcome("p-1", "payout", "accepted", None, "c1", None, 2_500, 1_250, 500, T0)
+    assert (state.available, state.lifetime, state.paid_out, state.seq) == (5_500, 8_000, 2_500, 2)
+    assert state.recent == [[T0 - 10, 3_000], [T0 + 10, 5_000]]  # both later than the horizon
+    # A payout dated after the later gift counts it.
+    later = apply_payout(state, payout(5_500, "p-2", ts=T0 + 10), econ)
+    assert (later.status, later.balance_after) == ("accepted", 0)
+    assert (state.available, state.paid_out) == (0, 8_000)
+
+
+def test_duplicate_payout_reports_the_balance_at_its_time() -> None:
+    state = CreatorState(3_000, 5_000, 2_000, {}, 4, recent=[[T0 + 1, 1_000]])
+    assert duplicate_payout(state, payout(2_500, ts=T0)).balance_after == 2_000
+    assert duplicate_payout(state, payout(2_500, ts=T0 + 1)).balance_after == 3_000
+
+
+def test_recent_keeps_only_credits_later_than_the_horizon() -> None:
+    state = CreatorState()
+    apply_credit(state, batch([(T0 + 1, 1), (T0 + 5, 2), (T0 + 9, 3)]), T0 + 5)
+    assert state.recent == [[T0 + 9, 3]]  # at or before the horizon: forgotten
+    apply_credit(state, batch([(T0 + 6, 4), (T0 + 20, 5)]), None)  # horizon unknown: keep all
+    assert sorted(state.recent) == [[T0 + 6, 4], [T0 + 9, 3], [T0 + 20, 5]]
+    apply_credit(state, batch([(T0 + 7, 6)]), T0 + 9)  # the horizon prunes the earlier entries too
+    assert state.recent == [[T0 + 20, 5]]
+    apply_credit(state, batch([(T0 + 30, 7)]), T0 + 100)
+    assert state.recent == []
+    assert (state.available, state.lifetime, state.seq) == (28, 28, 4)
+
+
+def test_recent_is_bounded_by_max_recent() -> None:
+    assert MAX_RECENT == 100_000
+    state = CreatorState()
+    n = MAX_RECENT + 5
+    # Given in two batches, the newer batch first: the bound keeps the newest entries.
+    apply_credit(state, batch([(T0 + 10 + i, 1) for i in range(n - 10)]), None)
+    apply_credit(state, batch([(T0 + i, 1) for i in range(10)]), None)
+    assert len(state.recent) == MAX_RECENT
+    assert sorted(state.recent) == [[T0 + i, 1] for i in range(5, n)]
+    assert (state.available, state.lifetime) == (n, n)  # the bound drops the record, not diamonds
+    state.check()

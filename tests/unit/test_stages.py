@@ -1,5 +1,7 @@
 """The two stages driven directly, batch by batch, as the engine's PartitionTask does:
-handle* -> end_batch -> changelog -> commit (or abort). No Kafka: messages stay in Output.
+tick -> handle* -> end_batch -> changelog -> commit (or abort). No Kafka: messages stay
+in Output. The creator ledger here has one source and no hold, so a payout is decided
+as it arrives: the plain rules (payout ordering: test_payout_order.py).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from typing import Any
 import pytest
 
 from agents.credit.agent import CreatorLedger
+from agents.credit.ops import Mark
+from agents.credit.progress import MARK_INTERVAL_MS
 from agents.credit.rules import CreditBatch
 from agents.credit.state import CreatorState
 from agents.ingest.records import Gift, Payout, Recharge, SpendLimit
@@ -35,12 +39,12 @@ def econ() -> Economics:
 
 @pytest.fixture
 def users(econ: Economics) -> UserLedger:
-    return UserLedger(econ)
+    return UserLedger(econ, 0, 1)
 
 
 @pytest.fixture
 def creators(econ: Economics) -> CreatorLedger:
-    return CreatorLedger(econ)
+    return CreatorLedger(econ, sources=1, max_hold_ms=0)
 
 
 def recharge(eid: str, coins: int, user: str = "u1", ts: int = T0) -> tuple[str, Recharge]:
@@ -69,24 +73,29 @@ class Batch:
         return [(o.event_id, o.status, o.reason) for o in self.out.outcomes]
 
     def ops(self) -> list[tuple[str, dict[str, Any]]]:
-        """creator-ops messages in order, as (key, value)."""
+        """Keyed creator-ops messages (credits, payouts) in order, as (key, value)."""
         return [(m.key.decode(), loads(m.value)) for m in self.out.messages if m.topic == OPS and m.key and m.value]
+
+    def marks(self) -> list[tuple[int | None, dict[str, Any]]]:
+        """Progress marks in order, as (partition, value)."""
+        return [(m.partition, loads(m.value)) for m in self.out.messages if m.topic == OPS and m.key is None]
 
 
 def run(stage: Stage, events: list[tuple[str, Any]], commit: bool = True) -> Batch:
     """One batch; the changelog goes through the codec as it would through Kafka."""
     out = Output()
+    stage.tick(out, 0)
     for topic, item in events:
         stage.handle(topic, item, out)
-    stage.end_batch(out)
+    stage.end_batch(out, True, 0)
     records = [(k, None if v is None else loads(dumps(v))) for k, v in stage.changelog()]
     if commit:
         stage.commit()
     return Batch(out, records)
 
 
-def credit(batch_ts: int, by_day: dict[int, int], coins: int, gifts: int = 1, creator: str = "c1") -> tuple[str, CreditBatch]:
-    return OPS, CreditBatch(creator, sum(by_day.values()), coins, gifts, batch_ts, by_day)
+def credit(items: list[tuple[int, int]], coins: int, gifts: int = 1, creator: str = "c1") -> tuple[str, CreditBatch]:
+    return OPS, CreditBatch(creator, coins, gifts, tuple(items))
 
 
 def balance(stage: UserLedger, user: str = "u1") -> int:
@@ -132,7 +141,7 @@ def test_duplicate_of_unknown_user_reports_zero_balance(users: UserLedger) -> No
 
 def test_outcome_messages_are_keyed_by_event_id(users: UserLedger) -> None:
     batch = run(users, [recharge("r-1", 10)])
-    [msg] = batch.out.messages
+    [msg] = [m for m in batch.out.messages if m.topic == topics.OUTCOMES]
     assert (msg.topic, msg.key) == (topics.OUTCOMES, b"r-1")
     assert loads(msg.value) == {
         "event_id": "r-1", "type": "recharge", "status": "accepted", "reason": None, "subject_id": "u1",
@@ -150,12 +159,65 @@ def test_credits_to_one_creator_are_combined_per_batch(users: UserLedger) -> Non
     ])
     ops = dict(batch.ops())
     assert len(batch.ops()) == 2
+    # lion (14,999) and perfume (10) at T0 share one item; the rose a day later credits 0.
     assert ops["c1"] == {
-        "op": "c", "creator_id": "c1", "diamonds": 14_999 + 0 + 10, "coins": 29_999 + 1 + 20, "gifts": 3,
-        "ts": T0 + DAY, "days": [[20_000, 15_009], [20_001, 0]],
+        "op": "c", "creator_id": "c1", "coins": 29_999 + 1 + 20, "gifts": 3,
+        "items": [[T0, 14_999 + 10], [T0 + DAY, 0]],
     }
-    assert ops["c2"] == {"op": "c", "creator_id": "c2", "diamonds": 0, "coins": 1, "gifts": 1, "ts": T0, "days": [[20_000, 0]]}
+    assert ops["c2"] == {"op": "c", "creator_id": "c2", "coins": 1, "gifts": 1, "items": [[T0, 0]]}
     assert batch.out.outcomes[1].diamonds == 14_999
+
+
+def test_end_batch_writes_a_progress_mark_to_every_creator_ops_partition(econ: Economics) -> None:
+    stage = UserLedger(econ, 2, 3)
+
+    def batch(events: list[tuple[str, Any]], idle: bool, now_ms: float) -> Batch:
+        out = Output()
+        stage.tick(out, now_ms)
+        for topic, item in events:
+            stage.handle(topic, item, out)
+        stage.end_batch(out, idle, now_ms)
+        stage.changelog()
+        stage.commit()
+        return Batch(out, [])
+
+    def marks(ts: int, idle: bool) -> list[tuple[int | None, dict[str, Any]]]:
+        return [(q, {"op": "m", "source": 2, "ts": ts, "idle": idle}) for q in range(3)]
+
+    first = batch([recharge("r", 5_000, ts=T0 + 9), gift("g", "galaxy", ts=T0 + 4)], False, 1_000)
+    assert first.marks() == marks(T0 + 9, False)  # the newest event time applied, not the last
+    # The mark comes after the batch's credits, so a creator partition sees them first.
+    assert [loads(m.value)["op"] for m in first.out.messages if m.topic == OPS] == ["c", "m", "m", "m"]
+    assert all(m.key is None for m in first.out.messages if m.topic == OPS and loads(m.value)["op"] == "m")
+    assert batch([], False, 1_100).marks() == []  # no news: no mark
+    assert batch([recharge("s", 1, ts=T0)], False, 1_200).marks() == []  # an older event does not move it
+    assert batch([], True, 1_300).marks() == marks(T0 + 9, True)  # idle now: news
+    assert batch([], True, 1_300 + MARK_INTERVAL_MS - 1).marks() == []
+    assert batch([], True, 1_300 + MARK_INTERVAL_MS).marks() == marks(T0 + 9, True)  # idle: repeated
+    assert batch([], False, 10_000).marks() == marks(T0 + 9, False)
+    assert batch([], False, 20_000).marks() == []  # busy without progress: not repeated
+
+
+def test_marks_of_an_aborted_batch_are_written_again(econ: Economics) -> None:
+    stage = UserLedger(econ, 0, 2)
+    out = Output()
+    stage.handle(*recharge("r", 5, ts=T0), out)
+    stage.end_batch(out, False, 0)
+    assert len([m for m in out.messages if m.key is None]) == 2
+    stage.abort()
+    again = Output()
+    stage.handle(*recharge("r", 5, ts=T0), again)
+    stage.end_batch(again, False, 0)
+    assert [(m.partition, loads(m.value)) for m in again.messages if m.key is None] == [
+        (q, {"op": "m", "source": 0, "ts": T0, "idle": False}) for q in range(2)]
+
+
+def test_creator_ledger_applies_marks_to_its_progress(creators: CreatorLedger) -> None:
+    batch = run(creators, [(OPS, Mark(0, T0, False)), (OPS, Mark(0, T0 - 5, True))])
+    assert batch.out.outcomes == [] and batch.out.messages == []
+    progress = creators.progress_table.get("")
+    assert progress is not None and progress.horizon(1) == T0  # a mark never moves a source back
+    assert [k for k, _ in batch.changelog] == ["#progress"]
 
 
 def test_rejected_gifts_credit_nothing(users: UserLedger) -> None:
@@ -173,7 +235,11 @@ def test_payout_comes_after_the_credits_that_preceded_it(users: UserLedger) -> N
         payout("p2", 2_000, creator="c3"),
     ])
     ops = batch.ops()
-    by_creator = {c: [(v["op"], v["diamonds"]) for k, v in ops if k == c] for c in ("c1", "c2", "c3")}
+
+    def diamonds(v: dict[str, Any]) -> int:
+        return sum(d for _, d in v["items"]) if v["op"] == "c" else v["diamonds"]
+
+    by_creator = {c: [(v["op"], diamonds(v)) for k, v in ops if k == c] for c in ("c1", "c2", "c3")}
     assert by_creator == {"c1": [("c", 500), ("p", 2_000), ("c", 50)], "c2": [("c", 500)], "c3": [("p", 2_000)]}
     assert len(ops) == 5
     # The payout is validated by the creator ledger, not here: no outcome for it yet.
@@ -195,11 +261,16 @@ def test_user_then_creator_ledger_end_to_end(users: UserLedger, creators: Creato
     gifts = [gift(f"g{i}", "galaxy") for i in range(4)]  # 4,000 coins -> 2,000 diamonds
     batch = run(users, [recharge("r", 10_000), *gifts, payout("p1", 2_000), payout("p2", 2_000)])
     items = [creators.decode(m.topic, m.key, m.value) for m in batch.out.messages if m.topic == OPS]
+    assert [type(item).__name__ for item, _ in items] == ["CreditBatch", "Payout", "Payout", "Mark"]
+    assert [ts for _, ts in items] == [T0] * 4
     second = run(creators, [(OPS, item) for item, _ in items])
-    assert [(o.event_id, o.status, o.reason, o.usd_cents) for o in second.out.outcomes] == [
-        ("p1", "accepted", None, 1000), ("p2", "rejected", "insufficient_diamonds", None)]
-    assert creators.table.get("c1") == CreatorState(0, 2_000, 2_000, {T0 // DAY: 2_000}, 2)
+    assert [(o.event_id, o.status, o.reason, o.usd_cents, o.balance_after) for o in second.out.outcomes] == [
+        ("p1", "accepted", None, 1000, 0), ("p2", "rejected", "insufficient_diamonds", None, 0)]
+    # No mark had arrived when the credit was applied: its time is remembered as recent.
+    assert creators.table.get("c1") == CreatorState(0, 2_000, 2_000, {T0 // DAY: 2_000}, 2, [], [[T0, 2_000]])
     assert second.out.diamonds_credited == 2_000
+    assert creators.progress_table.get("") is not None
+    assert creators.progress_table.get("").horizon(1) == T0
 
 
 # --- creator ledger -----------------------------------------------------------------
@@ -207,7 +278,7 @@ def test_user_then_creator_ledger_end_to_end(users: UserLedger, creators: Creato
 
 def test_creator_payout_duplicates_are_per_creator(creators: CreatorLedger) -> None:
     batch = run(creators, [
-        credit(T0, {20_000: 5_000}, 10_000), credit(T0, {20_000: 5_000}, 10_000, creator="c2"),
+        credit([(T0, 5_000)], 10_000), credit([(T0, 5_000)], 10_000, creator="c2"),
         payout("p", 2_000, "c1"), payout("p", 2_000, "c2"), payout("p", 2_000, "c1"), payout("q", 100, "c1"),
     ])
     assert batch.statuses == [
@@ -243,12 +314,15 @@ def test_abort_discards_state_dedupe_and_pending_credits(users: UserLedger) -> N
 
 
 def test_creator_abort(creators: CreatorLedger) -> None:
-    run(creators, [credit(T0, {20_000: 3_000}, 6_000)])
+    run(creators, [credit([(T0, 3_000)], 6_000)])
     out = Output()
     creators.handle(*payout("p", 2_000), out)
-    creators.handle(*credit(T0, {20_000: 1}, 2), out)
+    creators.handle(*credit([(T0 + 1, 1)], 2), out)
+    creators.handle(OPS, Mark(0, T0 + 5, False), out)
     creators.abort()
-    assert creators.table.get("c1") == CreatorState(3_000, 3_000, 0, {20_000: 3_000}, 1)
+    assert creators.table.get("c1") == CreatorState(3_000, 3_000, 0, {20_000: 3_000}, 1, [], [[T0, 3_000]])
+    assert creators.progress_table.get("") is None  # the aborted mark is gone too
+    assert creators.changelog() == []
     assert run(creators, [payout("p", 2_000)]).statuses == [("p", "accepted", None)]
 
 
@@ -268,7 +342,7 @@ def test_user_changelog_restore_reproduces_state_and_dedupe(users: UserLedger, e
         run(users, [gift("g2", "galaxy"), gift("g3", "rose", ts=T0 + DAY), gift("g4", "lion", "u2")]),
         run(users, [limit("l2", None), recharge("r1", 7)]),
     ]
-    fresh = restored(users, UserLedger(econ), batches)
+    fresh = restored(users, UserLedger(econ, 0, 1), batches)
     assert fresh.table.committed["u1"] == UserState(20_000, 50_000, 30_000, None, {T0 // DAY: 29_999, T0 // DAY + 1: 1}, 5)
     # The restored stage decides as the original would.
     events = [recharge("r1", 5), gift("g2"), gift("g9", "rose"), recharge("r1", 1, "u2")]
@@ -278,11 +352,16 @@ def test_user_changelog_restore_reproduces_state_and_dedupe(users: UserLedger, e
 
 def test_creator_changelog_restore(creators: CreatorLedger, econ: Economics) -> None:
     batches = [
-        run(creators, [credit(T0, {20_000: 5_000}, 10_000), payout("p1", 2_000), credit(T0, {20_000: 9}, 18, creator="c2")]),
-        run(creators, [payout("p2", 2_500), payout("p1", 2_000)]),
+        run(creators, [credit([(T0, 5_000)], 10_000), payout("p1", 2_000), credit([(T0, 9)], 18, creator="c2")]),
+        run(creators, [payout("p2", 2_500), payout("p1", 2_000), (OPS, Mark(0, T0 - 1, False))]),
+        run(creators, [credit([(T0 - 1, 3), (T0 + 1, 4)], 14, 2, creator="c2")]),
     ]
-    fresh = restored(creators, CreatorLedger(econ), batches)
-    assert fresh.table.committed["c1"] == CreatorState(500, 5_000, 4_500, {20_000: 5_000}, 3)
+    fresh = restored(creators, CreatorLedger(econ, sources=1, max_hold_ms=0), batches)
+    assert fresh.table.committed["c1"] == CreatorState(500, 5_000, 4_500, {20_000: 5_000}, 3, [], [[T0, 5_000]])
+    # The third credit came after the mark at T0 - 1: only its later item is remembered.
+    assert fresh.table.committed["c2"] == CreatorState(16, 16, 0, {19_999: 3, 20_000: 13}, 2, [], [[T0, 9], [T0 + 1, 4]])
+    assert fresh.progress_table.committed == creators.progress_table.committed
+    assert fresh.progress_table.get("").horizon(1) == T0 - 1
     assert run(fresh, [payout("p2", 2_000)]).statuses == [("p2", "duplicate", None)]
 
 
@@ -306,7 +385,7 @@ def test_commit_returns_read_model_updates_of_changed_keys(users: UserLedger) ->
     out = Output()
     for topic, item in [recharge("r", 300), gift("g", "confetti"), gift("h", "rose", sender="u2", creator="u2")]:
         users.handle(topic, item, out)
-    users.end_batch(out)
+    users.end_batch(out, True, 0)
     users.changelog()
     [update] = users.commit()
     assert (update.kind, update.id, update.seq) == ("user", "u1", 2)
@@ -324,3 +403,15 @@ def test_far_future_event_of_another_user_does_not_disable_dedupe(users: UserLed
     run(users, [recharge("z", 1, "u2", ts=FAR_FUTURE)])  # its commit expires every older segment
     assert run(users, [recharge("r", 100, "u1")]).statuses == [("r", "duplicate", None)]
     assert balance(users, "u1") == 100
+
+
+def test_abort_takes_back_the_progress_of_the_aborted_batch(users: UserLedger) -> None:
+    """After an abort the next mark must not claim events whose credits were not sent."""
+    run(users, [recharge("r-1", 1_000, ts=T0)])
+    out = Output()
+    users.handle(topics.RECHARGES, recharge("r-2", 10, ts=T0 + 500)[1], out)
+    users.abort()
+    out = Output()
+    users.end_batch(out, False, 0)
+    marks = [loads(m.value) for m in out.messages if m.topic == OPS]
+    assert marks and all(m["ts"] == T0 for m in marks)
