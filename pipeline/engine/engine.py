@@ -49,6 +49,7 @@ class Engine:
         self._stopping = False
         self._failures = 0
         self._seek_epoch = 0
+        self.fatal: BaseException | None = None  # raised by the loop: see _Listener
         self.ready = asyncio.Event()
         self.processed_total = 0
 
@@ -84,6 +85,8 @@ class Engine:
     async def run(self) -> None:
         assert self.consumer is not None
         while not self._stopping:
+            if self.fatal is not None:
+                raise self.fatal
             epoch = self._seek_epoch
             batch = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.max_batch)
             async with self.lock:
@@ -269,11 +272,20 @@ class Engine:
 
 
 class _Listener(ConsumerRebalanceListener):
+    """aiokafka logs and swallows a listener's exception; a worker that cannot take its
+    partitions must stop instead, so the exception is handed to the processing loop."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.engine.on_revoked()
+        try:
+            await self.engine.on_revoked()
+        except Exception as exc:
+            self.engine.fatal = exc
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.engine.on_assigned(assigned)
+        try:
+            await self.engine.on_assigned(assigned)
+        except Exception as exc:
+            self.engine.fatal = exc

@@ -144,7 +144,7 @@ class DedupeIndex:
         if data is None:
             self._drop(seg)
         else:
-            self._install(seg, data["t"], data["w"], data["k"])
+            self._install(seg, data["t"], data.get("w", 0), data["k"])
             self.watermark = self._pending_watermark = max(self.watermark, data["t"])
 
     def _install(self, seg: int, ts: int, wall: int, keys: list[str]) -> None:
