@@ -22,14 +22,13 @@ from redis.exceptions import RedisError
 from agents.credit.agent import CreatorLedger
 from agents.ledger.agent import UserLedger
 from agents.readmodel.redis_sink import RedisReadModel
-from pipeline import metrics, topics
+from pipeline import topics
 from pipeline.economics import Economics
 from pipeline.engine.engine import Engine
 from pipeline.engine.stage import Stage
 from pipeline.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
-TABLE_SIZES_INTERVAL_S = 5.0
 EXIT_ENGINE_FAILED = 3
 
 
@@ -57,7 +56,6 @@ class LedgerService(Service):
         await self.engine.start()
         self.add_future(self._run())
         self.add_future(self.read_model.retry_forever())
-        self.add_future(self._report_sizes())
 
     async def _run(self) -> None:
         try:
@@ -72,11 +70,6 @@ class LedgerService(Service):
             logging.shutdown()
             os._exit(EXIT_ENGINE_FAILED)
 
-    async def _report_sizes(self) -> None:
-        while True:
-            for name, n in self.engine.table_sizes().items():
-                metrics.TABLE_ENTRIES.labels(name).set(n)
-            await asyncio.sleep(TABLE_SIZES_INTERVAL_S)
 
     async def on_stop(self) -> None:
         await self.engine.stop()

@@ -50,3 +50,12 @@ def count_outcome(outcome: Outcome) -> None:
     elif outcome.type == "payout":
         DIAMONDS_PAID_OUT.inc(outcome.diamonds or 0)
         USD_CENTS_PAID.inc(outcome.usd_cents or 0)
+
+
+def forget_partition(partition: int, topics: list[str]) -> None:
+    """A partition moved to another worker: stop reporting its lag here."""
+    for topic in topics:
+        try:
+            CONSUMER_LAG.remove(topic, str(partition))
+        except KeyError:
+            pass

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from agents.ingest.decode import ID_RE
 from agents.readmodel.redis_sink import hash_key
+from pipeline import metrics
 from pipeline.settings import Settings
 
 READ_TIMEOUT_S = 2.0
@@ -75,4 +76,6 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
     @app.page("/metrics")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
+            for name, n in service.engine.table_sizes().items():
+                metrics.TABLE_ENTRIES.labels(name).set(n)
             return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])

@@ -121,6 +121,7 @@ class Engine:
         now_ms = time.time() * 1000
         for task in self.tasks.values():
             positions = {t: await consumer.position(task.tp(t)) for t in task.input_topics}
+            self._report_lag(task, positions)
 
             def caught_up(topic: str, task: PartitionTask = task, positions: dict[str, int] = positions) -> bool | None:
                 lso = consumer.last_stable_offset(task.tp(topic))
@@ -139,6 +140,16 @@ class Engine:
         if updates:
             await self.sink(updates)
         self._flow_control()
+
+    def _report_lag(self, task: PartitionTask, positions: dict[str, int]) -> None:
+        """Unread committed input per topic-partition: last stable offset - position,
+        plus what is fetched but not yet processed (buffered in the merge)."""
+        assert self.consumer is not None
+        for topic, position in positions.items():
+            lso = self.consumer.last_stable_offset(task.tp(topic))
+            if lso is not None:
+                lag = max(0, lso - position) + task.buffered(topic)
+                metrics.CONSUMER_LAG.labels(topic, str(task.partition)).set(lag)
 
     def _flow_control(self) -> None:
         """Pause inputs whose buffer is full (another input of the merge lags)."""
@@ -195,7 +206,9 @@ class Engine:
                 if topics != set(self.input_topics):
                     raise RuntimeError(f"partition {p} assigned without all co-partitioned inputs: {sorted(topics)}")
             for p in [p for p in self.tasks if p not in by_partition]:
-                await self.tasks.pop(p).stop()
+                task = self.tasks.pop(p)
+                await task.stop()
+                metrics.forget_partition(p, task.input_topics)
             new = [PartitionTask(p, self.make_stages(p), self.settings) for p in sorted(by_partition) if p not in self.tasks]
             for task in new:
                 await task.start_producer()

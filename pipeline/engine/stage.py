@@ -37,15 +37,16 @@ class ReadModelUpdate:
 
 
 class Output:
-    """Everything one batch of one partition writes; its outcomes and credited diamonds
-    are counted in metrics only once the batch's transaction has committed."""
+    """Everything one batch of one partition writes; its outcomes, dead letters and
+    credited diamonds are counted in metrics only once its transaction has committed."""
 
-    __slots__ = ("messages", "outcomes", "diamonds_credited")
+    __slots__ = ("messages", "outcomes", "diamonds_credited", "dead_letters")
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
         self.outcomes: list[Outcome] = []
         self.diamonds_credited = 0
+        self.dead_letters: list[str] = []  # source topic of each
 
     def send(self, topic: str, key: str | None, value: Any, partition: int | None = None) -> None:
         self.messages.append(Message(topic, None if key is None else key.encode(), dumps(value), partition))

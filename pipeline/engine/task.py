@@ -109,7 +109,7 @@ class PartitionTask:
 
     def _dead_letter(self, p: Pending) -> None:
         assert isinstance(p.item, Malformed)
-        metrics.DEAD_LETTERS.labels(p.topic).inc()
+        self.out.dead_letters.append(p.topic)
         self.out.send(DEAD_LETTERS, None if p.key is None else p.key.decode("utf-8", "replace"), {
             "source_topic": self.settings.topic(p.topic),
             "partition": self.partition,
@@ -163,6 +163,8 @@ class PartitionTask:
             metrics.count_outcome(o)
             metrics.OUTCOME_LATENCY.observe(max(0.0, now - o.ts / 1000))
         metrics.DIAMONDS_CREDITED.inc(out.diamonds_credited)
+        for topic in out.dead_letters:
+            metrics.DEAD_LETTERS.labels(topic).inc()
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         return updates
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections import Counter
 from typing import Any, Callable
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.eventgen import payout_stream, user_stream
 from tests.support.harness import Deployment, Worker, produce, read_all, run, wait_end_offsets
@@ -81,6 +83,30 @@ def _check_state(worker: Worker, model: ReferenceLedger, users: set[str], creato
         assert got == model.creator(creator), creator
 
 
+def _check_metrics(worker: Worker, model: ReferenceLedger, malformed: int) -> None:
+    """/metrics parses as Prometheus text and its ledger counters equal the model's."""
+    with urllib.request.urlopen(worker.url("/metrics"), timeout=5) as resp:
+        text = resp.read().decode()
+    samples: dict[str, float] = Counter()
+    input_lag = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name] += sample.value
+            if sample.name == "ledger_consumer_lag_messages" and sample.labels["topic"] != "ledger-creator-ops":
+                input_lag += sample.value
+    accepted = [o for o in model.outcomes if o["status"] == "accepted"]
+    assert samples["ledger_events_total"] == len(model.outcomes)
+    assert samples["ledger_dead_letters_total"] == malformed
+    assert samples["ledger_coins_recharged_total"] == sum(model.recharged.values())
+    assert samples["ledger_coins_spent_total"] == sum(model.spent.values())
+    assert samples["ledger_diamonds_credited_total"] == sum(model.lifetime.values())
+    assert samples["ledger_diamonds_paid_out_total"] == sum(model.paid_out.values())
+    assert samples["ledger_payout_usd_cents_total"] == sum(o["usd_cents"] for o in accepted if o["type"] == "payout")
+    assert samples["ledger_event_to_outcome_seconds_count"] == len(model.outcomes)
+    assert input_lag == 0  # every input read (creator-ops carries idle progress marks)
+    assert samples["ledger_table_entries"] > 0
+
+
 def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[float, ...]) -> None:
     stream = user_stream(seed=11, n=events)
     model = ReferenceLedger()
@@ -130,6 +156,8 @@ def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[
 
     users = {ev.get("user_id") or ev.get("sender_id") for t, ev in stream.events if t != "payouts"}
     _eventually(lambda: _check_state(worker, model, users, creators))
+    if not kill_at:  # one worker process from start to end: its counters are exact
+        _check_metrics(worker, model, len(stream.malformed))
     # Conservation: coins recharged = held + spent; spent = diamonds credited + fee.
     assert sum(model.recharged.values()) == sum(model.coins.values()) + sum(model.spent.values())
     assert sum(model.spent.values()) == sum(model.lifetime.values()) + model.fees
