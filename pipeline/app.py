@@ -30,6 +30,7 @@ from pipeline.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 EXIT_ENGINE_FAILED = 3
+REFILL_CHECK_S = 1.0
 
 
 class _WebOnlyBoot(BootStrategy):
@@ -56,6 +57,7 @@ class LedgerService(Service):
         await self.engine.start()
         self.add_future(self._run())
         self.add_future(self.read_model.retry_forever())
+        self.add_future(self._keep_read_model_filled())
 
     async def _run(self) -> None:
         try:
@@ -70,6 +72,12 @@ class LedgerService(Service):
             logging.shutdown()
             os._exit(EXIT_ENGINE_FAILED)
 
+
+    async def _keep_read_model_filled(self) -> None:
+        while True:
+            await asyncio.sleep(REFILL_CHECK_S)
+            for partition in list(self.engine.tasks):
+                await self.read_model.refill_if_emptied(partition, lambda p=partition: self.engine.snapshot(p))
 
     async def on_stop(self) -> None:
         await self.engine.stop()

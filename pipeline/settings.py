@@ -43,6 +43,8 @@ class Settings:
     # Longest a partition waits for a lagging co-partitioned input before it is
     # processed anyway (event-time merge; see agents/engine/merge.py).
     max_idle_ms: int = 500
+    # Day and stream leaderboards expire this long after their last update.
+    leaderboard_retention_days: int = 7
 
     @property
     def bootstrap_list(self) -> list[str]:
@@ -124,6 +126,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         max_batch=_int(env, "PIPELINE_MAX_BATCH", d.max_batch, 1, 100_000),
         max_idle_ms=_int(env, "PIPELINE_MAX_IDLE_MS", d.max_idle_ms, 0, 60_000),
+        leaderboard_retention_days=_int(
+            env, "PIPELINE_LEADERBOARD_RETENTION_DAYS", d.leaderboard_retention_days, 1, 3650
+        ),
     )
 
 

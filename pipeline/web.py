@@ -7,7 +7,7 @@ never a traceback.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import redis.asyncio as aioredis
 from faust.web import Request, Response, View
@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from agents.ingest.decode import ID_RE
+from agents.readmodel import leaderboards
 from agents.readmodel.redis_sink import hash_key
 from pipeline import metrics
 from pipeline.settings import Settings
@@ -59,6 +60,58 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
     class CreatorView(View):
         async def get(self, request: Request, creator_id: str) -> Response:
             return await entity(self, "creator", creator_id, CREATOR_FIELDS)
+
+    def limit_of(request: Request) -> int:
+        raw = request.query.get("limit", "10")
+        if not raw.isdigit() or not 1 <= int(raw) <= leaderboards.MAX_LIMIT:
+            raise ValueError(f"limit must be an integer from 1 to {leaderboards.MAX_LIMIT}")
+        return int(raw)
+
+    def day_of(request: Request) -> int:
+        try:
+            return leaderboards.parse_day(request.query.get("day", ""))
+        except ValueError:
+            raise ValueError("day must be a date YYYY-MM-DD") from None
+
+    async def board(view: View, request: Request, key: Callable[[], str], id_name: str, score_name: str) -> Response:
+        try:
+            limit, zkey = limit_of(request), key()
+        except ValueError as exc:
+            return error(view, 400, str(exc))
+        try:
+            entries = await leaderboards.top(client, settings.redis_key(zkey), limit)
+        except (RedisError, OSError):
+            return error(view, 503, "read model unavailable (Redis)")
+        return view.json({"entries": [
+            {"rank": i + 1, id_name: member, score_name: score} for i, (member, score) in enumerate(entries)
+        ]})
+
+    @app.page("/leaderboards/streams/{stream_id}/gifters")
+    class StreamGiftersView(View):
+        async def get(self, request: Request, stream_id: str) -> Response:
+            if not ID_RE.fullmatch(stream_id):
+                return error(self, 400, "stream_id must match ^[A-Za-z0-9_.:-]{1,64}$")
+            return await board(self, request, lambda: leaderboards.stream_key(stream_id), "user_id", "coins")
+
+    @app.page("/leaderboards/gifters")
+    class DayGiftersView(View):
+        async def get(self, request: Request) -> Response:
+            return await board(
+                self, request, lambda: leaderboards.gifters_day_key(day_of(request)), "user_id", "coins"
+            )
+
+    @app.page("/leaderboards/creators")
+    class CreatorsView(View):
+        async def get(self, request: Request) -> Response:
+            def key() -> str:
+                period = request.query.get("period", "all")
+                if period == "all":
+                    return leaderboards.CREATORS_ALL
+                if period == "day":
+                    return leaderboards.creators_day_key(day_of(request))
+                raise ValueError("period must be all or day")
+
+            return await board(self, request, key, "creator_id", "diamonds")
 
     @app.page("/health")
     class HealthView(View):

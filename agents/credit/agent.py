@@ -17,6 +17,7 @@ from agents.credit.rules import CreditBatch, apply_credit, apply_payout, duplica
 from agents.credit.state import MAX_HELD, CreatorState
 from agents.ingest.records import Payout
 from agents.ledger.state import DAY_MS
+from agents.readmodel import leaderboards
 from pipeline import topics
 from pipeline.economics import Economics
 from pipeline.engine.codec import loads
@@ -144,12 +145,15 @@ class CreatorLedger(Stage):
             state = self.table.committed.get(key)
             (self.holding.add if state is not None and state.held else self.holding.discard)(key)
 
-    def read_model(self, key: str, value: CreatorState) -> ReadModelUpdate:
+    def read_model(self, key: str, value: CreatorState, full: bool = False) -> ReadModelUpdate:
+        days = value.day_diamonds if full else value.touched
+        scores = [(leaderboards.CREATORS_ALL, key, value.lifetime)] if full or value.touched else []
+        scores += [(leaderboards.creators_day_key(d), key, value.day_diamonds[d]) for d in sorted(days) if d in value.day_diamonds]
         return ReadModelUpdate("creator", key, {
             "diamonds": value.available,
             "lifetime_diamonds": value.lifetime,
             "paid_out_diamonds": value.paid_out,
-        }, value.seq)
+        }, value.seq, tuple(scores))
 
     def sizes(self) -> dict[str, int]:
         return dict(super().sizes(), held_creators=len(self.holding))

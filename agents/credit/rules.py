@@ -53,6 +53,7 @@ def apply_credit(state: CreatorState, credit: CreditBatch, horizon: int | None) 
     state.lifetime += credit.diamonds
     for day, diamonds in credit.by_day().items():
         state.day_diamonds[day] = state.day_diamonds.get(day, 0) + diamonds
+        state.touched.add(day)
     while len(state.day_diamonds) > MAX_DAYS:
         del state.day_diamonds[min(state.day_diamonds)]
     state.recent.extend([ts, d] for ts, d in credit.items if horizon is None or ts > horizon)

@@ -29,6 +29,8 @@ class CreatorState:
     held: list[dict[str, Any]] = field(default_factory=list)
     # [event time, diamonds] of credits that a payout dated before them must not count
     recent: list[list[int]] = field(default_factory=list)
+    # Days credited since this copy was made (not persisted): for the leaderboards.
+    touched: set[int] = field(default_factory=set, compare=False, repr=False)
 
     def available_at(self, ts: int) -> int:
         """Available diamonds without the credits of gifts later than `ts`; never below

@@ -17,6 +17,7 @@ from agents.ingest.records import Event, Gift, Payout
 from agents.ledger.rules import Credit, apply_user_event, duplicate_outcome
 from agents.ledger.state import DAY_MS, UserState
 from agents.outcomes import Outcome
+from agents.readmodel import leaderboards
 from pipeline import topics
 from pipeline.economics import Economics
 from pipeline.engine.stage import Output, ReadModelUpdate, Stage
@@ -102,8 +103,18 @@ class UserLedger(Stage):
         self._committed_progress_ts = self.progress_ts
         return super().commit()
 
-    def read_model(self, key: str, value: UserState) -> ReadModelUpdate:
+    def read_model(self, key: str, value: UserState, full: bool = False) -> ReadModelUpdate:
         today = max(value.day_spend, default=None)
+        if full:
+            touched = {("day", d) for d in value.day_spend} | {("stream", s) for s in value.streams}
+        else:
+            touched = value.touched
+        scores = []
+        for kind, what in sorted(touched, key=str):
+            if kind == "day" and what in value.day_spend:
+                scores.append((leaderboards.gifters_day_key(what), key, value.day_spend[what]))
+            elif kind == "stream" and what in value.streams:
+                scores.append((leaderboards.stream_key(what), key, value.streams[what][0]))
         return ReadModelUpdate("user", key, {
             "coins": value.balance,
             "recharged_coins": value.recharged,
@@ -111,4 +122,4 @@ class UserLedger(Stage):
             "daily_coin_limit": -1 if value.own_limit is None else value.own_limit,
             "last_spend_day": -1 if today is None else today,
             "last_spend_day_coins": 0 if today is None else value.day_spend[today],
-        }, value.seq)
+        }, value.seq, tuple(scores))

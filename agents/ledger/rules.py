@@ -76,6 +76,7 @@ def apply_gift(state: UserState, ev: Gift, econ: Economics) -> tuple[Outcome, Cr
     state.balance -= coins
     state.spent += coins
     state.add_day_spend(utc_day(ev.ts), coins)
+    state.add_stream_spend(ev.stream_id, utc_day(ev.ts), coins)
     state.seq += 1
     state.check()
     assert state.balance == before - coins

@@ -14,6 +14,10 @@ DAY_MS = 86_400_000
 # Spend is kept for the user's newest MAX_SPEND_DAYS spend days; a gift dated before
 # all of them once that many are kept is refused (its day's total is unknown).
 MAX_SPEND_DAYS = 40
+# Coins per live stream are kept (for the stream's top-gifter board) while the user gave
+# to the stream within STREAM_DAYS days of their newest gift, for MAX_STREAMS streams.
+STREAM_DAYS = 30
+MAX_STREAMS = 1_000
 
 
 def utc_day(ts: int) -> int:
@@ -29,6 +33,10 @@ class UserState:
     day_spend: dict[int, int] = field(default_factory=dict)
     # Incremented on every change; lets read models refuse stale writes.
     seq: int = 0
+    streams: dict[str, list[int]] = field(default_factory=dict)  # stream -> [coins, last day]
+    # Days and streams changed since this copy was made (not persisted): what the
+    # leaderboards must be told.
+    touched: set[tuple[str, Any]] = field(default_factory=set, compare=False, repr=False)
 
     def check(self) -> None:
         assert self.balance >= 0, self
@@ -36,9 +44,22 @@ class UserState:
         assert self.own_limit is None or self.own_limit >= 0, self
         assert len(self.day_spend) <= MAX_SPEND_DAYS, self
         assert all(v > 0 for v in self.day_spend.values()), self
+        assert len(self.streams) <= MAX_STREAMS, self
 
     def copy(self) -> "UserState":
-        return UserState(self.balance, self.recharged, self.spent, self.own_limit, dict(self.day_spend), self.seq)
+        streams = {k: list(v) for k, v in self.streams.items()}
+        return UserState(self.balance, self.recharged, self.spent, self.own_limit, dict(self.day_spend), self.seq, streams)
+
+    def add_stream_spend(self, stream_id: str, day: int, coins: int) -> None:
+        entry = self.streams.setdefault(stream_id, [0, day])
+        entry[0] += coins
+        entry[1] = max(entry[1], day)
+        self.touched.add(("stream", stream_id))
+        newest = max(v[1] for v in self.streams.values())
+        for old in [k for k, v in self.streams.items() if v[1] < newest - STREAM_DAYS]:
+            del self.streams[old]
+        while len(self.streams) > MAX_STREAMS:
+            del self.streams[min(self.streams, key=lambda k: (self.streams[k][1], k))]
 
     def day_total_forgotten(self, day: int) -> bool:
         return len(self.day_spend) >= MAX_SPEND_DAYS and day < min(self.day_spend)
@@ -46,6 +67,7 @@ class UserState:
     def add_day_spend(self, day: int, coins: int) -> None:
         assert not self.day_total_forgotten(day)
         self.day_spend[day] = self.day_spend.get(day, 0) + coins
+        self.touched.add(("day", day))
         if len(self.day_spend) > MAX_SPEND_DAYS:
             del self.day_spend[min(self.day_spend)]
 
@@ -53,10 +75,13 @@ class UserState:
         return {
             "b": self.balance, "r": self.recharged, "s": self.spent, "l": self.own_limit,
             "d": [[day, coins] for day, coins in self.day_spend.items()], "q": self.seq,
+            "st": self.streams,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "UserState":
-        state = cls(data["b"], data["r"], data["s"], data["l"], {d: c for d, c in data["d"]}, data["q"])
+        state = cls(
+            data["b"], data["r"], data["s"], data["l"], {d: c for d, c in data["d"]}, data["q"], data.get("st", {})
+        )
         state.check()
         return state

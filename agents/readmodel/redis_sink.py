@@ -2,9 +2,11 @@
 
 Any worker answers any key by reading Redis. Writes happen after the Kafka commit and
 carry the state's `seq`: a Lua script applies a write only if it is newer than what the
-hash holds, so a late write from a worker that lost the partition cannot go backwards.
-Failed writes stay pending (at most one per key) and are retried; the ledger never
-waits on Redis for longer than one bounded attempt.
+hash holds, so a late write from a worker that lost the partition cannot go backwards;
+leaderboard totals only grow and are written with ZADD GT. Failed writes stay pending
+(at most one per key) and are retried; the ledger never waits on Redis for longer than
+one bounded attempt. A marker key per partition tells an emptied Redis (restart,
+FLUSHALL): the partition's whole state is then written again.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pipeline import metrics
+from agents.readmodel import leaderboards
 from pipeline.engine.stage import ReadModelUpdate
 from pipeline.settings import Settings
 
@@ -26,17 +30,33 @@ KEYS_PER_CALL = 500
 WRITE_TIMEOUT_S = 2.0
 RETRY_INTERVAL_S = 1.0
 
-# KEYS: hashes; ARGV per key: seq, field count n, then n field/value pairs.
-_SET_IF_NEWER = """
-local i = 1
+# KEYS: hashes. ARGV[1]: key prefix, ARGV[2]: leaderboard time to live in seconds (0:
+# none); then per key: seq, field count n, n field/value pairs, score count m, and m
+# (sorted set key, member, score, expires 0/1) entries. The hash is written only with a
+# newer seq; scores with ZADD GT, as every board total only grows: a late or repeated
+# write (a refill racing the live updates) can never lower one.
+_WRITE = """
+local prefix = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local i = 3
 for k = 1, #KEYS do
   local seq = tonumber(ARGV[i])
   local n = tonumber(ARGV[i + 1])
+  local m = tonumber(ARGV[i + 2 + 2 * n])
   local cur = tonumber(redis.call('HGET', KEYS[k], 'seq') or '-1')
   if cur < seq then
     redis.call('HSET', KEYS[k], 'seq', ARGV[i], unpack(ARGV, i + 2, i + 1 + 2 * n))
   end
-  i = i + 2 + 2 * n
+  local j = i + 3 + 2 * n
+  for e = 1, m do
+    local zkey = prefix .. ARGV[j]
+    redis.call('ZADD', zkey, 'GT', ARGV[j + 2], ARGV[j + 1])
+    if ttl > 0 and ARGV[j + 3] == '1' then
+      redis.call('EXPIRE', zkey, ttl)
+    end
+    j = j + 4
+  end
+  i = i + 3 + 2 * n + 4 * m
 end
 return #KEYS
 """
@@ -49,8 +69,9 @@ def hash_key(settings: Settings, kind: str, id_: str) -> str:
 class RedisReadModel:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
+        self.ttl_s = settings.leaderboard_retention_days * 86_400
         self.redis = client or aioredis.from_url(settings.redis_url, socket_timeout=WRITE_TIMEOUT_S)
-        self._script = self.redis.register_script(_SET_IF_NEWER)
+        self._script = self.redis.register_script(_WRITE)
         self.pending: dict[tuple[str, str], ReadModelUpdate] = {}
         self._lock = asyncio.Lock()
 
@@ -58,6 +79,9 @@ class RedisReadModel:
         for u in updates:
             old = self.pending.get((u.kind, u.id))
             if old is None or old.seq < u.seq:
+                if old is not None and old.scores:  # keep the older update's boards too
+                    merged = {z[:2]: z for z in old.scores} | {z[:2]: z for z in u.scores}
+                    u = ReadModelUpdate(u.kind, u.id, u.fields, u.seq, tuple(merged.values()))
                 self.pending[(u.kind, u.id)] = u
         await self.flush()
 
@@ -66,12 +90,15 @@ class RedisReadModel:
             while self.pending:
                 chunk = list(self.pending.items())[:KEYS_PER_CALL]
                 keys: list[str] = []
-                args: list[int | str] = []
+                args: list[int | str] = [self.settings.redis_prefix, self.ttl_s]
                 for (kind, id_), u in chunk:
                     keys.append(hash_key(self.settings, kind, id_))
                     args += [u.seq, len(u.fields)]
                     for name, value in u.fields.items():
                         args += [name, value]
+                    args.append(len(u.scores))
+                    for zkey, member, score in u.scores:
+                        args += [zkey, member, score, int(leaderboards.expires(zkey))]
                 started = time.perf_counter()
                 try:
                     await asyncio.wait_for(self._script(keys=keys, args=args), WRITE_TIMEOUT_S)
@@ -89,6 +116,23 @@ class RedisReadModel:
             await asyncio.sleep(RETRY_INTERVAL_S)
             if self.pending:
                 await self.flush()
+
+    def _marker(self, partition: int) -> str:
+        return self.settings.redis_key(f"ledger:filled:{partition}")
+
+    async def refill_if_emptied(self, partition: int, snapshot: Callable[[], list[ReadModelUpdate]]) -> bool:
+        """Write the partition's whole state if its marker is gone; True if it did."""
+        try:
+            if await self.redis.exists(self._marker(partition)):
+                return False
+        except (RedisError, OSError, asyncio.TimeoutError):
+            return False  # Redis down: the retry loop and the next check handle it
+        await self.write(snapshot())
+        if self.pending:
+            return False  # not all written: try again at the next check
+        await self.redis.set(self._marker(partition), "1")
+        log.info("read model of partition %d written in full (Redis was empty)", partition)
+        return True
 
     async def close(self) -> None:
         await self.redis.aclose()

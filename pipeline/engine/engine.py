@@ -219,7 +219,7 @@ class Engine:
             metrics.ASSIGNED_PARTITIONS.set(len(self.tasks))
             log.info("assigned partitions %s (new: %s)", sorted(self.tasks), [t.partition for t in new])
             for task in new:
-                await self.sink([u for s in task.stages for u in s.snapshot()])
+                await self.sink(self.snapshot(task.partition))
             self.ready.set()
 
     async def _seek_committed(self, task: PartitionTask) -> None:
@@ -274,6 +274,11 @@ class Engine:
             )
         finally:
             await restorer.stop()
+
+    def snapshot(self, partition: int) -> list[ReadModelUpdate]:
+        """The committed state of a partition as read-model updates (empty if not ours)."""
+        task = self.tasks.get(partition)
+        return [] if task is None else [u for s in task.stages for u in s.snapshot()]
 
     def table_sizes(self) -> dict[str, int]:
         sizes: dict[str, int] = {}

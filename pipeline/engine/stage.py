@@ -28,12 +28,15 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class ReadModelUpdate:
-    """A committed value to show in the read model; `seq` orders writes of one key."""
+    """A committed value to show in the read model; `seq` orders writes of one key.
+    `scores` are leaderboard entries derived from the same value: (sorted set key
+    without prefix, member, absolute score), written only with the value."""
 
     kind: str  # "user" | "creator"
     id: str
     fields: dict[str, int | str]
     seq: int
+    scores: tuple[tuple[str, str, int], ...] = ()
 
 
 class Output:
@@ -86,7 +89,9 @@ class Stage(ABC):
     def handle(self, topic: str, item: Any, out: Output) -> None: ...
 
     @abstractmethod
-    def read_model(self, key: str, value: Any) -> ReadModelUpdate: ...
+    def read_model(self, key: str, value: Any, full: bool = False) -> ReadModelUpdate:
+        """What the read model shows of `value`: the leaderboard entries it touched in
+        this batch, or all of its entries when `full` (a refill)."""
 
     def tick(self, out: Output, now_ms: float) -> None:
         """Called every cycle, input or not: for work that waits on time."""
@@ -129,7 +134,7 @@ class Stage(ABC):
 
     def snapshot(self) -> list[ReadModelUpdate]:
         """Every committed value, to refill an emptied read model."""
-        return [self.read_model(k, v) for k, v in self.table.committed.items()]
+        return [self.read_model(k, v, full=True) for k, v in self.table.committed.items()]
 
     def sizes(self) -> dict[str, int]:
         return {self.table_name: len(self.table), self.index_name: len(self.dedupe)}

@@ -15,6 +15,7 @@ from collections import Counter
 from typing import Any, Callable
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.eventgen import payout_stream, user_stream
@@ -81,6 +82,37 @@ def _check_state(worker: Worker, model: ReferenceLedger, users: set[str], creato
         assert status == 200
         got = {k: body[k] for k in ("diamonds", "lifetime_diamonds", "paid_out_diamonds")}
         assert got == model.creator(creator), creator
+
+
+def _board_url(key: str) -> str:
+    parts = key.split(":")
+    if parts[1] == "stream":
+        return f"/leaderboards/streams/{parts[2]}/gifters?limit=1000"
+    if parts[1] == "gifters":
+        return f"/leaderboards/gifters?day={parts[3]}&limit=1000"
+    if parts[2] == "all":
+        return "/leaderboards/creators?period=all&limit=1000"
+    return f"/leaderboards/creators?period=day&day={parts[3]}&limit=1000"
+
+
+def _check_boards(d: Deployment, worker: Worker, model: ReferenceLedger) -> None:
+    """Every leaderboard, in Redis and over HTTP, equals the reference's exactly."""
+    expected = model.boards()
+    client = redis.Redis.from_url(d.redis_url)
+    try:
+        stored = {k.decode()[len(d.prefix):] for k in client.scan_iter(match=f"{d.prefix}lb:*")}
+        assert stored == set(expected)
+        for key, entries in expected.items():
+            in_redis = [(m.decode(), int(s)) for m, s in client.zrange(d.prefix + key, 0, -1, withscores=True)]
+            assert sorted(in_redis, key=lambda e: (-e[1], e[0])) == entries, key
+            status, body = worker.get(_board_url(key))
+            assert status == 200, body
+            id_name, score_name = ("creator_id", "diamonds") if "creators" in key else ("user_id", "coins")
+            got = [(e[id_name], e[score_name]) for e in body["entries"]]
+            assert got == entries[:1000], key
+            assert [e["rank"] for e in body["entries"]] == list(range(1, len(got) + 1))
+    finally:
+        client.close()
 
 
 def _check_metrics(worker: Worker, model: ReferenceLedger, malformed: int) -> None:
@@ -156,8 +188,13 @@ def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[
 
     users = {ev.get("user_id") or ev.get("sender_id") for t, ev in stream.events if t != "payouts"}
     _eventually(lambda: _check_state(worker, model, users, creators))
+    _eventually(lambda: _check_boards(d, worker, model))
     if not kill_at:  # one worker process from start to end: its counters are exact
         _check_metrics(worker, model, len(stream.malformed))
+    # An emptied Redis is refilled from the pipeline's own state, no replay needed.
+    redis.Redis.from_url(d.redis_url).flushall()
+    _eventually(lambda: _check_boards(d, worker, model))
+    _eventually(lambda: _check_state(worker, model, users, creators))
     # Conservation: coins recharged = held + spent; spent = diamonds credited + fee.
     assert sum(model.recharged.values()) == sum(model.coins.values()) + sum(model.spent.values())
     assert sum(model.spent.values()) == sum(model.lifetime.values()) + model.fees
@@ -165,6 +202,14 @@ def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[
 
 def test_clean_run_matches_reference(deployment: Deployment, workers: list[Worker]) -> None:
     _scenario(deployment, workers, EVENTS, kill_at=())
+    worker = workers[0]
+    for bad in (
+        "/users/not%20an%20id", "/creators/" + "x" * 65, "/leaderboards/gifters?day=2026-13-01",
+        "/leaderboards/gifters?day=2026-01-01&limit=0", "/leaderboards/creators?period=week",
+        "/leaderboards/creators?period=all&limit=1001", "/leaderboards/streams/s0/gifters?limit=ten",
+    ):
+        status, body = worker.get(bad)
+        assert status == 400 and body["error"], bad
 
 
 def test_sigkill_mid_stream_matches_reference(deployment: Deployment, workers: list[Worker]) -> None:

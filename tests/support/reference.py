@@ -32,6 +32,8 @@ class ReferenceLedger:
         self.lifetime: dict[str, int] = defaultdict(int)
         self.paid_out: dict[str, int] = defaultdict(int)
         self.fees = 0
+        self.stream_coins: dict[tuple[str, str], int] = defaultdict(int)  # (stream, user)
+        self.creator_day: dict[tuple[int, str], int] = defaultdict(int)  # (day, creator)
         self.seen: set[tuple[str, str, str]] = set()
         self.outcomes: list[dict[str, Any]] = []
 
@@ -75,6 +77,8 @@ class ReferenceLedger:
                     self.day_spent[day] += cost
                     self.diamonds[ev["creator_id"]] += credited
                     self.lifetime[ev["creator_id"]] += credited
+                    self.stream_coins[(ev["stream_id"], subject)] += cost
+                    self.creator_day[(ev["ts"] // DAY, ev["creator_id"])] += credited
                     self.fees += cost - credited
                     out["diamonds"] = credited
             out["balance_after"] = self.coins[subject]
@@ -105,3 +109,23 @@ class ReferenceLedger:
             "lifetime_diamonds": self.lifetime[creator_id],
             "paid_out_diamonds": self.paid_out[creator_id],
         }
+
+    def boards(self) -> dict[str, list[tuple[str, int]]]:
+        """Every leaderboard, by contract key: (member, score), best first, ties by id."""
+        out: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for (stream, user), coins in self.stream_coins.items():
+            out[f"lb:stream:{stream}:gifters"].append((user, coins))
+        for (user, day), coins in self.day_spent.items():
+            out[f"lb:gifters:day:{_date(day)}"].append((user, coins))
+        for creator, diamonds in self.lifetime.items():
+            if diamonds:
+                out["lb:creators:all"].append((creator, diamonds))
+        for (day, creator), diamonds in self.creator_day.items():
+            out[f"lb:creators:day:{_date(day)}"].append((creator, diamonds))
+        return {k: sorted((e for e in v if e[1] > 0), key=lambda e: (-e[1], e[0])) for k, v in out.items()}
+
+
+def _date(day: int) -> str:
+    import datetime as dt
+
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()

@@ -109,7 +109,7 @@ def balance(stage: UserLedger, user: str = "u1") -> int:
 def test_same_event_id_on_other_topics_is_not_a_duplicate(users: UserLedger) -> None:
     batch = run(users, [recharge("x", 5_000), gift("x"), limit("x", 100_000)])
     assert batch.statuses == [("x", "accepted", None)] * 3
-    assert users.table.get("u1") == UserState(4_000, 5_000, 1_000, 100_000, {T0 // DAY: 1_000}, 3)
+    assert users.table.get("u1") == UserState(4_000, 5_000, 1_000, 100_000, {T0 // DAY: 1_000}, 3, {"s1": [1_000, T0 // DAY]})
 
 
 def test_same_event_id_for_another_user_is_not_a_duplicate(users: UserLedger) -> None:
@@ -343,7 +343,9 @@ def test_user_changelog_restore_reproduces_state_and_dedupe(users: UserLedger, e
         run(users, [limit("l2", None), recharge("r1", 7)]),
     ]
     fresh = restored(users, UserLedger(econ, 0, 1), batches)
-    assert fresh.table.committed["u1"] == UserState(20_000, 50_000, 30_000, None, {T0 // DAY: 29_999, T0 // DAY + 1: 1}, 5)
+    assert fresh.table.committed["u1"] == UserState(
+        20_000, 50_000, 30_000, None, {T0 // DAY: 29_999, T0 // DAY + 1: 1}, 5, {"s1": [30_000, T0 // DAY + 1]}
+    )
     # The restored stage decides as the original would.
     events = [recharge("r1", 5), gift("g2"), gift("g9", "rose"), recharge("r1", 1, "u2")]
     assert run(fresh, events).statuses == run(users, events).statuses == [

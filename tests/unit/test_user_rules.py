@@ -164,7 +164,8 @@ def test_accepted_gift_outcome_and_state(econ: Economics) -> None:
     state = user(1_000, day_spend={20_000: 50})
     outcome, _ = apply_gift(state, gift("money_gun", eid="g-9"), econ)
     assert outcome == Outcome("g-9", "gift", "accepted", None, "u1", 500, 250, None, 500, T0)
-    assert state == UserState(500, 1_050, 550, None, {20_000: 550}, seq=4)
+    assert state == UserState(500, 1_050, 550, None, {20_000: 550}, seq=4, streams={"s1": [500, T0 // DAY]})
+    assert state.touched == {("day", T0 // DAY), ("stream", "s1")}
 
 
 # --- daily spend limit --------------------------------------------------------------
@@ -304,9 +305,22 @@ def test_day_spend_keeps_the_newest_max_spend_days(econ: Economics) -> None:
 
 
 def test_state_json_round_trip() -> None:
-    state = UserState(5, 20, 15, None, {3: 10, 4: 5}, 9)
-    assert state.to_json() == {"b": 5, "r": 20, "s": 15, "l": None, "d": [[3, 10], [4, 5]], "q": 9}
+    state = UserState(5, 20, 15, None, {3: 10, 4: 5}, 9, {"s1": [15, 4]})
+    assert state.to_json() == {"b": 5, "r": 20, "s": 15, "l": None, "d": [[3, 10], [4, 5]], "q": 9, "st": {"s1": [15, 4]}}
     assert UserState.from_json(state.to_json()) == state
+
+
+def test_stream_totals_are_bounded_by_age_and_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agents.ledger.state as state_module
+
+    state = UserState()
+    state.add_stream_spend("old", 100, 5)
+    state.add_stream_spend("new", 100 + state_module.STREAM_DAYS + 1, 7)  # "old" is now too old
+    assert state.streams == {"new": [7, 131]}
+    monkeypatch.setattr(state_module, "MAX_STREAMS", 2)
+    state.add_stream_spend("a", 131, 1)
+    state.add_stream_spend("b", 132, 1)  # the least recent ("a" and "new" on day 131: "a" first) goes
+    assert set(state.streams) == {"new", "b"}
 
 
 def test_from_json_refuses_broken_invariants() -> None:

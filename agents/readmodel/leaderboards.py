@@ -1,0 +1,61 @@
+"""Leaderboard keys (contract, "Read model") and reading them in the contract's order.
+
+Scores are absolute totals taken from the ledger's committed state (never increments),
+so writing one twice, late or after a Redis restart cannot double count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from redis.asyncio import Redis
+
+CREATORS_ALL = "lb:creators:all"
+MAX_LIMIT = 1_000
+
+
+def day_name(day: int) -> str:
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
+
+
+def parse_day(name: str) -> int:
+    """`YYYY-MM-DD` -> UTC day number; ValueError if it is not such a date."""
+    if len(name) != 10:
+        raise ValueError(name)
+    return (dt.date.fromisoformat(name) - dt.date(1970, 1, 1)).days
+
+
+def stream_key(stream_id: str) -> str:
+    return f"lb:stream:{stream_id}:gifters"
+
+
+def gifters_day_key(day: int) -> str:
+    return f"lb:gifters:day:{day_name(day)}"
+
+
+def creators_day_key(day: int) -> str:
+    return f"lb:creators:day:{day_name(day)}"
+
+
+def expires(key: str) -> bool:
+    """Day and stream boards expire after the retention; the all-time board does not."""
+    return key != CREATORS_ALL
+
+
+async def top(redis: Redis, key: str, limit: int) -> list[tuple[str, int]]:
+    """The `limit` best (member, score): score descending, ties by member ascending.
+    Redis orders ties by member descending in a reversed range, so the members tied at
+    the cut are read again in ascending order."""
+    assert 1 <= limit <= MAX_LIMIT
+    head = await redis.zrevrange(key, 0, limit - 1, withscores=True)
+    if not head:
+        return []
+    cut = head[-1][1]
+    above = sorted(((_text(m), int(s)) for m, s in head if s > cut), key=lambda e: (-e[1], e[0]))
+    tied = await redis.zrangebyscore(key, cut, cut, start=0, num=limit - len(above))
+    return above + [(_text(m), int(cut)) for m in tied]
+
+
+def _text(member: Any) -> str:
+    return member.decode() if isinstance(member, bytes) else str(member)
