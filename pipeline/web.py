@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from agents.ingest.decode import ID_RE
+from agents.credit.state import WINDOWS
 from agents.readmodel import leaderboards
 from agents.readmodel.redis_sink import hash_key
 from pipeline import metrics
@@ -85,6 +86,23 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
         return view.json({"entries": [
             {"rank": i + 1, id_name: member, score_name: score} for i, (member, score) in enumerate(entries)
         ]})
+
+    @app.page("/creators/{creator_id}/windows")
+    class CreatorWindowsView(View):
+        async def get(self, request: Request, creator_id: str) -> Response:
+            size = request.query.get("size", "1m")
+            if not ID_RE.fullmatch(creator_id):
+                return error(self, 400, "creator_id must match ^[A-Za-z0-9_.:-]{1,64}$")
+            if size not in WINDOWS:
+                return error(self, 400, f"size must be one of {', '.join(WINDOWS)}")
+            try:
+                found = await leaderboards.windows(client, creator_id, size, settings.redis_prefix)
+            except (RedisError, OSError):
+                return error(self, 503, "read model unavailable (Redis)")
+            span = WINDOWS[size][0]
+            return self.json({"creator_id": creator_id, "size": size, "windows": [
+                {"start": start, "end": start + span, "diamonds": diamonds} for start, diamonds in found
+            ]})
 
     @app.page("/leaderboards/streams/{stream_id}/gifters")
     class StreamGiftersView(View):

@@ -146,9 +146,17 @@ class CreatorLedger(Stage):
             (self.holding.add if state is not None and state.held else self.holding.discard)(key)
 
     def read_model(self, key: str, value: CreatorState, full: bool = False) -> ReadModelUpdate:
-        days = value.day_diamonds if full else value.touched
-        scores = [(leaderboards.CREATORS_ALL, key, value.lifetime)] if full or value.touched else []
-        scores += [(leaderboards.creators_day_key(d), key, value.day_diamonds[d]) for d in sorted(days) if d in value.day_diamonds]
+        if full:
+            touched = {("day", d) for d in value.day_diamonds}
+            touched |= {(name, start) for name, w in value.windows.items() for start in w}
+        else:
+            touched = value.touched
+        scores: list[tuple[str, str, int]] = [(leaderboards.CREATORS_ALL, key, value.lifetime)] if touched else []
+        for kind, at in sorted(touched):
+            if kind == "day" and at in value.day_diamonds:
+                scores.append((leaderboards.creators_day_key(at), key, value.day_diamonds[at]))
+            elif at in value.windows.get(kind, {}):
+                scores.append((leaderboards.windows_key(key, kind), str(at), value.windows[kind][at]))
         return ReadModelUpdate("creator", key, {
             "diamonds": value.available,
             "lifetime_diamonds": value.lifetime,

@@ -53,7 +53,9 @@ def apply_credit(state: CreatorState, credit: CreditBatch, horizon: int | None) 
     state.lifetime += credit.diamonds
     for day, diamonds in credit.by_day().items():
         state.day_diamonds[day] = state.day_diamonds.get(day, 0) + diamonds
-        state.touched.add(day)
+        state.touched.add(("day", day))
+    for ts, diamonds in credit.items:
+        state.add_to_windows(ts, diamonds)
     while len(state.day_diamonds) > MAX_DAYS:
         del state.day_diamonds[min(state.day_diamonds)]
     state.recent.extend([ts, d] for ts, d in credit.items if horizon is None or ts > horizon)

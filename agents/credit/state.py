@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_DAYS = 40
+# Tumbling windows of credited diamonds: size name -> (size in ms, windows kept).
+WINDOWS = {"1m": (60_000, 120), "1h": (3_600_000, 48)}
 MAX_HELD = 10_000
 MAX_RECENT = 100_000
 
@@ -29,8 +31,10 @@ class CreatorState:
     held: list[dict[str, Any]] = field(default_factory=list)
     # [event time, diamonds] of credits that a payout dated before them must not count
     recent: list[list[int]] = field(default_factory=list)
-    # Days credited since this copy was made (not persisted): for the leaderboards.
-    touched: set[int] = field(default_factory=set, compare=False, repr=False)
+    # window size name -> window start (ms) -> diamonds credited by gifts in the window
+    windows: dict[str, dict[int, int]] = field(default_factory=dict)
+    # ("day", day) and (size, start) credited since this copy was made (not persisted).
+    touched: set[tuple[str, int]] = field(default_factory=set, compare=False, repr=False)
 
     def available_at(self, ts: int) -> int:
         """Available diamonds without the credits of gifts later than `ts`; never below
@@ -51,11 +55,22 @@ class CreatorState:
         assert len(self.day_diamonds) <= MAX_DAYS, self
         assert len(self.held) <= MAX_HELD and all(op["op"] == "p" for op in self.held), self
         assert len(self.recent) <= MAX_RECENT, self
+        assert all(len(self.windows.get(name, ())) <= kept for name, (_, kept) in WINDOWS.items()), self
 
     def copy(self) -> "CreatorState":
         return CreatorState(
-            self.available, self.lifetime, self.paid_out, dict(self.day_diamonds), self.seq, list(self.held), list(self.recent)
+            self.available, self.lifetime, self.paid_out, dict(self.day_diamonds), self.seq, list(self.held),
+            list(self.recent), {name: dict(w) for name, w in self.windows.items()},
         )
+
+    def add_to_windows(self, ts: int, diamonds: int) -> None:
+        for name, (size, kept) in WINDOWS.items():
+            windows = self.windows.setdefault(name, {})
+            start = ts - ts % size
+            windows[start] = windows.get(start, 0) + diamonds
+            self.touched.add((name, start))
+            while len(windows) > kept:
+                del windows[min(windows)]
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -66,10 +81,14 @@ class CreatorState:
             data["h"] = self.held
         if self.recent:
             data["r"] = self.recent
+        if self.windows:
+            data["w"] = {name: [[start, n] for start, n in w.items()] for name, w in self.windows.items()}
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "CreatorState":
-        state = cls(data["a"], data["l"], data["p"], {d: n for d, n in data["d"]}, data["q"], data.get("h", []), data.get("r", []))
+        state = cls(data["a"], data["l"], data["p"], {d: n for d, n in data["d"]}, data["q"], data.get("h", []), data.get("r", []),
+            {name: {start: n for start, n in w} for name, w in data.get("w", {}).items()},
+        )
         state.check()
         return state

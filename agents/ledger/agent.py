@@ -8,6 +8,7 @@ creator whatever partitioner the producers of `payouts` used.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from agents.credit.ops import credit_op, mark_op, payout_op
@@ -21,7 +22,7 @@ from agents.readmodel import leaderboards
 from pipeline import topics
 from pipeline.economics import Economics
 from pipeline.engine.stage import Output, ReadModelUpdate, Stage
-from pipeline.engine.store import Store
+from pipeline.engine.store import MAX_CLOCK_SKEW_MS, Store
 
 _TOPIC_CODE = {topics.RECHARGES: "r", topics.GIFTS: "g", topics.SPEND_LIMITS: "l"}
 
@@ -68,7 +69,9 @@ class UserLedger(Stage):
         return item, None if isinstance(item, Malformed) else item.ts
 
     def handle(self, topic: str, item: Any, out: Output) -> None:
-        self.progress_ts = max(self.progress_ts, item.ts)
+        # Progress is capped a day past the clock: an event dated in the far future must
+        # not make this partition look past every payout for good.
+        self.progress_ts = max(self.progress_ts, min(item.ts, int(time.time() * 1000) + MAX_CLOCK_SKEW_MS))
         if isinstance(item, Payout):
             self.credits.pop(item.creator_id, out)
             out.send(topics.CREATOR_OPS, item.creator_id, payout_op(item))

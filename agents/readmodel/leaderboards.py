@@ -11,6 +11,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from agents.credit.state import WINDOWS
+
 CREATORS_ALL = "lb:creators:all"
 MAX_LIMIT = 1_000
 
@@ -38,8 +40,30 @@ def creators_day_key(day: int) -> str:
     return f"lb:creators:day:{day_name(day)}"
 
 
+def windows_key(creator_id: str, size: str) -> str:
+    """A creator's tumbling windows of one size: a hash, window start (ms) -> diamonds."""
+    return f"win:{size}:{creator_id}"
+
+
+def is_windows(key: str) -> bool:
+    return key.startswith("win:")
+
+
+def window_span(key: str) -> int:
+    """How far back (ms) from its newest window the ledger keeps a creator's windows."""
+    size, kept = WINDOWS[key.split(":")[1]]
+    return (kept - 1) * size
+
+
+async def windows(redis: Redis, creator_id: str, size: str, prefix: str) -> list[tuple[int, int]]:
+    """(window start ms, diamonds), oldest first."""
+    raw = await redis.hgetall(prefix + windows_key(creator_id, size))
+    return sorted((int(k), int(v)) for k, v in raw.items())
+
+
 def expires(key: str) -> bool:
-    """Day and stream boards expire after the retention; the all-time board does not."""
+    """Day and stream boards and windows expire after the retention; the all-time board
+    does not."""
     return key != CREATORS_ALL
 
 

@@ -32,9 +32,11 @@ RETRY_INTERVAL_S = 1.0
 
 # KEYS: hashes. ARGV[1]: key prefix, ARGV[2]: leaderboard time to live in seconds (0:
 # none); then per key: seq, field count n, n field/value pairs, score count m, and m
-# (sorted set key, member, score, expires 0/1) entries. The hash is written only with a
-# newer seq; scores with ZADD GT, as every board total only grows: a late or repeated
-# write (a refill racing the live updates) can never lower one.
+# (key, member, score, kind, oldest) entries: kind 'z' a sorted set that expires, 'a' one
+# that does not, 'w' a window hash (oldest: first window start to keep). The hash is
+# written only with a newer seq; every board and window total only grows, so scores are
+# written with ZADD GT (and compare-and-set for windows): a late or repeated write (a
+# refill racing the live updates) can never lower one.
 _WRITE = """
 local prefix = ARGV[1]
 local ttl = tonumber(ARGV[2])
@@ -50,13 +52,27 @@ for k = 1, #KEYS do
   local j = i + 3 + 2 * n
   for e = 1, m do
     local zkey = prefix .. ARGV[j]
-    redis.call('ZADD', zkey, 'GT', ARGV[j + 2], ARGV[j + 1])
-    if ttl > 0 and ARGV[j + 3] == '1' then
+    local kind = ARGV[j + 3]
+    if kind == 'w' then
+      -- window hash: field = window start; keep the larger total, drop windows older
+      -- than the oldest one the ledger still keeps (sent as ARGV[j + 4])
+      local cur = tonumber(redis.call('HGET', zkey, ARGV[j + 1]) or '-1')
+      if cur < tonumber(ARGV[j + 2]) then
+        redis.call('HSET', zkey, ARGV[j + 1], ARGV[j + 2])
+      end
+      local oldest = tonumber(ARGV[j + 4])
+      for _, f in ipairs(redis.call('HKEYS', zkey)) do
+        if tonumber(f) < oldest then redis.call('HDEL', zkey, f) end
+      end
+    else
+      redis.call('ZADD', zkey, 'GT', ARGV[j + 2], ARGV[j + 1])
+    end
+    if ttl > 0 and kind ~= 'a' then
       redis.call('EXPIRE', zkey, ttl)
     end
-    j = j + 4
+    j = j + 5
   end
-  i = i + 3 + 2 * n + 4 * m
+  i = i + 3 + 2 * n + 5 * m
 end
 return #KEYS
 """
@@ -98,7 +114,8 @@ class RedisReadModel:
                         args += [name, value]
                     args.append(len(u.scores))
                     for zkey, member, score in u.scores:
-                        args += [zkey, member, score, int(leaderboards.expires(zkey))]
+                        kind = "w" if leaderboards.is_windows(zkey) else "z" if leaderboards.expires(zkey) else "a"
+                        args += [zkey, member, score, kind, self._oldest_window(u, zkey)]
                 started = time.perf_counter()
                 try:
                     await asyncio.wait_for(self._script(keys=keys, args=args), WRITE_TIMEOUT_S)
@@ -110,6 +127,14 @@ class RedisReadModel:
                 for key, u in chunk:
                     if self.pending.get(key) is u:
                         del self.pending[key]
+
+    @staticmethod
+    def _oldest_window(update: ReadModelUpdate, key: str) -> int:
+        """Oldest window start of this key in the update: what Redis may keep of it (the
+        ledger keeps a bounded number of windows, and sends the oldest it touched)."""
+        if not leaderboards.is_windows(key):
+            return 0
+        return max(int(member) for k, member, _ in update.scores if k == key) - leaderboards.window_span(key)
 
     async def retry_forever(self) -> None:
         while True:
@@ -130,7 +155,10 @@ class RedisReadModel:
         await self.write(snapshot())
         if self.pending:
             return False  # not all written: try again at the next check
-        await self.redis.set(self._marker(partition), "1")
+        try:
+            await self.redis.set(self._marker(partition), "1")
+        except (RedisError, OSError, asyncio.TimeoutError):
+            return False
         log.info("read model of partition %d written in full (Redis was empty)", partition)
         return True
 

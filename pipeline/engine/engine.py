@@ -16,13 +16,13 @@ from typing import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from pipeline import metrics
 from pipeline.engine.codec import loads
 from pipeline.engine.stage import ReadModelUpdate, Stage
-from pipeline.engine.task import MAX_BUFFERED, PartitionTask
+from pipeline.engine.task import MAX_BUFFERED, PartitionTask, TransactionFailed
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ class Engine:
         self.changelog_topics = [s.changelog_topic for s in probe]
         self.consumer: AIOKafkaConsumer | None = None
         self._stopping = False
-        self._failures = 0
+        self._failures: dict[int, int] = {}  # partition -> transactions failed in a row
+        self._broken: dict[int, float] = {}  # partition -> when to rebuild it (monotonic)
         self._seek_epoch = 0
         self.fatal: BaseException | None = None  # raised by the loop: see _Listener
         self.ready = asyncio.Event()
@@ -69,6 +70,9 @@ class Engine:
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
             max_poll_interval_ms=300_000,
+            # Restoring state runs in the rebalance listener: give it time, so a second
+            # rebalance during a long restore does not evict this worker.
+            rebalance_timeout_ms=300_000,
         )
         await self.consumer.start()
         self.consumer.subscribe([s.topic(t) for t in self.input_topics], listener=_Listener(self))
@@ -113,6 +117,8 @@ class Engine:
     async def _cycle(self, batch: dict[TopicPartition, list]) -> None:
         consumer = self.consumer
         assert consumer is not None
+        if self._broken:
+            await self._rebuild_broken()
         prefix_len = len(self.settings.topic_prefix)
         for tp, records in batch.items():
             task = self.tasks.get(tp.partition)
@@ -136,7 +142,7 @@ class Engine:
                 await self._recover(task, result)
             else:
                 updates.extend(result)
-                self._failures = 0
+                self._failures.pop(task.partition, None)
         if updates:
             await self.sink(updates)
         self._flow_control()
@@ -166,26 +172,47 @@ class Engine:
                     consumer.resume(tp)
 
     async def _recover(self, task: PartitionTask, error: BaseException) -> None:
-        """A transaction failed: rewind the partition to its last commit; a fenced
-        producer means another worker owns the partition now, so drop it."""
+        """A transaction failed: nothing of the batch took effect. The partition is rebuilt
+        from Kafka as if newly assigned (new producer, which fences any other; state from
+        the changelog; committed offsets), with backoff while the broker is away. Anything
+        but a failed transaction is a bug (an invariant assertion, say): stop."""
+        if not isinstance(error, TransactionFailed):
+            raise error
+        failures = self._failures.get(task.partition, 0) + 1
+        self._failures[task.partition] = failures
+        delay = RETRY_BACKOFF_S[min(failures - 1, len(RETRY_BACKOFF_S) - 1)]
+        log.warning("%s; rebuilding the partition in %.1fs (failure %d)", error, delay, failures)
+        await task.stop()
+        self.tasks.pop(task.partition, None)
+        self._broken[task.partition] = time.monotonic() + delay
+
+    async def _rebuild_broken(self) -> None:
+        """Retry the partitions whose transaction failed, once their backoff is over."""
         assert self.consumer is not None
-        if isinstance(error, ProducerFenced):
-            log.warning("partition %d was taken over by another worker; dropping it", task.partition)
-            await task.stop()
-            self.tasks.pop(task.partition, None)
+        now = time.monotonic()
+        due = [p for p, at in self._broken.items() if at <= now]
+        if not due:
             return
-        if not isinstance(error, KafkaError):
-            raise error  # a bug (e.g. an invariant assertion): stop rather than corrupt
-        delay = RETRY_BACKOFF_S[min(self._failures, len(RETRY_BACKOFF_S) - 1)]
-        self._failures += 1
-        log.warning("transaction of partition %d failed (%s); retrying in %.1fs", task.partition, error, delay)
-        self._seek(task, task.rewind())
-        await asyncio.sleep(delay)
-        if self._failures >= 3:
-            # The producer itself may be unusable (e.g. after a broker restart).
-            await task.stop()
-            await task.start_producer()
-            await self._seek_committed(task)
+        assigned = {tp.partition for tp in self.consumer.assignment()}
+        for p in due:
+            del self._broken[p]
+            if p not in assigned or p in self.tasks:
+                continue  # moved away, or rebuilt by a rebalance meanwhile
+            task = PartitionTask(p, self.make_stages(p), self.settings)
+            try:
+                await task.start_producer()
+                await self._restore([task])
+                await self._seek_committed(task)
+            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                await task.stop()
+                self._failures[p] = self._failures.get(p, 0) + 1
+                delay = RETRY_BACKOFF_S[min(self._failures[p] - 1, len(RETRY_BACKOFF_S) - 1)]
+                log.warning("partition %d: rebuild failed (%s); retrying in %.1fs", p, exc, delay)
+                self._broken[p] = now + delay
+                continue
+            self.tasks[p] = task
+            await self.sink(self.snapshot(p))
+            log.info("partition %d rebuilt", p)
 
     # -- assignment --------------------------------------------------------------
     async def on_revoked(self) -> None:
@@ -210,6 +237,7 @@ class Engine:
                 await task.stop()
                 metrics.forget_partition(p, task.input_topics)
             new = [PartitionTask(p, self.make_stages(p), self.settings) for p in sorted(by_partition) if p not in self.tasks]
+            self._broken.clear()  # every partition of ours is (re)built here
             for task in new:
                 await task.start_producer()
             await self._restore(new)

@@ -65,6 +65,7 @@ class Store(Generic[V]):
         return len(self.committed)
 
 
+MAX_CLOCK_SKEW_MS = 86_400_000
 # Segments expired per batch at most, so one batch's tombstones stay small.
 MAX_EXPIRE_PER_BATCH = 1000
 SEGMENT_PREFIX = "#dd:"  # '#' is outside the id pattern: no clash with state keys
@@ -95,13 +96,18 @@ class DedupeIndex:
     def seen(self, key: str) -> bool:
         return key in self.index or key in self._pending
 
+    def _plausible(self, ts: int) -> int:
+        """Event time capped at a day past the clock: one event dated in the far future
+        must not hold expiry back (its segment would never expire, nor any after it)."""
+        return min(ts, int(self.clock() * 1000) + MAX_CLOCK_SKEW_MS)
+
     def add(self, key: str, ts: int) -> None:
         assert not self.seen(key)
-        self._pending[key] = ts
+        self._pending[key] = self._plausible(ts)
 
     def observe(self, ts: int) -> None:
         if ts > self._pending_watermark:
-            self._pending_watermark = ts
+            self._pending_watermark = self._plausible(ts)
 
     def changelog(self) -> list[tuple[str, dict[str, Any] | None]]:
         """The records that make this batch's changes durable (new segment, tombstones)."""

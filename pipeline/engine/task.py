@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import time
 from typing import Callable
@@ -28,9 +29,18 @@ from pipeline.topics import DEAD_LETTERS, MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
+class TransactionFailed(Exception):
+    """A partition's batch could not be committed (broker, fencing, producer state):
+    nothing of it took effect, and the partition must be rebuilt from Kafka."""
+
+    def __init__(self, partition: int, cause: BaseException) -> None:
+        super().__init__(f"partition {partition}: {cause.__class__.__name__}: {cause}")
+        self.cause = cause
+
+
 # Buffered input records per topic-partition above which fetching it pauses.
 MAX_BUFFERED = 20_000
-TRANSACTION_TIMEOUT_MS = 30_000
+TRANSACTION_TIMEOUT_MS = 120_000  # above a broker restart: see engine._rebuild
 
 
 class PartitionTask:
@@ -96,7 +106,7 @@ class PartitionTask:
         n = 0
         for stage, merge in zip(self.stages, self.merges):
             stage.tick(self.out, now_ms)
-            for p in merge.drain(caught_up, now_ms):
+            for p in itertools.islice(merge.drain(caught_up, now_ms), self.settings.max_batch):
                 if isinstance(p.item, Malformed):
                     self._dead_letter(p)
                 else:
@@ -150,11 +160,11 @@ class PartitionTask:
                 }
                 if offsets:
                     await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
-        except BaseException:
+        except Exception as exc:
             metrics.TRANSACTIONS.labels("aborted").inc()
             for stage in self.stages:
                 stage.abort()
-            raise
+            raise TransactionFailed(self.partition, exc) from exc
         metrics.TRANSACTIONS.labels("committed").inc()
         self.committed_offsets = dict(self.next_offsets)
         updates = [u for stage in self.stages for u in stage.commit()]

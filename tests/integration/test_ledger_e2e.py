@@ -115,6 +115,16 @@ def _check_boards(d: Deployment, worker: Worker, model: ReferenceLedger) -> None
         client.close()
 
 
+def _check_windows(worker: Worker, model: ReferenceLedger, creators: set[str]) -> None:
+    for creator in sorted(creators):
+        for size in ("1m", "1h"):
+            status, body = worker.get(f"/creators/{creator}/windows?size={size}")
+            assert status == 200, body
+            got = [(w["start"], w["diamonds"]) for w in body["windows"]]
+            want = sorted((start, n) for (c, s, start), n in model.windows.items() if c == creator and s == size and n)
+            assert got == want, (creator, size)
+
+
 def _check_metrics(worker: Worker, model: ReferenceLedger, malformed: int) -> None:
     """/metrics parses as Prometheus text and its ledger counters equal the model's."""
     with urllib.request.urlopen(worker.url("/metrics"), timeout=5) as resp:
@@ -189,11 +199,13 @@ def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[
     users = {ev.get("user_id") or ev.get("sender_id") for t, ev in stream.events if t != "payouts"}
     _eventually(lambda: _check_state(worker, model, users, creators))
     _eventually(lambda: _check_boards(d, worker, model))
+    _eventually(lambda: _check_windows(worker, model, creators))
     if not kill_at:  # one worker process from start to end: its counters are exact
         _check_metrics(worker, model, len(stream.malformed))
     # An emptied Redis is refilled from the pipeline's own state, no replay needed.
     redis.Redis.from_url(d.redis_url).flushall()
     _eventually(lambda: _check_boards(d, worker, model))
+    _eventually(lambda: _check_windows(worker, model, creators))
     _eventually(lambda: _check_state(worker, model, users, creators))
     # Conservation: coins recharged = held + spent; spent = diamonds credited + fee.
     assert sum(model.recharged.values()) == sum(model.coins.values()) + sum(model.spent.values())

@@ -34,6 +34,7 @@ class ReferenceLedger:
         self.fees = 0
         self.stream_coins: dict[tuple[str, str], int] = defaultdict(int)  # (stream, user)
         self.creator_day: dict[tuple[int, str], int] = defaultdict(int)  # (day, creator)
+        self.windows: dict[tuple[str, str, int], int] = defaultdict(int)  # (creator, size, start)
         self.seen: set[tuple[str, str, str]] = set()
         self.outcomes: list[dict[str, Any]] = []
 
@@ -79,6 +80,8 @@ class ReferenceLedger:
                     self.lifetime[ev["creator_id"]] += credited
                     self.stream_coins[(ev["stream_id"], subject)] += cost
                     self.creator_day[(ev["ts"] // DAY, ev["creator_id"])] += credited
+                    for size, span in (("1m", 60_000), ("1h", 3_600_000)):
+                        self.windows[(ev["creator_id"], size, ev["ts"] - ev["ts"] % span)] += credited
                     self.fees += cost - credited
                     out["diamonds"] = credited
             out["balance_after"] = self.coins[subject]

@@ -103,8 +103,19 @@ def test_credit_application_keeps_lifetime_equal_to_available_plus_paid_out(econ
     assert state == CreatorState(
         1_107, 3_507, 2_400, {100: 3_000, 101: 507}, seq=3,
         recent=[[100 * DAY, 3_000], [101 * DAY + 5, 500], [101 * DAY + 9, 7]],
+        windows={"1m": {100 * DAY: 3_000, 101 * DAY: 507}, "1h": {100 * DAY: 3_000, 101 * DAY: 507}},
     )
     assert state.lifetime == state.available + state.paid_out
+
+
+def test_windows_are_tumbling_and_bounded() -> None:
+    state = CreatorState()
+    apply_credit(state, batch([(59_999, 1), (60_000, 2), (3_600_000 + 5, 4)]), None)
+    assert state.windows == {"1m": {0: 1, 60_000: 2, 3_600_000: 4}, "1h": {0: 3, 3_600_000: 4}}
+    for minute in range(200):
+        apply_credit(state, batch([(10 * 3_600_000 + minute * 60_000, 1)]), None)
+    assert len(state.windows["1m"]) == 120 and min(state.windows["1m"]) == 10 * 3_600_000 + 80 * 60_000
+    assert state.windows["1h"][10 * 3_600_000] == 60 and len(state.windows["1h"]) <= 48
 
 
 def test_credit_batch_derived_fields() -> None:

@@ -267,7 +267,9 @@ def test_user_then_creator_ledger_end_to_end(users: UserLedger, creators: Creato
     assert [(o.event_id, o.status, o.reason, o.usd_cents, o.balance_after) for o in second.out.outcomes] == [
         ("p1", "accepted", None, 1000, 0), ("p2", "rejected", "insufficient_diamonds", None, 0)]
     # No mark had arrived when the credit was applied: its time is remembered as recent.
-    assert creators.table.get("c1") == CreatorState(0, 2_000, 2_000, {T0 // DAY: 2_000}, 2, [], [[T0, 2_000]])
+    assert creators.table.get("c1") == CreatorState(
+        0, 2_000, 2_000, {T0 // DAY: 2_000}, 2, [], [[T0, 2_000]], windows={"1m": {T0: 2_000}, "1h": {T0: 2_000}}
+    )
     assert second.out.diamonds_credited == 2_000
     assert creators.progress_table.get("") is not None
     assert creators.progress_table.get("").horizon(1) == T0
@@ -320,7 +322,7 @@ def test_creator_abort(creators: CreatorLedger) -> None:
     creators.handle(*credit([(T0 + 1, 1)], 2), out)
     creators.handle(OPS, Mark(0, T0 + 5, False), out)
     creators.abort()
-    assert creators.table.get("c1") == CreatorState(3_000, 3_000, 0, {20_000: 3_000}, 1, [], [[T0, 3_000]])
+    assert creators.table.get("c1") == CreatorState(3_000, 3_000, 0, {20_000: 3_000}, 1, [], [[T0, 3_000]], windows={"1m": {T0: 3_000}, "1h": {T0: 3_000}})
     assert creators.progress_table.get("") is None  # the aborted mark is gone too
     assert creators.changelog() == []
     assert run(creators, [payout("p", 2_000)]).statuses == [("p", "accepted", None)]
@@ -359,9 +361,12 @@ def test_creator_changelog_restore(creators: CreatorLedger, econ: Economics) -> 
         run(creators, [credit([(T0 - 1, 3), (T0 + 1, 4)], 14, 2, creator="c2")]),
     ]
     fresh = restored(creators, CreatorLedger(econ, sources=1, max_hold_ms=0), batches)
-    assert fresh.table.committed["c1"] == CreatorState(500, 5_000, 4_500, {20_000: 5_000}, 3, [], [[T0, 5_000]])
+    assert fresh.table.committed["c1"] == CreatorState(500, 5_000, 4_500, {20_000: 5_000}, 3, [], [[T0, 5_000]], windows={"1m": {T0: 5_000}, "1h": {T0: 5_000}})
     # The third credit came after the mark at T0 - 1: only its later item is remembered.
-    assert fresh.table.committed["c2"] == CreatorState(16, 16, 0, {19_999: 3, 20_000: 13}, 2, [], [[T0, 9], [T0 + 1, 4]])
+    assert fresh.table.committed["c2"] == CreatorState(
+        16, 16, 0, {19_999: 3, 20_000: 13}, 2, [], [[T0, 9], [T0 + 1, 4]],
+        windows={"1m": {T0: 13, T0 - 60_000: 3}, "1h": {T0: 13, T0 - 3_600_000: 3}},
+    )
     assert fresh.progress_table.committed == creators.progress_table.committed
     assert fresh.progress_table.get("").horizon(1) == T0 - 1
     assert run(fresh, [payout("p2", 2_000)]).statuses == [("p2", "duplicate", None)]

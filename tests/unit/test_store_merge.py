@@ -296,4 +296,18 @@ def test_far_future_event_time_alone_does_not_expire_recent_ids() -> None:
     assert index.seen("a")
     now[0] += 2 * WINDOW / 1000  # a window of real time later, it may go
     batch(index, {"y": 10**12})
-    assert not index.seen("a") and index.seen("z")
+    assert not index.seen("a")
+
+
+def test_a_far_future_segment_does_not_hold_back_expiry_of_later_ones() -> None:
+    """Event times are capped a day past the clock, so a segment dated in the year 9999
+    expires like any other once real and event time have moved past it."""
+    day = 86_400_000
+    now = [0.0]
+    index = DedupeIndex(WINDOW, clock=lambda: now[0])
+    batch(index, {"future": 253_402_300_799_999})
+    for i in range(5):
+        now[0] += 2 * day / 1000
+        batch(index, {f"k{i}": int(now[0] * 1000)})
+    assert not index.seen("future") and not index.seen("k0")
+    assert len(index.segments) <= 2
