@@ -51,7 +51,6 @@ class LedgerService(Service):
         self.settings = settings
         self.read_model = RedisReadModel(settings)
         self.engine = Engine(settings, lambda p: stages(econ, p, settings.partitions), self.read_model.write)
-        self.failed: BaseException | None = None
 
     async def on_start(self) -> None:
         await self.engine.start()
@@ -65,13 +64,11 @@ class LedgerService(Service):
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            self.failed = exc
             # A ledger that cannot process must not keep answering health checks:
             # exit; its open transaction is aborted by the next owner of its partitions.
             log.critical("ledger engine stopped: %r", exc, exc_info=exc)
             logging.shutdown()
             os._exit(EXIT_ENGINE_FAILED)
-
 
     async def _keep_read_model_filled(self) -> None:
         while True:

@@ -14,7 +14,7 @@ from typing import Any
 from agents.credit.ops import credit_op, mark_op, payout_op
 from agents.credit.progress import MARK_INTERVAL_MS
 from agents.ingest.decode import Malformed, decode
-from agents.ingest.records import Event, Gift, Payout
+from agents.ingest.records import Event, Payout
 from agents.ledger.rules import Credit, apply_user_event, duplicate_outcome
 from agents.ledger.state import DAY_MS, UserState
 from agents.outcomes import Outcome
