@@ -50,6 +50,12 @@ def _run(args: argparse.Namespace) -> int:
     return demo.main(args)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from pipeline import bench
+
+    return bench.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
@@ -74,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--creators", type=int, default=20, help="distinct creators (default 20)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("bench", help="run a benchmark; results go to bench/results/<date>-<scenario>.json and .md")
+    p.add_argument("scenario", choices=("leaderboard-read",), help="what to measure (see pipeline/bench.py)")
+    p.add_argument("--gifters", type=int, default=100_000, help="gifters on the board (default 100000)")
+    p.add_argument("--requests", type=int, default=2_000, help="reads per measured case (default 2000)")
+    p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    p.set_defaults(func=_bench)
     return parser
 
 

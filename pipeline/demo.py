@@ -11,11 +11,7 @@ import argparse
 import asyncio
 import json
 import secrets
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from typing import Any
 
@@ -24,10 +20,10 @@ from aiokafka.structs import TopicPartition
 
 from pipeline import economics, settings, topics
 from pipeline.infra import dev
+from pipeline.local_worker import get, running_worker
 from pipeline.settings import Settings
 from pipeline.simulate import SimConfig, generate
 
-HEALTH_TIMEOUT_S = 120.0
 OUTCOMES_TIMEOUT_S = 300.0
 
 
@@ -36,45 +32,15 @@ def main(args: argparse.Namespace) -> int:
     econ = economics.load(s.economics_file)
     print("\n".join(dev.up(s)))
     asyncio.run(topics.ensure_topics(s))
-    log_path = s.data_dir / "demo-worker.log"
-    print(f"starting a worker (log: {log_path})")
-    with open(log_path, "ab") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(s, worker)
+    with running_worker(s, s.data_dir / "demo-worker.log"):
         tag = secrets.token_hex(2)
         cfg = SimConfig(events=args.events, users=args.users, creators=args.creators, seed=args.seed, id_prefix=f"demo{tag}-")
         messages = list(generate(cfg, econ))
         print(f"producing {len(messages)} events of a simulated live event (ids demo{tag}-*)")
         counts, elapsed = asyncio.run(_produce_and_wait(s, messages))
         _report(s, cfg, counts, elapsed)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
     print("Kafka and Redis keep running: `python -m pipeline dev down` stops them.")
     return 0
-
-
-def _get(s: Settings, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{s.web_port}{path}", timeout=5) as resp:
-        return json.loads(resp.read())
-
-
-def _wait_healthy(s: Settings, worker: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise SystemExit(f"the worker exited with {worker.returncode}; see {s.data_dir / 'demo-worker.log'}")
-        try:
-            if _get(s, "/health").get("status") == "ok":
-                return
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"the worker was not healthy after {HEALTH_TIMEOUT_S:.0f}s; see {s.data_dir / 'demo-worker.log'}")
 
 
 async def _produce_and_wait(s: Settings, messages: list[tuple[str, bytes, bytes]]) -> tuple[Counter[str], float]:
@@ -112,8 +78,8 @@ def _report(s: Settings, cfg: SimConfig, counts: Counter[str], elapsed: float) -
     print(f"\n{total} outcomes in {elapsed:.1f}s ({total / max(elapsed, 1e-9):.0f} events/s end to end)")
     for line, n in sorted(counts.items(), key=lambda kv: -kv[1]):
         print(f"  {n:7d}  {line}")
-    users = [_get(s, f"/users/{cfg.id_prefix}u{i}") for i in range(cfg.users)]
-    creators = [_get(s, f"/creators/{cfg.id_prefix}c{i}") for i in range(cfg.creators)]
+    users = [get(s, f"/users/{cfg.id_prefix}u{i}") for i in range(cfg.users)]
+    creators = [get(s, f"/creators/{cfg.id_prefix}c{i}") for i in range(cfg.creators)]
     print("\nTop viewers by coins spent:")
     for u in sorted(users, key=lambda u: (-u["spent_coins"], u["user_id"]))[:5]:
         print(f"  {u['user_id']:>16}  spent {u['spent_coins']:>8}  balance {u['coins']:>8}")

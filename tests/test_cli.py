@@ -1,0 +1,42 @@
+"""The command line: --help on every command, and one-line errors for bad settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.__main__ import build_parser
+from pipeline.settings import PROJECT_ROOT
+
+COMMANDS = ["worker", "dev", "topics", "run", "bench"]
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
+def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("PIPELINE_WEB_PORT", "http"), ("PIPELINE_PARTITIONS", "0"), ("PIPELINE_REDIS_URL", "http://x"),
+    ("PIPELINE_ECONOMICS_FILE", "/nonexistent.toml"),
+])
+def test_a_bad_setting_stops_the_worker_with_one_line_naming_it(variable: str, value: str) -> None:
+    env = {**os.environ, variable: value}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "worker"], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and variable in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_unreachable_broker_is_one_line_too() -> None:
+    env = {**os.environ, "PIPELINE_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "worker"], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 2
+    assert "PIPELINE_BOOTSTRAP_SERVERS" in proc.stderr and "Traceback" not in proc.stderr
