@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,22 @@ from pipeline.infra.redis import LocalRedis
 from tests.support.harness import Deployment, Worker, free_port
 
 
+@dataclass(frozen=True)
+class Cluster:
+    kafka: LocalKafka
+    redis: LocalRedis
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka.address
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.redis.address}/0"
+
+
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One broker and one Redis for the whole session, on free ports."""
     root = tmp_path_factory.mktemp("infra")
     kafka = LocalKafka(root, "127.0.0.1", free_port(), free_port())
@@ -25,16 +40,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     print(f"\nkafka ready in {time.monotonic() - started:.1f}s at {kafka.address}")
     redis.start()
     try:
-        yield kafka.address, f"redis://{redis.address}/0"
+        yield Cluster(kafka, redis)
     finally:
         kafka.stop()
         redis.stop()
 
 
 @pytest.fixture
-def deployment(cluster: tuple[str, str], tmp_path: Path) -> Deployment:
-    bootstrap, redis_url = cluster
-    return Deployment(bootstrap, redis_url, f"t{uuid.uuid4().hex[:10]}-", tmp_path)
+def deployment(cluster: Cluster, tmp_path: Path) -> Deployment:
+    return Deployment(cluster.bootstrap, cluster.redis_url, f"t{uuid.uuid4().hex[:10]}-", tmp_path)
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ Any worker answers any key by reading Redis. Writes happen after the Kafka commi
 carry the state's `seq`: a Lua script applies a write only if it is newer than what the
 hash holds, so a late write from a worker that lost the partition cannot go backwards;
 leaderboard totals only grow and are written with ZADD GT. Failed writes stay pending
-(at most one per key) and are retried; the ledger never waits on Redis for longer than
-one bounded attempt. A marker key per partition tells an emptied Redis (restart,
+(at most one per key) and are retried every second; while Redis is failing the ledger
+does not wait on it at all. A marker key per partition tells an emptied Redis (restart,
 FLUSHALL): the partition's whole state is then written again.
 """
 
@@ -89,6 +89,7 @@ class RedisReadModel:
         self.redis = client or aioredis.from_url(settings.redis_url, socket_timeout=WRITE_TIMEOUT_S)
         self._script = self.redis.register_script(_WRITE)
         self.pending: dict[tuple[str, str], ReadModelUpdate] = {}
+        self.healthy = True  # False after a failed write, until the retry loop succeeds
         self._lock = asyncio.Lock()
 
     async def write(self, updates: list[ReadModelUpdate]) -> None:
@@ -99,7 +100,9 @@ class RedisReadModel:
                     merged = {z[:2]: z for z in old.scores} | {z[:2]: z for z in u.scores}
                     u = ReadModelUpdate(u.kind, u.id, u.fields, u.seq, tuple(merged.values()))
                 self.pending[(u.kind, u.id)] = u
-        await self.flush()
+        if self.healthy:
+            await self.flush()
+        # else: Redis failed lately; the retry loop writes, the ledger does not wait
 
     async def flush(self) -> None:
         async with self._lock:
@@ -120,10 +123,12 @@ class RedisReadModel:
                 try:
                     await asyncio.wait_for(self._script(keys=keys, args=args), WRITE_TIMEOUT_S)
                 except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                    self.healthy = False
                     metrics.READ_MODEL_ERRORS.inc()
                     log.warning("Redis write failed (%s); %d keys pending, retrying", exc.__class__.__name__, len(self.pending))
                     return
                 metrics.READ_MODEL_SECONDS.observe(time.perf_counter() - started)
+                self.healthy = True
                 for key, u in chunk:
                     if self.pending.get(key) is u:
                         del self.pending[key]

@@ -10,13 +10,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from agents.readmodel import leaderboards
+from tests.conftest import Cluster
 
 pytestmark = pytest.mark.integration
 
 
-def test_top_orders_ties_by_id_ascending_across_the_cut(cluster: tuple[str, str]) -> None:
+def test_top_orders_ties_by_id_ascending_across_the_cut(cluster: Cluster) -> None:
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(cluster[1])
+        client = aioredis.Redis.from_url(cluster.redis_url)
         key = f"t{uuid.uuid4().hex[:8]}:board"
         try:
             await client.zadd(key, {"d": 5, "b": 3, "a": 3, "c": 3, "e": 1, "z": 9})

@@ -19,6 +19,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.eventgen import payout_stream, user_stream
+from tests.conftest import Cluster
 from tests.support.harness import Deployment, Worker, produce, read_all, run, wait_end_offsets
 from tests.support.reference import ReferenceLedger
 
@@ -261,3 +262,37 @@ def test_workers_share_partitions_rebalance_and_answer_any_key(deployment: Deplo
     while sorted(w1.get("/health")[1]["partitions"] + w2.get("/health")[1]["partitions"]) != [0, 1, 2, 3]:
         assert time.monotonic() < deadline, "the two workers do not split the partitions"
         time.sleep(0.5)
+
+
+def test_redis_outage_the_ledger_keeps_going_and_boards_come_back_exact(
+    cluster: Cluster, deployment: Deployment, workers: list[Worker]
+) -> None:
+    """Redis stopped mid-stream and restarted empty: outcomes keep flowing during the
+    outage, and hashes, boards and windows are refilled exactly from the ledger's state."""
+    d = deployment
+    d.extra_env["PIPELINE_MAX_BATCH"] = "50"
+    stream = user_stream(seed=31, n=3 * EVENTS)
+    model = ReferenceLedger()
+    for topic, ev in stream.events:
+        model.apply(topic, ev)
+    d.create_topics()
+    run(produce(d.bootstrap, [(d.topic(t), k, v) for t, k, v in stream.messages]))
+    worker = Worker(d, "w1")
+    workers.append(worker)
+    worker.start()
+    run(wait_end_offsets(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes) // 5, DONE_TIMEOUT_S))
+    cluster.redis.stop()
+    try:
+        before = len(run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), 1.0, settle_s=0)))
+        time.sleep(3)
+        during = len(run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), 1.0, settle_s=0)))
+        assert during > before, "the ledger stalled while Redis was down"
+    finally:
+        cluster.redis.start()  # empty: it keeps nothing on disk
+    outcomes = run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), DONE_TIMEOUT_S))
+    _assert_same_outcomes(outcomes, model.outcomes)
+    users = {ev.get("user_id") or ev.get("sender_id") for t, ev in stream.events if t != "payouts"}
+    creators = {f"c{i}" for i in range(12)}
+    _eventually(lambda: _check_state(worker, model, users, creators), timeout_s=30)
+    _eventually(lambda: _check_boards(d, worker, model), timeout_s=30)
+    _eventually(lambda: _check_windows(worker, model, creators), timeout_s=30)
