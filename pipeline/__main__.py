@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run)
 
     p = sub.add_parser("bench", help="run a benchmark; results go to bench/results/<date>-<scenario>.json and .md")
-    p.add_argument("scenario", choices=("leaderboard-read",), help="what to measure (see pipeline/bench.py)")
+    p.add_argument("scenario", choices=("leaderboard-read", "uniform", "mega-live"), help="what to measure (see pipeline/bench.py)")
+    p.add_argument("--events", type=int, default=200_000, help="events for uniform and mega-live (default 200000)")
     p.add_argument("--gifters", type=int, default=100_000, help="gifters on the board (default 100000)")
     p.add_argument("--requests", type=int, default=2_000, help="reads per measured case (default 2000)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")

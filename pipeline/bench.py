@@ -4,6 +4,9 @@ Scenarios:
 - `leaderboard-read`: a live stream's top-gifter board with 100,000 gifters (many tied
   scores), read over HTTP from a running worker: latency percentiles of
   `GET /leaderboards/streams/{id}/gifters?limit=N`, and of the Redis read alone.
+- `uniform` / `mega-live`: simulated events (gifts spread over 10,000 creators; or half
+  of all gifts to one creator and one stream) produced as fast as one producer can to a
+  running worker: events per second from the first send to the last committed outcome.
 
 Each run writes `bench/results/<date>-<scenario>.json` and `.md` with the machine.
 """
@@ -27,10 +30,14 @@ import redis
 import redis.asyncio as aioredis
 
 from agents.readmodel import leaderboards
-from pipeline import settings, topics
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+from pipeline import economics, settings, topics
 from pipeline.infra import dev
 from pipeline.local_worker import running_worker
 from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.simulate import SimConfig, generate
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 STREAM = "bench-stream"
@@ -85,19 +92,61 @@ def leaderboard_read(s: Settings, gifters: int, requests: int, seed: int) -> dic
     return results
 
 
+def throughput(s: Settings, events: int, mega_live: float, seed: int) -> dict[str, Any]:
+    econ = economics.load(s.economics_file)
+    cfg = SimConfig(events=events, users=50_000, creators=10_000, seed=seed, zipf_s=0.0,
+                    mega_live_share=mega_live, spend_limit_share=0.001, payout_share=0.001, id_prefix="b")
+    messages = list(generate(cfg, econ))
+    gifts = sum(1 for t, _, _ in messages if t == topics.GIFTS)
+
+    async def go() -> dict[str, Any]:
+        producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_list, linger_ms=20, max_batch_size=512 * 1024)
+        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_list, isolation_level="read_committed")
+        await producer.start()
+        await consumer.start()
+        try:
+            tps = [TopicPartition(s.topic(topics.OUTCOMES), p) for p in range(s.partitions)]
+            started = time.perf_counter()
+            for topic, key, value in messages:
+                await producer.send(s.topic(topic), value, key=key)
+            await producer.flush()
+            produced = time.perf_counter() - started
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            seen = 0
+            while seen < len(messages):
+                batch = await consumer.getmany(timeout_ms=500, max_records=50_000)
+                seen += sum(len(r) for r in batch.values())
+                if time.perf_counter() - started > 600:
+                    raise SystemExit(f"only {seen} of {len(messages)} outcomes after 600 s")
+            elapsed = time.perf_counter() - started
+        finally:
+            await producer.stop()
+            await consumer.stop()
+        return {"events": len(messages), "gifts": gifts, "produce_s": round(produced, 2), "elapsed_s": round(elapsed, 2),
+                "events_per_s": round(len(messages) / elapsed), "gifts_per_s": round(gifts / elapsed),
+                "mega_live_share": mega_live}
+
+    return asyncio.run(go())
+
+
 def _write(scenario: str, result: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"{dt.date.today().isoformat()}-{scenario}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    rows = [f"| {name} | {v['p50_ms']} | {v['p95_ms']} | {v['p99_ms']} | {v['max_ms']} | {v['n']} |"
-            for name, v in result["figures"].items() if isinstance(v, dict) and "p99_ms" in v]
     m = result["machine"]
-    stem.with_suffix(".md").write_text("\n".join([
-        f"# {scenario} ({result['date']})", "",
-        f"{result['figures']['gifters']:,} gifters on one stream board; machine: {m['cores']} cores, "
-        f"{m['memory_gib']} GiB, Python {m['python']}; worker, Kafka and Redis on the same machine.", "",
-        "| read | p50 ms | p95 ms | p99 ms | max ms | requests |", "|---|---|---|---|---|---|", *rows, "",
-    ]))
+    figures = result["figures"]
+    head = [f"# {scenario} ({result['date']})", "",
+            f"Machine: {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}; one worker, Kafka and "
+            "Redis on the same machine.", ""]
+    if "gifters" in figures:
+        rows = [f"| {name} | {v['p50_ms']} | {v['p95_ms']} | {v['p99_ms']} | {v['max_ms']} | {v['n']} |"
+                for name, v in figures.items() if isinstance(v, dict) and "p99_ms" in v]
+        body = [f"{figures['gifters']:,} gifters on one stream board.", "",
+                "| read | p50 ms | p95 ms | p99 ms | max ms | requests |", "|---|---|---|---|---|---|", *rows]
+    else:
+        body = ["| figure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in figures.items())]
+    stem.with_suffix(".md").write_text("\n".join([*head, *body, ""]))
     return stem.with_suffix(".json")
 
 
@@ -109,7 +158,10 @@ def main(args: argparse.Namespace) -> int:
     env = {"PIPELINE_TOPIC_PREFIX": prefix, "PIPELINE_REDIS_PREFIX": prefix}
     asyncio.run(topics.ensure_topics(s))
     with running_worker(s, s.data_dir / "bench-worker.log", env):
-        figures = leaderboard_read(s, args.gifters, args.requests, args.seed)
+        if args.scenario == "leaderboard-read":
+            figures = leaderboard_read(s, args.gifters, args.requests, args.seed)
+        else:
+            figures = throughput(s, args.events, 0.5 if args.scenario == "mega-live" else 0.0, args.seed)
     result = {"scenario": args.scenario, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": _machine(), "figures": figures}
     path = _write(args.scenario, result)
