@@ -18,9 +18,9 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.eventgen import payout_stream, user_stream
+from tests.support.eventgen import Stream, payout_stream, user_stream
 from tests.conftest import Cluster
-from tests.support.harness import Deployment, Worker, produce, read_all, run, wait_end_offsets
+from tests.support.harness import Deployment, Sent, Worker, produce, read_all, run, wait_end_offsets
 from tests.support.reference import ReferenceLedger
 
 pytestmark = pytest.mark.integration
@@ -150,11 +150,27 @@ def _check_metrics(worker: Worker, model: ReferenceLedger, malformed: int) -> No
     assert samples["ledger_table_entries"] > 0
 
 
-def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[float, ...]) -> None:
-    stream = user_stream(seed=11, n=events)
+CREATORS = {f"c{i}" for i in range(12)}
+
+
+def _backlog(d: Deployment, seed: int, events: int) -> tuple[Stream, ReferenceLedger, list[Sent]]:
+    """A seeded stream and its reference outcomes; the stream is produced before any
+    worker starts: a backlog is where the event-time merge of a user's topics matters
+    most."""
+    stream = user_stream(seed=seed, n=events)
     model = ReferenceLedger()
     for topic, ev in stream.events:
         model.apply(topic, ev)
+    d.create_topics()
+    return stream, model, run(produce(d.bootstrap, [(d.topic(t), k, v) for t, k, v in stream.messages]))
+
+
+def _users_of(stream: Stream) -> set[str]:
+    return {ev.get("user_id") or ev.get("sender_id") for t, ev in stream.events if t != "payouts"}
+
+
+def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[float, ...]) -> None:
+    stream, model, sent = _backlog(d, seed=11, events=events)
     statuses = Counter((o["type"], o["status"], o["reason"]) for o in model.outcomes)
     # The stream must exercise every outcome of the contract (else the test proves less).
     for reason in ("unknown_gift", "self_gift", "insufficient_coins", "spend_limit_exceeded"):
@@ -166,10 +182,6 @@ def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[
     assert statuses[("payout", "accepted", None)] > 0
     assert stream.malformed
 
-    # The whole stream is produced before the worker starts: a backlog is where the
-    # event-time merge of a user's topics matters most.
-    d.create_topics()
-    sent = run(produce(d.bootstrap, [(d.topic(t), k, v) for t, k, v in stream.messages]))
     worker = Worker(d, "w1")
     workers.append(worker)
     started = time.monotonic()
@@ -186,7 +198,7 @@ def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[
     assert all(x["error"] for x in letters)
 
     # Payouts once every credit is in: their outcomes depend on the creators' balances.
-    creators = set(model.diamonds) | {f"c{i}" for i in range(12)}
+    creators = set(model.diamonds) | CREATORS
     payouts = payout_stream(seed=12, diamonds={c: model.diamonds[c] for c in creators}, start_ts=stream.events[-1][1]["ts"])
     for topic, ev in payouts.events:
         model.apply(topic, ev)
@@ -197,7 +209,7 @@ def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[
     assert payout_statuses[("accepted", None)] and payout_statuses[("rejected", "insufficient_diamonds")]
     assert payout_statuses[("rejected", "below_min_payout")] and payout_statuses[("duplicate", None)]
 
-    users = {ev.get("user_id") or ev.get("sender_id") for t, ev in stream.events if t != "payouts"}
+    users = _users_of(stream)
     _eventually(lambda: _check_state(worker, model, users, creators))
     _eventually(lambda: _check_boards(d, worker, model))
     _eventually(lambda: _check_windows(worker, model, creators))
@@ -237,12 +249,7 @@ def test_workers_share_partitions_rebalance_and_answer_any_key(deployment: Deplo
     to the other) and comes back; either answers for every user and creator."""
     d = deployment
     d.extra_env["PIPELINE_MAX_BATCH"] = "50"
-    stream = user_stream(seed=21, n=3 * EVENTS)
-    model = ReferenceLedger()
-    for topic, ev in stream.events:
-        model.apply(topic, ev)
-    d.create_topics()
-    run(produce(d.bootstrap, [(d.topic(t), k, v) for t, k, v in stream.messages]))
+    stream, model, _ = _backlog(d, seed=21, events=3 * EVENTS)
     w1, w2 = Worker(d, "w1"), Worker(d, "w2")
     workers.extend([w1, w2])
     w1.start(wait=False)
@@ -254,8 +261,7 @@ def test_workers_share_partitions_rebalance_and_answer_any_key(deployment: Deplo
     outcomes = run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), DONE_TIMEOUT_S))
     _assert_same_outcomes(outcomes, model.outcomes)
     w2.start()
-    users = {ev.get("user_id") or ev.get("sender_id") for t, ev in stream.events if t != "payouts"}
-    creators = {f"c{i}" for i in range(12)}
+    users, creators = _users_of(stream), CREATORS
     for w in (w1, w2):
         _eventually(lambda: _check_state(w, model, users, creators))
     deadline = time.monotonic() + 30
@@ -271,12 +277,7 @@ def test_redis_outage_the_ledger_keeps_going_and_boards_come_back_exact(
     outage, and hashes, boards and windows are refilled exactly from the ledger's state."""
     d = deployment
     d.extra_env["PIPELINE_MAX_BATCH"] = "50"
-    stream = user_stream(seed=31, n=3 * EVENTS)
-    model = ReferenceLedger()
-    for topic, ev in stream.events:
-        model.apply(topic, ev)
-    d.create_topics()
-    run(produce(d.bootstrap, [(d.topic(t), k, v) for t, k, v in stream.messages]))
+    stream, model, _ = _backlog(d, seed=31, events=3 * EVENTS)
     worker = Worker(d, "w1")
     workers.append(worker)
     worker.start()
@@ -291,8 +292,7 @@ def test_redis_outage_the_ledger_keeps_going_and_boards_come_back_exact(
         cluster.redis.start()  # empty: it keeps nothing on disk
     outcomes = run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), DONE_TIMEOUT_S))
     _assert_same_outcomes(outcomes, model.outcomes)
-    users = {ev.get("user_id") or ev.get("sender_id") for t, ev in stream.events if t != "payouts"}
-    creators = {f"c{i}" for i in range(12)}
+    users, creators = _users_of(stream), CREATORS
     _eventually(lambda: _check_state(worker, model, users, creators), timeout_s=30)
     _eventually(lambda: _check_boards(d, worker, model), timeout_s=30)
     _eventually(lambda: _check_windows(worker, model, creators), timeout_s=30)
