@@ -12,15 +12,17 @@ FLUSHALL): the partition's whole state is then written again.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pipeline import metrics
 from agents.readmodel import leaderboards
+from pipeline.engine.codec import dumps
 from pipeline.engine.stage import ReadModelUpdate
 from pipeline.settings import Settings
 
@@ -30,49 +32,41 @@ KEYS_PER_CALL = 500
 WRITE_TIMEOUT_S = 2.0
 RETRY_INTERVAL_S = 1.0
 
-# KEYS: hashes. ARGV[1]: key prefix, ARGV[2]: leaderboard time to live in seconds (0:
-# none); then per key: seq, field count n, n field/value pairs, score count m, and m
-# (key, member, score, kind, oldest) entries: kind 'z' a sorted set that expires, 'a' one
-# that does not, 'w' a window hash (oldest: first window start to keep). The hash is
-# written only with a newer seq; every board and window total only grows, so scores are
-# written with ZADD GT (and compare-and-set for windows): a late or repeated write (a
-# refill racing the live updates) can never lower one.
+# KEYS: hashes. ARGV[1]: JSON [key prefix, leaderboard time to live in seconds (0:
+# none), [[seq, [field, value, ...], [[key, member, score, kind, oldest], ...]], ...]]
+# with one entry per hash, every number as a string (Lua numbers are doubles: strings
+# keep totals beyond 2^53 exact). kind 'z' is a sorted set that expires, 'a' one that
+# does not, 'w' a window hash (oldest: first window start to keep). The hash is
+# written only with a newer seq; every board and window total only grows, so scores
+# are written with ZADD GT (and compare-and-set for windows): a late or repeated write
+# (a refill racing the live updates) can never lower one.
 _WRITE = """
-local prefix = ARGV[1]
-local ttl = tonumber(ARGV[2])
-local i = 3
-for k = 1, #KEYS do
-  local seq = tonumber(ARGV[i])
-  local n = tonumber(ARGV[i + 1])
-  local m = tonumber(ARGV[i + 2 + 2 * n])
+local data = cjson.decode(ARGV[1])
+local prefix = data[1]
+local ttl = tonumber(data[2])
+for k, u in ipairs(data[3]) do
   local cur = tonumber(redis.call('HGET', KEYS[k], 'seq') or '-1')
-  if cur < seq then
-    redis.call('HSET', KEYS[k], 'seq', ARGV[i], unpack(ARGV, i + 2, i + 1 + 2 * n))
+  if cur < tonumber(u[1]) then
+    redis.call('HSET', KEYS[k], 'seq', u[1], unpack(u[2]))
   end
-  local j = i + 3 + 2 * n
-  for e = 1, m do
-    local zkey = prefix .. ARGV[j]
-    local kind = ARGV[j + 3]
-    if kind == 'w' then
-      -- window hash: field = window start; keep the larger total, drop windows older
-      -- than the oldest one the ledger still keeps (sent as ARGV[j + 4])
-      local cur = tonumber(redis.call('HGET', zkey, ARGV[j + 1]) or '-1')
-      if cur < tonumber(ARGV[j + 2]) then
-        redis.call('HSET', zkey, ARGV[j + 1], ARGV[j + 2])
+  for _, e in ipairs(u[3]) do
+    local zkey = prefix .. e[1]
+    if e[4] == 'w' then
+      local old = tonumber(redis.call('HGET', zkey, e[2]) or '-1')
+      if old < tonumber(e[3]) then
+        redis.call('HSET', zkey, e[2], e[3])
       end
-      local oldest = tonumber(ARGV[j + 4])
+      local oldest = tonumber(e[5])
       for _, f in ipairs(redis.call('HKEYS', zkey)) do
         if tonumber(f) < oldest then redis.call('HDEL', zkey, f) end
       end
     else
-      redis.call('ZADD', zkey, 'GT', ARGV[j + 2], ARGV[j + 1])
+      redis.call('ZADD', zkey, 'GT', e[3], e[2])
     end
-    if ttl > 0 and kind ~= 'a' then
+    if ttl > 0 and e[4] ~= 'a' then
       redis.call('EXPIRE', zkey, ttl)
     end
-    j = j + 5
   end
-  i = i + 3 + 2 * n + 5 * m
 end
 return #KEYS
 """
@@ -107,21 +101,12 @@ class RedisReadModel:
     async def flush(self) -> None:
         async with self._lock:
             while self.pending:
-                chunk = list(self.pending.items())[:KEYS_PER_CALL]
-                keys: list[str] = []
-                args: list[int | str] = [self.settings.redis_prefix, self.ttl_s]
-                for (kind, id_), u in chunk:
-                    keys.append(hash_key(self.settings, kind, id_))
-                    args += [u.seq, len(u.fields)]
-                    for name, value in u.fields.items():
-                        args += [name, value]
-                    args.append(len(u.scores))
-                    for zkey, member, score in u.scores:
-                        kind = "w" if leaderboards.is_windows(zkey) else "z" if leaderboards.expires(zkey) else "a"
-                        args += [zkey, member, score, kind, self._oldest_window(u, zkey)]
+                chunk = list(itertools.islice(self.pending.items(), KEYS_PER_CALL))
+                keys = [hash_key(self.settings, kind, id_) for (kind, id_), _ in chunk]
+                payload = dumps([self.settings.redis_prefix, str(self.ttl_s), [self._entry(u) for _, u in chunk]])
                 started = time.perf_counter()
                 try:
-                    await asyncio.wait_for(self._script(keys=keys, args=args), WRITE_TIMEOUT_S)
+                    await asyncio.wait_for(self._script(keys=keys, args=[payload]), WRITE_TIMEOUT_S)
                 except (RedisError, OSError, asyncio.TimeoutError) as exc:
                     self.healthy = False
                     metrics.READ_MODEL_ERRORS.inc()
@@ -132,6 +117,14 @@ class RedisReadModel:
                 for key, u in chunk:
                     if self.pending.get(key) is u:
                         del self.pending[key]
+
+    def _entry(self, u: ReadModelUpdate) -> list[Any]:
+        fields = [str(x) for name, value in u.fields.items() for x in (name, value)]
+        scores = []
+        for zkey, member, score in u.scores:
+            kind = "w" if leaderboards.is_windows(zkey) else "z" if leaderboards.expires(zkey) else "a"
+            scores.append([zkey, member, str(score), kind, str(self._oldest_window(u, zkey))])
+        return [str(u.seq), fields, scores]
 
     @staticmethod
     def _oldest_window(update: ReadModelUpdate, key: str) -> int:

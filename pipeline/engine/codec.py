@@ -6,6 +6,7 @@ and widens to floats when reading: totals stay exact whatever their size.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -13,9 +14,12 @@ import orjson
 
 
 def dumps(value: Any) -> bytes:
+    """Dataclasses are written as objects of their fields (orjson does it natively)."""
     try:
         return orjson.dumps(value)
     except TypeError:
+        if dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 

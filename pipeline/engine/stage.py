@@ -56,7 +56,7 @@ class Output:
 
     def outcome(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
-        self.send(OUTCOMES, outcome.event_id, outcome.to_dict())
+        self.send(OUTCOMES, outcome.event_id, outcome)
 
     def __len__(self) -> int:
         return len(self.messages)
