@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 Status = Literal["accepted", "rejected", "duplicate"]
@@ -24,6 +24,3 @@ class Outcome:
     usd_cents: int | None
     balance_after: int | None
     ts: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
