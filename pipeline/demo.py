@@ -83,9 +83,12 @@ def _report(s: Settings, cfg: SimConfig, counts: Counter[str], elapsed: float) -
     print("\nTop viewers by coins spent:")
     for u in sorted(users, key=lambda u: (-u["spent_coins"], u["user_id"]))[:5]:
         print(f"  {u['user_id']:>16}  spent {u['spent_coins']:>8}  balance {u['coins']:>8}")
-    print("\nTop creators by diamonds earned:")
-    for c in sorted(creators, key=lambda c: (-c["lifetime_diamonds"], c["creator_id"]))[:5]:
-        print(f"  {c['creator_id']:>16}  diamonds {c['lifetime_diamonds']:>8}  available {c['diamonds']:>8}")
+    print("\nTop creators by diamonds earned (GET /leaderboards/creators?period=all):")
+    board = [e for e in get(s, "/leaderboards/creators?period=all&limit=1000")["entries"]
+             if e["creator_id"].startswith(cfg.id_prefix)][:5]
+    by_id = {c["creator_id"]: c for c in creators}
+    for e in board:
+        print(f"  {e['creator_id']:>16}  diamonds {e['diamonds']:>8}  available {by_id[e['creator_id']]['diamonds']:>8}")
     recharged = sum(u["recharged_coins"] for u in users)
     held, spent = sum(u["coins"] for u in users), sum(u["spent_coins"] for u in users)
     print(f"\ncoins recharged {recharged} = held {held} + spent {spent}: {'ok' if recharged == held + spent else 'MISMATCH'}")
