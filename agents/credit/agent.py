@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from agents.credit.ops import Mark, parse_op, payout_op
 from agents.credit.progress import Progress
 from agents.credit.rules import CreditBatch, apply_credit, apply_payout, duplicate_payout
@@ -20,7 +22,6 @@ from agents.ledger.state import DAY_MS
 from agents.readmodel import leaderboards
 from pipeline import topics
 from pipeline.economics import Economics
-from pipeline.engine.codec import loads
 from pipeline.engine.stage import Output, ReadModelUpdate, Stage
 from pipeline.engine.store import Store
 
@@ -51,7 +52,7 @@ class CreatorLedger(Stage):
 
     def decode(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[CreditBatch | Payout | Mark, int | None]:
         assert value is not None, "creator-ops records are written by the pipeline and never empty"
-        item = parse_op(loads(value))
+        item = parse_op(orjson.loads(value))  # our own records: integers within 64 bits
         return item, item.ts
 
     def handle(self, topic: str, item: Any, out: Output) -> None:

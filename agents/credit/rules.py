@@ -58,7 +58,9 @@ def apply_credit(state: CreatorState, credit: CreditBatch, horizon: int | None) 
         state.add_to_windows(ts, diamonds)
     while len(state.day_diamonds) > MAX_DAYS:
         del state.day_diamonds[min(state.day_diamonds)]
-    state.recent.extend([ts, d] for ts, d in credit.items if horizon is None or ts > horizon)
+    for ts, d in credit.items:
+        if horizon is None or ts > horizon:
+            state.remember(ts, d)
     state.forget_recent(horizon)
     state.seq += 1
     state.check()

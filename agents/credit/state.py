@@ -10,6 +10,7 @@ Invariants (checked by `check()` after every change):
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ MAX_DAYS = 40
 WINDOWS = {"1m": (60_000, 120), "1h": (3_600_000, 48)}
 MAX_HELD = 10_000
 MAX_RECENT = 100_000
+_ANY = float("inf")  # sorts after every diamonds value: [ts, _ANY] follows all [ts, d]
 
 
 @dataclass(slots=True)
@@ -39,14 +41,18 @@ class CreatorState:
     def available_at(self, ts: int) -> int:
         """Available diamonds without the credits of gifts later than `ts`; never below
         zero (later payouts may already have spent those credits)."""
-        return max(0, self.available - sum(d for t, d in self.recent if t > ts))
+        later = bisect.bisect_right(self.recent, [ts, _ANY])
+        return max(0, self.available - sum(d for _, d in self.recent[later:]))
+
+    def remember(self, ts: int, diamonds: int) -> None:
+        """`recent` is kept in event-time order (credits mostly arrive in it)."""
+        bisect.insort(self.recent, [ts, diamonds])
 
     def forget_recent(self, horizon: int | None) -> None:
         """No payout dated at or before `horizon` can still come: forget those credits."""
-        if horizon is not None:
-            self.recent = [r for r in self.recent if r[0] > horizon]
+        if horizon is not None and self.recent and self.recent[0][0] <= horizon:
+            del self.recent[: bisect.bisect_right(self.recent, [horizon, _ANY])]
         if len(self.recent) > MAX_RECENT:
-            self.recent.sort()
             del self.recent[: len(self.recent) - MAX_RECENT]
 
     def check(self) -> None:
@@ -54,7 +60,7 @@ class CreatorState:
         assert self.lifetime == self.available + self.paid_out, self
         assert len(self.day_diamonds) <= MAX_DAYS, self
         assert len(self.held) <= MAX_HELD and all(op["op"] == "p" for op in self.held), self
-        assert len(self.recent) <= MAX_RECENT, self
+        assert len(self.recent) <= MAX_RECENT and all(a <= b for a, b in zip(self.recent, self.recent[1:])), self
         assert all(len(self.windows.get(name, ())) <= kept for name, (_, kept) in WINDOWS.items()), self
 
     def copy(self) -> "CreatorState":
@@ -87,7 +93,7 @@ class CreatorState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "CreatorState":
-        state = cls(data["a"], data["l"], data["p"], {d: n for d, n in data["d"]}, data["q"], data.get("h", []), data.get("r", []),
+        state = cls(data["a"], data["l"], data["p"], {d: n for d, n in data["d"]}, data["q"], data.get("h", []), sorted(data.get("r", [])),
             {name: {start: n for start, n in w} for name, w in data.get("w", {}).items()},
         )
         state.check()

@@ -52,6 +52,9 @@ SPECS: dict[str, tuple[str, tuple[FieldSpec, ...], Callable[..., Event]]] = {
 }
 
 
+INT_FIELDS = {topic: tuple(f[0] for f in spec[1] if f[1].startswith("int")) for topic, spec in SPECS.items()}
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -93,9 +96,7 @@ def decode(topic: str, key: bytes | None, value: bytes | None) -> Event | Malfor
         return Malformed(f"value of {len(value)} bytes exceeds {MAX_VALUE_BYTES}")
     try:
         data = parse_json(value)
-        if isinstance(data, dict) and any(
-            type(data.get(spec[0])) is float for spec in fields if spec[1].startswith("int")
-        ):
+        if isinstance(data, dict) and any(type(data.get(name)) is float for name in INT_FIELDS[topic]):
             data = parse_json(value, exact=True)
     except (ValueError, RecursionError) as exc:
         return Malformed(f"not JSON: {str(exc)[:MAX_REASON_CHARS]}")

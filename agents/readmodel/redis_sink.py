@@ -118,21 +118,21 @@ class RedisReadModel:
                     if self.pending.get(key) is u:
                         del self.pending[key]
 
-    def _entry(self, u: ReadModelUpdate) -> list[Any]:
+    @staticmethod
+    def _entry(u: ReadModelUpdate) -> list[Any]:
         fields = [str(x) for name, value in u.fields.items() for x in (name, value)]
+        newest: dict[str, int] = {}  # window key -> newest window start in this update
+        for zkey, member, _ in u.scores:
+            if leaderboards.is_windows(zkey):
+                newest[zkey] = max(newest.get(zkey, 0), int(member))
         scores = []
         for zkey, member, score in u.scores:
-            kind = "w" if leaderboards.is_windows(zkey) else "z" if leaderboards.expires(zkey) else "a"
-            scores.append([zkey, member, str(score), kind, str(self._oldest_window(u, zkey))])
+            if zkey in newest:
+                # the ledger keeps a bounded span of windows: Redis may drop older ones
+                scores.append([zkey, member, str(score), "w", str(newest[zkey] - leaderboards.window_span(zkey))])
+            else:
+                scores.append([zkey, member, str(score), "z" if leaderboards.expires(zkey) else "a", "0"])
         return [str(u.seq), fields, scores]
-
-    @staticmethod
-    def _oldest_window(update: ReadModelUpdate, key: str) -> int:
-        """Oldest window start of this key in the update: what Redis may keep of it (the
-        ledger keeps a bounded number of windows, and sends the oldest it touched)."""
-        if not leaderboards.is_windows(key):
-            return 0
-        return max(int(member) for k, member, _ in update.scores if k == key) - leaderboards.window_span(key)
 
     async def retry_forever(self) -> None:
         while True:
