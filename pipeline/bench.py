@@ -157,11 +157,14 @@ def main(args: argparse.Namespace) -> int:
     s = Settings(**{**s.__dict__, "topic_prefix": prefix, "redis_prefix": prefix})
     env = {"PIPELINE_TOPIC_PREFIX": prefix, "PIPELINE_REDIS_PREFIX": prefix}
     asyncio.run(topics.ensure_topics(s))
-    with running_worker(s, s.data_dir / "bench-worker.log", env):
-        if args.scenario == "leaderboard-read":
-            figures = leaderboard_read(s, args.gifters, args.requests, args.seed)
-        else:
-            figures = throughput(s, args.events, 0.5 if args.scenario == "mega-live" else 0.0, args.seed)
+    try:
+        with running_worker(s, s.data_dir / "bench-worker.log", env):
+            if args.scenario == "leaderboard-read":
+                figures = leaderboard_read(s, args.gifters, args.requests, args.seed)
+            else:
+                figures = throughput(s, args.events, 0.5 if args.scenario == "mega-live" else 0.0, args.seed)
+    finally:
+        asyncio.run(topics.delete_topics(s))  # a broker full of old runs' partitions is slower
     result = {"scenario": args.scenario, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": _machine(), "figures": figures}
     path = _write(args.scenario, result)

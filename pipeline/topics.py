@@ -92,3 +92,13 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
             )
     finally:
         await admin.close()
+
+
+async def delete_topics(settings: Settings) -> None:
+    """Delete every topic of this deployment (benchmarks clean up after themselves)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_list, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        await admin.delete_topics([spec.name for spec in specs(settings)])
+    finally:
+        await admin.close()
