@@ -50,6 +50,12 @@ def _run(args: argparse.Namespace) -> int:
     return demo.main(args)
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from pipeline import simulate_cli
+
+    return simulate_cli.main(args)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from pipeline import bench
 
@@ -80,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--creators", type=int, default=20, help="distinct creators (default 20)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("simulate", help="produce a seeded simulated live event to Kafka (rate, size, mega-live, bad input)")
+    from pipeline.simulate_cli import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_simulate)
 
     p = sub.add_parser("bench", help="run a benchmark; results go to bench/results/<date>-<scenario>.json and .md")
     p.add_argument("scenario", choices=("leaderboard-read", "uniform", "mega-live"), help="what to measure (see pipeline/bench.py)")

@@ -66,6 +66,7 @@ class _Zipf:
 def generate(cfg: SimConfig, econ: Economics) -> Iterator[Message]:
     rng = random.Random(cfg.seed)
     users, creators = _Zipf(cfg.users, cfg.zipf_s, rng), _Zipf(cfg.creators, cfg.zipf_s, rng)
+    others = _Zipf(max(1, cfg.creators - 1), cfg.zipf_s, rng)
     catalog = sorted(econ.gifts.items(), key=lambda kv: kv[1])
     gift_weights = list(itertools.accumulate(GIFT_POPULARITY[i] if i < len(GIFT_POPULARITY) else 1 for i in range(len(catalog))))
     qty_values = [q for q, _ in QUANTITIES]
@@ -99,6 +100,8 @@ def generate(cfg: SimConfig, econ: Economics) -> Iterator[Message]:
             u = users.draw()
             if rng.random() < cfg.mega_live_share:
                 c, stream = 0, 0
+            elif cfg.mega_live_share and cfg.creators > 1:
+                c, stream = 1 + others.draw(), rng.randrange(cfg.streams_per_creator)  # c0 gets its share only
             else:
                 c, stream = creators.draw(), rng.randrange(cfg.streams_per_creator)
             gift_id, price = catalog[bisect.bisect_left(gift_weights, rng.random() * gift_weights[-1])]

@@ -11,7 +11,7 @@ import pytest
 from pipeline.__main__ import build_parser
 from pipeline.settings import PROJECT_ROOT
 
-COMMANDS = ["worker", "dev", "topics", "run", "bench"]
+COMMANDS = ["worker", "dev", "topics", "run", "simulate", "bench"]
 
 
 @pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
