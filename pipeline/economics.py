@@ -19,6 +19,7 @@ from pipeline.settings import ConfigError
 DEFAULT_FILE = Path(__file__).with_name("economics.toml")
 MAX_GIFT_PRICE = 10_000_000
 MAX_GIFTS = 1_000
+DAY_MS = 86_400_000
 _GIFT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
@@ -38,6 +39,11 @@ class Economics:
 
     def payout_cents(self, diamonds: int) -> int:
         return diamonds * self.payout_millicents_per_diamond // 1000
+
+    @property
+    def dedupe_keep_ms(self) -> int:
+        """How long event ids are kept: the duplicate window plus a day of margin."""
+        return (self.dedupe_window_days + 1) * DAY_MS
 
 
 def _need_int(data: Mapping[str, Any], key: str, lo: int, hi: int, source: str) -> int:

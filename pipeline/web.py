@@ -149,4 +149,5 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
         async def get(self, request: Request) -> Response:
             for name, n in service.engine.table_sizes().items():
                 metrics.TABLE_ENTRIES.labels(name).set(n)
+            metrics.ASSIGNED_PARTITIONS.set(len(service.engine.tasks))
             return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])

@@ -18,7 +18,6 @@ from agents.credit.progress import Progress
 from agents.credit.rules import CreditBatch, apply_credit, apply_payout, duplicate_payout
 from agents.credit.state import MAX_HELD, CreatorState
 from agents.ingest.records import Payout
-from agents.ledger.state import DAY_MS
 from agents.readmodel import leaderboards
 from pipeline import topics
 from pipeline.economics import Economics
@@ -40,7 +39,7 @@ class CreatorLedger(Stage):
     def __init__(self, econ: Economics, sources: int, max_hold_ms: int = MAX_HOLD_MS) -> None:
         self.progress_table: Store[Progress] = Store(Progress, Progress.from_json)
         super().__init__(
-            Store(CreatorState, CreatorState.from_json), (econ.dedupe_window_days + 1) * DAY_MS,
+            Store(CreatorState, CreatorState.from_json), econ.dedupe_keep_ms,
             side={PROGRESS_PREFIX: self.progress_table},
         )
         self.econ = econ

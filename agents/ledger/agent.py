@@ -16,13 +16,13 @@ from agents.credit.progress import MARK_INTERVAL_MS
 from agents.ingest.decode import Malformed, decode
 from agents.ingest.records import Event, Payout
 from agents.ledger.rules import Credit, apply_user_event, duplicate_outcome
-from agents.ledger.state import DAY_MS, UserState
+from agents.ledger.state import UserState
 from agents.outcomes import Outcome
 from agents.readmodel import leaderboards
 from pipeline import topics
 from pipeline.economics import Economics
 from pipeline.engine.stage import Output, ReadModelUpdate, Stage
-from pipeline.engine.store import MAX_CLOCK_SKEW_MS, Store
+from pipeline.engine.store import Store, cap_to_clock
 
 _TOPIC_CODE = {topics.RECHARGES: "r", topics.GIFTS: "g", topics.SPEND_LIMITS: "l"}
 
@@ -54,7 +54,7 @@ class UserLedger(Stage):
     index_name = "user_event_ids"
 
     def __init__(self, econ: Economics, partition: int, partitions: int) -> None:
-        super().__init__(Store(UserState, UserState.from_json), (econ.dedupe_window_days + 1) * DAY_MS)
+        super().__init__(Store(UserState, UserState.from_json), econ.dedupe_keep_ms)
         self.econ = econ
         self.partition = partition
         self.partitions = partitions
@@ -71,7 +71,7 @@ class UserLedger(Stage):
     def handle(self, topic: str, item: Any, out: Output) -> None:
         # Progress is capped a day past the clock: an event dated in the far future must
         # not make this partition look past every payout for good.
-        self.progress_ts = max(self.progress_ts, min(item.ts, int(time.time() * 1000) + MAX_CLOCK_SKEW_MS))
+        self.progress_ts = max(self.progress_ts, cap_to_clock(item.ts, time.time()))
         if isinstance(item, Payout):
             self.credits.pop(item.creator_id, out)
             out.send(topics.CREATOR_OPS, item.creator_id, payout_op(item))

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-DAY_MS = 86_400_000
+from pipeline.economics import DAY_MS
+
 # Spend is kept for the user's newest MAX_SPEND_DAYS spend days; a gift dated before
 # all of them once that many are kept is refused (its day's total is unknown).
 MAX_SPEND_DAYS = 40

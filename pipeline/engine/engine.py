@@ -178,13 +178,16 @@ class Engine:
         but a failed transaction is a bug (an invariant assertion, say): stop."""
         if not isinstance(error, TransactionFailed):
             raise error
-        failures = self._failures.get(task.partition, 0) + 1
-        self._failures[task.partition] = failures
-        delay = RETRY_BACKOFF_S[min(failures - 1, len(RETRY_BACKOFF_S) - 1)]
-        log.warning("%s; rebuilding the partition in %.1fs (failure %d)", error, delay, failures)
         await task.stop()
         self.tasks.pop(task.partition, None)
-        self._broken[task.partition] = time.monotonic() + delay
+        self._rebuild_later(task.partition, error)
+
+    def _rebuild_later(self, partition: int, reason: BaseException) -> None:
+        """Schedule a partition's rebuild, backing off with its failures in a row."""
+        failures = self._failures[partition] = self._failures.get(partition, 0) + 1
+        delay = RETRY_BACKOFF_S[min(failures - 1, len(RETRY_BACKOFF_S) - 1)]
+        log.warning("partition %d: %s; rebuilding it in %.1fs (failure %d)", partition, reason, delay, failures)
+        self._broken[partition] = time.monotonic() + delay
 
     async def _rebuild_broken(self) -> None:
         """Retry the partitions whose transaction failed, once their backoff is over."""
@@ -205,10 +208,7 @@ class Engine:
                 await self._seek_committed(task)
             except (KafkaError, OSError, asyncio.TimeoutError) as exc:
                 await task.stop()
-                self._failures[p] = self._failures.get(p, 0) + 1
-                delay = RETRY_BACKOFF_S[min(self._failures[p] - 1, len(RETRY_BACKOFF_S) - 1)]
-                log.warning("partition %d: rebuild failed (%s); retrying in %.1fs", p, exc, delay)
-                self._broken[p] = now + delay
+                self._rebuild_later(p, exc)
                 continue
             self.tasks[p] = task
             await self.sink(self.snapshot(p))
@@ -244,7 +244,6 @@ class Engine:
             self.tasks.update((task.partition, task) for task in new)
             for task in self.tasks.values():
                 await self._seek_committed(task)
-            metrics.ASSIGNED_PARTITIONS.set(len(self.tasks))
             log.info("assigned partitions %s (new: %s)", sorted(self.tasks), [t.partition for t in new])
             for task in new:
                 await self.sink(self.snapshot(task.partition))
@@ -262,9 +261,7 @@ class Engine:
             committed = await consumer.committed(tp)
             offsets[topic] = beginnings[tp] if committed is None else committed
         task.committed_offsets = dict(offsets)
-        task.next_offsets = dict(offsets)
-        task.rewind()
-        self._seek(task, offsets)
+        self._seek(task, task.rewind())  # rewind: nothing buffered, nothing uncommitted
 
     async def _restore(self, tasks: list[PartitionTask]) -> None:
         """Rebuild new partitions' state from their changelogs (committed records only)."""

@@ -58,9 +58,6 @@ class Output:
         self.outcomes.append(outcome)
         self.send(OUTCOMES, outcome.event_id, outcome)
 
-    def __len__(self) -> int:
-        return len(self.messages)
-
 
 class Stage(ABC):
     """A keyed state machine of one partition: a table of values (plus, for some stages,

@@ -66,6 +66,12 @@ class Store(Generic[V]):
 
 
 MAX_CLOCK_SKEW_MS = 86_400_000
+
+
+def cap_to_clock(ts: int, now_s: float) -> int:
+    """An event time, at most a day past the clock `now_s` (seconds)."""
+    return min(ts, int(now_s * 1000) + MAX_CLOCK_SKEW_MS)
+
 # Segments expired per batch at most, so one batch's tombstones stay small.
 MAX_EXPIRE_PER_BATCH = 1000
 SEGMENT_PREFIX = "#dd:"  # '#' is outside the id pattern: no clash with state keys
@@ -97,9 +103,9 @@ class DedupeIndex:
         return key in self.index or key in self._pending
 
     def _plausible(self, ts: int) -> int:
-        """Event time capped at a day past the clock: one event dated in the far future
-        must not hold expiry back (its segment would never expire, nor any after it)."""
-        return min(ts, int(self.clock() * 1000) + MAX_CLOCK_SKEW_MS)
+        """One event dated in the far future must not hold expiry back (its segment
+        would never expire, nor any after it)."""
+        return cap_to_clock(ts, self.clock())
 
     def add(self, key: str, ts: int) -> None:
         assert not self.seen(key)

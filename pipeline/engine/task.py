@@ -34,13 +34,14 @@ class TransactionFailed(Exception):
     nothing of it took effect, and the partition must be rebuilt from Kafka."""
 
     def __init__(self, partition: int, cause: BaseException) -> None:
-        super().__init__(f"partition {partition}: {cause.__class__.__name__}: {cause}")
+        super().__init__(f"transaction failed: {cause.__class__.__name__}: {cause}")
+        self.partition = partition
         self.cause = cause
 
 
 # Buffered input records per topic-partition above which fetching it pauses.
 MAX_BUFFERED = 20_000
-TRANSACTION_TIMEOUT_MS = 120_000  # above a broker restart: see engine._rebuild
+TRANSACTION_TIMEOUT_MS = 120_000  # above a broker restart (see Engine._recover)
 
 
 class PartitionTask:
