@@ -203,16 +203,25 @@ class Engine:
                 continue  # moved away, or rebuilt by a rebalance meanwhile
             task = PartitionTask(p, self.make_stages(p), self.settings)
             try:
-                await task.start_producer()
-                await self._restore([task])
-                await self._seek_committed(task)
+                await self._build([task])
             except (KafkaError, OSError, asyncio.TimeoutError) as exc:
                 await task.stop()
                 self._rebuild_later(p, exc)
                 continue
-            self.tasks[p] = task
-            await self.sink(self.snapshot(p))
             log.info("partition %d rebuilt", p)
+
+    async def _build(self, tasks: list[PartitionTask]) -> None:
+        """Take partitions on: fence with a new producer, restore state, seek to the
+        committed offsets, then show the state in the read model (a crashed owner may
+        have committed without writing Redis)."""
+        for task in tasks:
+            await task.start_producer()
+        await self._restore(tasks)
+        for task in tasks:
+            await self._seek_committed(task)
+            self.tasks[task.partition] = task
+        for task in tasks:
+            await self.sink(self.snapshot(task.partition))
 
     # -- assignment --------------------------------------------------------------
     async def on_revoked(self) -> None:
@@ -238,15 +247,10 @@ class Engine:
                 metrics.forget_partition(p, task.input_topics)
             new = [PartitionTask(p, self.make_stages(p), self.settings) for p in sorted(by_partition) if p not in self.tasks]
             self._broken.clear()  # every partition of ours is (re)built here
-            for task in new:
-                await task.start_producer()
-            await self._restore(new)
-            self.tasks.update((task.partition, task) for task in new)
-            for task in self.tasks.values():
+            for task in self.tasks.values():  # kept: back to the last commit
                 await self._seek_committed(task)
+            await self._build(new)
             log.info("assigned partitions %s (new: %s)", sorted(self.tasks), [t.partition for t in new])
-            for task in new:
-                await self.sink(self.snapshot(task.partition))
             self.ready.set()
 
     async def _seek_committed(self, task: PartitionTask) -> None:
