@@ -9,9 +9,12 @@ agents cannot carry the ledger's volume and its exactly-once mode is not trustwo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
-from typing import Any
+import shutil
+from pathlib import Path
+from typing import Any, Callable
 
 import faust
 import redis.asyncio as aioredis
@@ -25,6 +28,7 @@ from agents.readmodel.redis_sink import RedisReadModel
 from pipeline import topics
 from pipeline.economics import Economics
 from pipeline.engine.engine import Engine
+from pipeline.engine.kv import RocksKV
 from pipeline.engine.stage import Stage
 from pipeline.settings import ConfigError, Settings
 
@@ -50,7 +54,7 @@ class LedgerService(Service):
         super().__init__(**kwargs)
         self.settings = settings
         self.read_model = RedisReadModel(settings)
-        self.engine = Engine(settings, lambda p: stages(econ, p, settings.partitions), self.read_model.write)
+        self.engine = Engine(settings, stage_factory(settings, econ), self.read_model.write)
 
     async def on_start(self) -> None:
         await self.engine.start()
@@ -100,8 +104,32 @@ async def _preflight(settings: Settings) -> None:
         await client.aclose()
 
 
-def stages(econ: Economics, partition: int, partitions: int) -> list[Stage]:
-    return [UserLedger(econ, partition, partitions), CreatorLedger(econ, partitions)]
+def state_root(settings: Settings) -> Path:
+    """This process's state directory; those of processes that are gone are removed
+    (a killed worker leaves its RocksDB files behind; their content is in Kafka)."""
+    root = settings.data_dir / "state"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.glob("pid-*"):
+        pid = int(old.name.removeprefix("pid-"))
+        if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    return root / f"pid-{os.getpid()}"
+
+
+def stage_factory(settings: Settings, econ: Economics) -> Callable[[int], list[Stage]]:
+    """A partition's stages, each with its own RocksDB (kv.py) under `state_root`."""
+    root = state_root(settings)
+    generation = itertools.count()
+    partitions = settings.partitions
+
+    def make(p: int) -> list[Stage]:
+        n = next(generation)
+        return [
+            UserLedger(econ, p, partitions, kv=RocksKV(root / f"users-{p}-{n}")),
+            CreatorLedger(econ, partitions, kv=RocksKV(root / f"creators-{p}-{n}")),
+        ]
+
+    return make
 
 
 def create_app(settings: Settings, econ: Economics) -> LedgerApp:

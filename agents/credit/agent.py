@@ -21,6 +21,8 @@ from agents.ingest.records import Payout
 from agents.readmodel import leaderboards
 from pipeline import topics
 from pipeline.economics import Economics
+from pipeline.engine.codec import loads
+from pipeline.engine.kv import KV
 from pipeline.engine.stage import Output, ReadModelUpdate, Stage
 from pipeline.engine.store import Store
 
@@ -36,11 +38,11 @@ class CreatorLedger(Stage):
     table_name = "creators"
     index_name = "payout_event_ids"
 
-    def __init__(self, econ: Economics, sources: int, max_hold_ms: int = MAX_HOLD_MS) -> None:
+    def __init__(self, econ: Economics, sources: int, max_hold_ms: int = MAX_HOLD_MS, kv: KV | None = None) -> None:
         self.progress_table: Store[Progress] = Store(Progress, Progress.from_json)
         super().__init__(
             Store(CreatorState, CreatorState.from_json), econ.dedupe_keep_ms,
-            side={PROGRESS_PREFIX: self.progress_table},
+            side={PROGRESS_PREFIX: self.progress_table}, kv=kv,
         )
         self.econ = econ
         self.sources = sources
@@ -91,7 +93,7 @@ class CreatorLedger(Stage):
         return progress.passed(payout["ts"], payout["since"], self.sources) or waited >= self.max_hold_ms
 
     def _release_all(self, out: Output) -> None:
-        waiting = self.holding | {k for k, v in self.table.dirty.items() if v.held}
+        waiting = self.holding | {k for k, (v, _) in self.table.dirty.items() if v.held}
         for creator_id in sorted(waiting):
             self._release(creator_id, out)
 
@@ -139,10 +141,10 @@ class CreatorLedger(Stage):
             (self.holding.add if value.held else self.holding.discard)(key)
         return super().commit()
 
-    def restore(self, key: str, value: dict[str, Any] | None) -> None:
-        super().restore(key, value)
+    def restore(self, key: str, raw: bytes | None) -> None:
+        super().restore(key, raw)
         if not key.startswith("#"):
-            state = self.table.committed.get(key)
+            state = None if raw is None else CreatorState.from_json(loads(raw))
             (self.holding.add if state is not None and state.held else self.holding.discard)(key)
 
     def read_model(self, key: str, value: CreatorState, full: bool = False) -> ReadModelUpdate:

@@ -21,6 +21,7 @@ from agents.outcomes import Outcome
 from agents.readmodel import leaderboards
 from pipeline import topics
 from pipeline.economics import Economics
+from pipeline.engine.kv import KV
 from pipeline.engine.stage import Output, ReadModelUpdate, Stage
 from pipeline.engine.store import Store, cap_to_clock
 
@@ -53,8 +54,8 @@ class UserLedger(Stage):
     table_name = "users"
     index_name = "user_event_ids"
 
-    def __init__(self, econ: Economics, partition: int, partitions: int) -> None:
-        super().__init__(Store(UserState, UserState.from_json), econ.dedupe_keep_ms)
+    def __init__(self, econ: Economics, partition: int, partitions: int, kv: KV | None = None) -> None:
+        super().__init__(Store(UserState, UserState.from_json), econ.dedupe_keep_ms, kv=kv)
         self.econ = econ
         self.partition = partition
         self.partitions = partitions

@@ -20,7 +20,6 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from pipeline import metrics
-from pipeline.engine.codec import loads
 from pipeline.engine.stage import ReadModelUpdate, Stage
 from pipeline.engine.task import MAX_BUFFERED, PartitionTask, TransactionFailed
 from pipeline.settings import Settings
@@ -45,6 +44,8 @@ class Engine:
         probe = stages(0)
         self.input_topics = sorted({t for s in probe for t in s.inputs})
         self.changelog_topics = [s.changelog_topic for s in probe]
+        for stage in probe:
+            stage.close()
         self.consumer: AIOKafkaConsumer | None = None
         self._stopping = False
         self._failures: dict[int, int] = {}  # partition -> transactions failed in a row
@@ -294,7 +295,7 @@ class Engine:
                 for tp, records in batch.items():
                     stage = owners[tp]
                     for record in records:
-                        stage.restore(record.key.decode(), None if record.value is None else loads(record.value))
+                        stage.restore(record.key.decode(), record.value)
                     n += len(records)
                 remaining = {tp for tp in remaining if await restorer.position(tp) < ends[tp]}
             log.info(

@@ -15,6 +15,7 @@ from typing import Any
 from agents.outcomes import Outcome
 from pipeline.engine.codec import dumps
 from pipeline.topics import OUTCOMES
+from pipeline.engine.kv import KV, MemoryKV
 from pipeline.engine.store import SEGMENT_PREFIX, DedupeIndex, Store
 
 
@@ -71,11 +72,17 @@ class Stage(ABC):
     table_name: str
     index_name: str
 
-    def __init__(self, table: Store[Any], dedupe_window_ms: int, side: dict[str, Store[Any]] | None = None) -> None:
+    def __init__(self, table: Store[Any], dedupe_window_ms: int, side: dict[str, Store[Any]] | None = None,
+                 kv: KV | None = None) -> None:
         self.table = table
         self.side = side or {}  # key prefix (outside the id pattern) -> table
         assert all(prefix.startswith("#") for prefix in self.side)
-        self.dedupe = DedupeIndex(dedupe_window_ms)
+        # One KV per stage and partition, a key namespace per table.
+        self.kv: KV = MemoryKV() if kv is None else kv
+        for namespace, t in [("t:", table), *((f"{p}:", t) for p, t in self.side.items())]:
+            assert len(t) == 0 and not t.dirty, "a table is bound to its stage's KV before use"
+            t.kv, t.prefix = self.kv, namespace.encode()
+        self.dedupe = DedupeIndex(dedupe_window_ms, kv=self.kv, prefix=b"i:")
 
     @abstractmethod
     def decode(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[Any, int | None]:
@@ -99,12 +106,13 @@ class Stage(ABC):
     def _tables(self) -> list[tuple[str, Store[Any]]]:
         return [("", self.table), *self.side.items()]
 
-    def changelog(self) -> list[tuple[str, dict[str, Any] | None]]:
+    def changelog(self) -> list[tuple[str, bytes | None]]:
         """This batch's state changes as changelog records (None: tombstone)."""
-        records: list[tuple[str, dict[str, Any] | None]] = [
-            (prefix + k, v.to_json()) for prefix, t in self._tables() for k, v in t.changes()
+        records: list[tuple[str, bytes | None]] = [
+            (prefix + k, raw) for prefix, t in self._tables() for k, raw in t.encoded_changes()
         ]
-        return records + self.dedupe.changelog()
+        records.extend((k, None if v is None else dumps(v)) for k, v in self.dedupe.changelog())
+        return records
 
     def commit(self) -> list[ReadModelUpdate]:
         """The batch's transaction committed: publish its state; return what changed."""
@@ -119,19 +127,24 @@ class Stage(ABC):
             t.abort()
         self.dedupe.abort()
 
-    def restore(self, key: str, value: dict[str, Any] | None) -> None:
+    def restore(self, key: str, raw: bytes | None) -> None:
+        """One changelog record, as written by `changelog()`."""
         if key.startswith(SEGMENT_PREFIX):
-            self.dedupe.restore(key, value)
+            self.dedupe.restore(key, raw)
             return
         for prefix, t in self.side.items():
             if key.startswith(prefix):
-                t.restore(key[len(prefix):], value)
+                t.restore(key[len(prefix):], raw)
                 return
-        self.table.restore(key, value)
+        self.table.restore(key, raw)
 
     def snapshot(self) -> list[ReadModelUpdate]:
         """Every committed value, to refill an emptied read model."""
-        return [self.read_model(k, v, full=True) for k, v in self.table.committed.items()]
+        return [self.read_model(k, v, full=True) for k, v in self.table.items()]
 
     def sizes(self) -> dict[str, int]:
         return {self.table_name: len(self.table), self.index_name: len(self.dedupe)}
+
+    def close(self) -> None:
+        """Release the state's storage (the partition moved away or is rebuilt)."""
+        self.kv.close()

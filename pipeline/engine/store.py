@@ -1,9 +1,10 @@
 """Keyed state of one partition, with per-batch isolation, and the duplicate index.
 
-State is changed only through a batch overlay: `for_update` copies the committed value
-on first touch, `commit` publishes the overlay after the Kafka transaction committed,
-`abort` drops it. So an aborted transaction never leaks into memory, and each key
-touched by a batch is written to the changelog once, however often it changed.
+Committed state lives in a `KV` (RocksDB in a worker, kv.py), encoded exactly as in the
+changelog. A batch changes it only through an overlay: `for_update` decodes the
+committed value on first touch, `commit` writes the overlay after the Kafka transaction
+committed, `abort` drops it. So an aborted transaction never leaks into state, and each
+key touched by a batch is written to the changelog once, however often it changed.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
 
+from pipeline.engine.codec import dumps, loads
+from pipeline.engine.kv import KV, MemoryKV, Op
+
 
 class Value(Protocol):
     seq: int
-
-    def copy(self) -> Any: ...
 
     def to_json(self) -> dict[str, Any]: ...
 
@@ -24,45 +26,77 @@ V = TypeVar("V", bound=Value)
 
 
 class Store(Generic[V]):
-    def __init__(self, factory: Callable[[], V], from_json: Callable[[dict[str, Any]], V]) -> None:
+    """One table: keys under `prefix` in `kv`. Values are decoded (and their invariants
+    checked by `from_json`) on every first read of a batch, so memory holds only what
+    the current batch touches."""
+
+    def __init__(self, factory: Callable[[], V], from_json: Callable[[dict[str, Any]], V],
+                 kv: KV | None = None, prefix: bytes = b"") -> None:
         self._factory = factory
         self._from_json = from_json
-        self.committed: dict[str, V] = {}
-        self.dirty: dict[str, V] = {}
+        self.kv: KV = MemoryKV() if kv is None else kv
+        self.prefix = prefix
+        self.count = 0  # committed keys
+        # key -> (value, seq when read; -1: absent)
+        self.dirty: dict[str, tuple[V, int]] = {}
+        self._encoded: list[tuple[str, bytes]] | None = None
+
+    def committed_get(self, key: str) -> V | None:
+        raw = self.kv.get(self.prefix + key.encode())
+        return None if raw is None else self._from_json(loads(raw))
 
     def get(self, key: str) -> V | None:
-        value = self.dirty.get(key)
-        return self.committed.get(key) if value is None else value
+        entry = self.dirty.get(key)
+        return self.committed_get(key) if entry is None else entry[0]
 
     def for_update(self, key: str) -> V:
-        value = self.dirty.get(key)
-        if value is None:
-            base = self.committed.get(key)
-            value = self.dirty[key] = base.copy() if base is not None else self._factory()
-        return value
+        entry = self.dirty.get(key)
+        if entry is None:
+            base = self.committed_get(key)
+            entry = self.dirty[key] = (self._factory(), -1) if base is None else (base, base.seq)
+        return entry[0]
 
     def changes(self) -> Iterator[tuple[str, V]]:
         """Keys whose value changed in this batch (a read-only touch writes nothing)."""
-        for key, value in self.dirty.items():
-            base = self.committed.get(key)
-            if value.seq != (0 if base is None else base.seq):
+        for key, (value, base_seq) in self.dirty.items():
+            if value.seq != max(base_seq, 0):
                 yield key, value
 
+    def encoded_changes(self) -> list[tuple[str, bytes]]:
+        """The changes as changelog values; encoded once for the changelog and the KV."""
+        if self._encoded is None:
+            self._encoded = [(k, dumps(v.to_json())) for k, v in self.changes()]
+        return self._encoded
+
     def commit(self) -> None:
-        self.committed.update(list(self.changes()))
-        self.dirty.clear()
+        changes = self.encoded_changes()
+        self.count += sum(1 for k, _ in changes if self.dirty[k][1] < 0)
+        self.kv.write([(self.prefix + k.encode(), raw) for k, raw in changes])
+        self.abort()
 
     def abort(self) -> None:
         self.dirty.clear()
+        self._encoded = None
 
-    def restore(self, key: str, data: dict[str, Any] | None) -> None:
-        if data is None:
-            self.committed.pop(key, None)
-        else:
-            self.committed[key] = self._from_json(data)
+    def restore(self, key: str, raw: bytes | None) -> None:
+        """A changelog record, stored as it is (decoded and checked when first read)."""
+        kv_key = self.prefix + key.encode()
+        existed = self.kv.get(kv_key) is not None
+        self.count += (raw is not None) - existed
+        self.kv.write([(kv_key, raw)])
+
+    def items(self) -> Iterator[tuple[str, V]]:
+        """Every committed value (for a refill of the read model)."""
+        n = len(self.prefix)
+        for key, raw in self.kv.scan(self.prefix):
+            yield key[n:].decode(), self._from_json(loads(raw))
+
+    def as_dict(self) -> dict[str, V]:
+        """Every committed value (tests and small tables)."""
+        return dict(self.items())
 
     def __len__(self) -> int:
-        return len(self.committed)
+        return self.count
 
 
 MAX_CLOCK_SKEW_MS = 86_400_000
@@ -84,15 +118,23 @@ class DedupeIndex:
     was written longer than the window ago: an id lives at least the window in event
     time and in real time, so one event dated far in the future cannot flush the index.
     The window is the contract's 7 days plus one.
+
+    The ids and each segment's list of them live in the KV (`prefix` + "d" + id -> its
+    segment, `prefix` + "s" + segment -> its ids); memory holds one small entry per
+    live segment and the current batch's ids.
     """
 
-    def __init__(self, window_ms: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, window_ms: int, clock: Callable[[], float] = time.time,
+                 kv: KV | None = None, prefix: bytes = b"") -> None:
         assert window_ms > 0
         self.window_ms = window_ms
         self.clock = clock
-        self.index: dict[str, int] = {}  # dedupe key -> segment
-        # segment -> (newest event time, wall time written in ms, keys), in creation order
-        self.segments: dict[int, tuple[int, int, list[str]]] = {}
+        self.kv: KV = MemoryKV() if kv is None else kv
+        self._ids = prefix + b"d"
+        self._lists = prefix + b"s"
+        # segment -> (newest event time, wall time written in ms, ids), in creation order
+        self.segments: dict[int, tuple[int, int, int]] = {}
+        self.count = 0
         self.next_segment = 0
         self.watermark = 0  # newest event time seen
         self._pending: dict[str, int] = {}
@@ -100,7 +142,7 @@ class DedupeIndex:
         self._batch_wall = 0
 
     def seen(self, key: str) -> bool:
-        return key in self.index or key in self._pending
+        return key in self._pending or self.kv.get(self._ids + key.encode()) is not None
 
     def _plausible(self, ts: int) -> int:
         """One event dated in the far future must not hold expiry back (its segment
@@ -151,26 +193,46 @@ class DedupeIndex:
         self._pending.clear()
         self._pending_watermark = self.watermark
 
-    def restore(self, key: str, data: dict[str, Any] | None) -> None:
+    def restore(self, key: str, raw: bytes | None) -> None:
         seg = int(key[len(SEGMENT_PREFIX):])
-        if data is None:
+        if raw is None:
             self._drop(seg)
         else:
+            data = loads(raw)
             self._install(seg, data["t"], data.get("w", 0), data["k"])
             self.watermark = self._pending_watermark = max(self.watermark, data["t"])
 
+    def _segment_key(self, seg: int) -> bytes:
+        return self._lists + seg.to_bytes(8, "big")
+
     def _install(self, seg: int, ts: int, wall: int, keys: list[str]) -> None:
-        self.segments[seg] = (ts, wall, keys)
-        for key in keys:
-            self.index[key] = seg
+        if seg in self.segments:
+            self._drop(seg)
+        value = str(seg).encode()
+        ops: list[Op] = [(self._ids + k.encode(), value) for k in keys]
+        ops.append((self._segment_key(seg), dumps(keys)))
+        self.kv.write(ops)
+        self.segments[seg] = (ts, wall, len(keys))
+        self.count += len(keys)
         self.next_segment = max(self.next_segment, seg + 1)
 
     def _drop(self, seg: int) -> None:
-        entry = self.segments.pop(seg, None)
-        if entry is not None:
-            for key in entry[2]:
-                if self.index.get(key) == seg:
-                    del self.index[key]
+        if self.segments.pop(seg, None) is None:
+            return
+        raw = self.kv.get(self._segment_key(seg))
+        assert raw is not None, f"segment {seg} without its ids"
+        value = str(seg).encode()
+        ops: list[Op] = [(self._segment_key(seg), None)]
+        for key in loads(raw):
+            kv_key = self._ids + key.encode()
+            if self.kv.get(kv_key) == value:  # an id may live on in a younger segment
+                ops.append((kv_key, None))
+        self.count -= len(ops) - 1
+        self.kv.write(ops)
+
+    def ids(self) -> list[str]:
+        """Every id in the index (tests)."""
+        return [k[len(self._ids):].decode() for k, _ in self.kv.scan(self._ids)]
 
     def __len__(self) -> int:
-        return len(self.index)
+        return self.count

@@ -9,7 +9,6 @@ state, outcomes and progress never disagree, whenever a worker dies.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import logging
@@ -21,7 +20,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from agents.ingest.decode import Malformed
 from pipeline import metrics
-from pipeline.engine.codec import dumps
+from pipeline.engine.batches import RecordBatches
 from pipeline.engine.merge import NO_TIME, EventTimeMerge, Pending
 from pipeline.engine.stage import Output, ReadModelUpdate, Stage
 from pipeline.settings import Settings
@@ -86,9 +85,13 @@ class PartitionTask:
         await self.producer.commit_transaction()
 
     async def stop(self) -> None:
+        """Stop producing and release the state (rebuilt from the changelog if the
+        partition comes back)."""
         if self.producer is not None:
             await self.producer.stop()
             self.producer = None
+        for stage in self.stages:
+            stage.close()
 
     def add(self, topic: str, records: list) -> None:
         stage = self.stages[self.stage_of[topic]]
@@ -141,19 +144,14 @@ class PartitionTask:
         out, self.out = self.out, Output()
         try:
             async with producer.transaction():
-                sends = [
-                    await producer.send(prefix + m.topic, m.value, key=m.key, partition=m.partition)
-                    for m in out.messages
-                ]
+                batches = RecordBatches(producer)
+                for m in out.messages:
+                    await batches.add(prefix + m.topic, m.key, m.value, m.partition)
                 for stage in self.stages:
                     topic = prefix + stage.changelog_topic
                     for key, value in stage.changelog():
-                        sends.append(await producer.send(
-                            topic, None if value is None else dumps(value), key=key.encode(), partition=self.partition
-                        ))
-                # Every record must be acknowledged inside the transaction: aiokafka can
-                # otherwise end the transaction with batches still in flight.
-                await asyncio.gather(*sends)
+                        await batches.add(topic, key.encode(), value, self.partition)
+                await batches.flush()
                 offsets = {
                     self.tp(t): OffsetAndMetadata(o, "")
                     for t, o in self.next_offsets.items()

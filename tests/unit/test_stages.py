@@ -88,7 +88,7 @@ def run(stage: Stage, events: list[tuple[str, Any]], commit: bool = True) -> Bat
     for topic, item in events:
         stage.handle(topic, item, out)
     stage.end_batch(out, True, 0)
-    records = [(k, None if v is None else loads(dumps(v))) for k, v in stage.changelog()]
+    records = [(k, None if v is None else loads(v)) for k, v in stage.changelog()]
     if commit:
         stage.commit()
     return Batch(out, records)
@@ -331,9 +331,9 @@ def test_creator_abort(creators: CreatorLedger) -> None:
 def restored(stage: Stage, fresh: Stage, batches: list[Batch]) -> Stage:
     for b in batches:
         for key, value in b.changelog:
-            fresh.restore(key, value)
-    assert fresh.table.committed == stage.table.committed
-    assert fresh.dedupe.index == stage.dedupe.index
+            fresh.restore(key, None if value is None else dumps(value))
+    assert fresh.table.as_dict() == stage.table.as_dict()
+    assert fresh.dedupe.ids() == stage.dedupe.ids()
     assert fresh.dedupe.segments == stage.dedupe.segments
     return fresh
 
@@ -345,7 +345,7 @@ def test_user_changelog_restore_reproduces_state_and_dedupe(users: UserLedger, e
         run(users, [limit("l2", None), recharge("r1", 7)]),
     ]
     fresh = restored(users, UserLedger(econ, 0, 1), batches)
-    assert fresh.table.committed["u1"] == UserState(
+    assert fresh.table.as_dict()["u1"] == UserState(
         20_000, 50_000, 30_000, None, {T0 // DAY: 29_999, T0 // DAY + 1: 1}, 5, {"s1": [30_000, T0 // DAY + 1]}
     )
     # The restored stage decides as the original would.
@@ -361,13 +361,13 @@ def test_creator_changelog_restore(creators: CreatorLedger, econ: Economics) -> 
         run(creators, [credit([(T0 - 1, 3), (T0 + 1, 4)], 14, 2, creator="c2")]),
     ]
     fresh = restored(creators, CreatorLedger(econ, sources=1, max_hold_ms=0), batches)
-    assert fresh.table.committed["c1"] == CreatorState(500, 5_000, 4_500, {20_000: 5_000}, 3, [], [[T0, 5_000]], windows={"1m": {T0: 5_000}, "1h": {T0: 5_000}})
+    assert fresh.table.as_dict()["c1"] == CreatorState(500, 5_000, 4_500, {20_000: 5_000}, 3, [], [[T0, 5_000]], windows={"1m": {T0: 5_000}, "1h": {T0: 5_000}})
     # The third credit came after the mark at T0 - 1: only its later item is remembered.
-    assert fresh.table.committed["c2"] == CreatorState(
+    assert fresh.table.as_dict()["c2"] == CreatorState(
         16, 16, 0, {19_999: 3, 20_000: 13}, 2, [], [[T0, 9], [T0 + 1, 4]],
         windows={"1m": {T0: 13, T0 - 60_000: 3}, "1h": {T0: 13, T0 - 3_600_000: 3}},
     )
-    assert fresh.progress_table.committed == creators.progress_table.committed
+    assert fresh.progress_table.as_dict() == creators.progress_table.as_dict()
     assert fresh.progress_table.get("").horizon(1) == T0 - 1
     assert run(fresh, [payout("p2", 2_000)]).statuses == [("p2", "duplicate", None)]
 
@@ -379,7 +379,7 @@ def test_read_only_keys_are_not_written(users: UserLedger) -> None:
     keys = [k for k, _ in batch.changelog]
     assert keys == ["u2", "#dd:1"]
     assert sorted(batch.changelog[1][1]["k"]) == sorted(["g|u1|g1", "g|u9|g2", "r|u2|r2"])
-    assert "u9" not in users.table.committed
+    assert "u9" not in users.table.as_dict()
 
 
 def test_each_changed_key_is_written_once_per_batch(users: UserLedger) -> None:

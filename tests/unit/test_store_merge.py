@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
+from pipeline.engine.codec import dumps
+from pipeline.engine.kv import KV, MemoryKV, RocksKV
 from pipeline.engine.merge import NO_TIME, EventTimeMerge, Pending
 from pipeline.engine.store import MAX_EXPIRE_PER_BATCH, DedupeIndex, Store
 
@@ -37,9 +40,17 @@ def box_from_json(data: dict[str, Any]) -> Box:
     return Box(data["n"], data["q"])
 
 
+@pytest.fixture(params=["memory", "rocksdb"])
+def kv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KV]:
+    """Every store test runs on both backends: they must not differ."""
+    kv: KV = MemoryKV() if request.param == "memory" else RocksKV(tmp_path / "db")
+    yield kv
+    kv.close()
+
+
 @pytest.fixture
-def store() -> Store[Box]:
-    s: Store[Box] = Store(Box, box_from_json)
+def store(kv: KV) -> Store[Box]:
+    s: Store[Box] = Store(Box, box_from_json, kv, b"t:")
     s.for_update("a").bump(5)
     s.commit()
     return s
@@ -50,7 +61,7 @@ def test_for_update_copies_on_first_touch(store: Store[Box]) -> None:
     value.bump()
     assert store.for_update("a") is value  # one copy per batch
     assert store.get("a") == Box(6, 2)
-    assert store.committed["a"] == Box(5, 1)
+    assert store.as_dict()["a"] == Box(5, 1)
 
 
 def test_commit_publishes_only_changed_keys(store: Store[Box]) -> None:
@@ -60,7 +71,7 @@ def test_commit_publishes_only_changed_keys(store: Store[Box]) -> None:
     store.for_update("b").bump(3)
     assert [(k, v.to_json()) for k, v in store.changes()] == [("b", {"n": 5, "q": 2})]
     store.commit()
-    assert store.committed == {"a": Box(5, 1), "b": Box(5, 2)}
+    assert store.as_dict() == {"a": Box(5, 1), "b": Box(5, 2)}
     assert store.dirty == {} and store.get("new") is None
     assert len(store) == 2
 
@@ -69,23 +80,32 @@ def test_abort_drops_the_overlay(store: Store[Box]) -> None:
     store.for_update("a").bump()
     store.for_update("b").bump()
     store.abort()
-    assert store.committed == {"a": Box(5, 1)}
+    assert store.as_dict() == {"a": Box(5, 1)}
     assert (store.get("a"), store.get("b"), list(store.changes())) == (Box(5, 1), None, [])
 
 
+def test_rocksdb_directory_is_removed_on_close(tmp_path: Path) -> None:
+    kv = RocksKV(tmp_path / "db")
+    kv.write([(b"a", b"1"), (b"b", b"2"), (b"c", None)])
+    assert (kv.get(b"a"), kv.get(b"c"), list(kv.scan(b"b"))) == (b"1", None, [(b"b", b"2")])
+    kv.close()
+    kv.close()  # idempotent
+    assert not (tmp_path / "db").exists()
+
+
 def test_restore_and_tombstone(store: Store[Box]) -> None:
-    store.restore("b", {"n": 9, "q": 4})
+    store.restore("b", b"{\"n\":9,\"q\":4}")
     store.restore("a", None)
     store.restore("zzz", None)  # a tombstone for an unknown key is harmless
-    assert store.committed == {"b": Box(9, 4)}
+    assert store.as_dict() == {"b": Box(9, 4)}
 
 
 # --- DedupeIndex ----------------------------------------------------------------------
 
 
 @pytest.fixture
-def index() -> DedupeIndex:
-    return DedupeIndex(WINDOW, clock=StepClock())
+def index(kv: KV) -> DedupeIndex:
+    return DedupeIndex(WINDOW, clock=StepClock(), kv=kv, prefix=b"i:")
 
 
 class StepClock:
@@ -121,7 +141,8 @@ def test_new_segment_per_batch(index: DedupeIndex) -> None:
     assert strip(batch(index, {"a": 10, "b": 30, "c": 20})) == [("#dd:0", {"t": 30, "k": ["a", "b", "c"]})]
     assert batch(index, {}) == []
     assert strip(batch(index, {"d": 5})) == [("#dd:1", {"t": 5, "k": ["d"]})]
-    assert {seg: (t, keys) for seg, (t, _, keys) in index.segments.items()} == {0: (30, ["a", "b", "c"]), 1: (5, ["d"])}
+    assert {seg: (t, n) for seg, (t, _, n) in index.segments.items()} == {0: (30, 3), 1: (5, 1)}
+    assert index.ids() == ["a", "b", "c", "d"]
     assert len(index) == 4
 
 
@@ -145,7 +166,7 @@ def test_tombstones_exactly_for_expired_segments(index: DedupeIndex) -> None:
         batch(index, {f"k{i}": ts})
     records = batch(index, {"new": 1_250})
     assert strip(records) == [("#dd:4", {"t": 1_250, "k": ["new"]}), ("#dd:0", None), ("#dd:1", None)]
-    assert sorted(index.index) == ["k2", "k3", "new"]
+    assert sorted(index.ids()) == ["k2", "k3", "new"]
     assert list(index.segments) == [2, 3, 4]
 
 
@@ -174,9 +195,9 @@ def test_commit_matches_changelog_and_restore_reproduces(index: DedupeIndex) -> 
     assert ("#dd:0", None) in records and ("#dd:1", None) in records
     fresh = DedupeIndex(WINDOW, clock=index.clock)  # time goes on
     for key, value in records:
-        fresh.restore(key, value)
-    assert (fresh.index, fresh.segments, fresh.next_segment) == (index.index, index.segments, index.next_segment)
-    assert sorted(fresh.index) == ["c", "d"]
+        fresh.restore(key, None if value is None else dumps(value))
+    assert (fresh.ids(), fresh.segments, fresh.next_segment) == (index.ids(), index.segments, index.next_segment)
+    assert sorted(fresh.ids()) == ["c", "d"]
     assert fresh.watermark == 1_700
 
 
@@ -184,7 +205,7 @@ def test_restore_then_continue(index: DedupeIndex) -> None:
     records = batch(index, {"a": 100}) + batch(index, {"b": 200})
     fresh = DedupeIndex(WINDOW, clock=index.clock)  # time goes on
     for key, value in records:
-        fresh.restore(key, value)
+        fresh.restore(key, None if value is None else dumps(value))
     assert strip(batch(fresh, {"c": 1_150})) == [("#dd:2", {"t": 1_150, "k": ["c"]}), ("#dd:0", None)]
 
 

@@ -1,0 +1,104 @@
+"""Where a partition's committed state lives: bytes keys to bytes values.
+
+`RocksKV` keeps it on disk (RocksDB through rocksdict), so a worker's memory does not
+grow with its users and event ids; `MemoryKV` is a dict, for unit tests. Neither is
+durable on its own: a partition's state is rebuilt from its changelog topic whenever a
+worker takes the partition on (the changelog is the source of truth), so RocksDB runs
+without a write-ahead log and its directory is removed when the partition is dropped.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+
+Op = tuple[bytes, bytes | None]  # (key, value); None deletes
+
+
+class KV(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def write(self, ops: list[Op]) -> None: ...
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every pair whose key starts with `prefix`, in key order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MemoryKV:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def write(self, ops: list[Op]) -> None:
+        for key, value in ops:
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key in sorted(k for k in self.data if k.startswith(prefix)):
+            yield key, self.data[key]
+
+    def close(self) -> None:
+        self.data.clear()
+
+
+# RocksDB memory: write buffers and block cache are what it holds in RAM per database.
+WRITE_BUFFER_BYTES = 16 * 1024 * 1024
+MAX_WRITE_BUFFERS = 3
+
+
+class RocksKV:
+    def __init__(self, path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)  # a previous owner's leftovers: rebuilt from the changelog
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+        options.set_max_write_buffer_number(MAX_WRITE_BUFFERS)
+        options.optimize_for_point_lookup(32)  # MiB of block cache
+        self.db = Rdict(str(path), options=options, access_type=AccessType.read_write())
+        self._write_options = WriteOptions()
+        self._write_options.disable_wal = True
+        self._open = True
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self.db.get(key)
+        return value
+
+    def write(self, ops: list[Op]) -> None:
+        if not ops:
+            return
+        batch = WriteBatch(raw_mode=True)
+        for key, value in ops:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        self.db.write(batch, self._write_options)
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        it = self.db.iter()
+        it.seek(prefix)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            yield key, it.value()
+            it.next()
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self.db.close()
+            shutil.rmtree(self.path, ignore_errors=True)
