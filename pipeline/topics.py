@@ -49,9 +49,9 @@ class TopicSpec:
     config: dict[str, str]
 
 
-def specs(settings: Settings) -> list[TopicSpec]:
+def specs(settings: Settings, extra: tuple[str, ...] = ()) -> list[TopicSpec]:
     out = []
-    for name in INPUTS + OUTPUTS + INTERNAL:
+    for name in INPUTS + OUTPUTS + INTERNAL + extra:
         config = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
         if name in COMPACTED:
             config["cleanup.policy"] = "compact"
@@ -61,8 +61,9 @@ def specs(settings: Settings) -> list[TopicSpec]:
     return out
 
 
-async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create missing topics; refuse to run on topics with another partition count."""
+async def ensure_topics(settings: Settings, timeout_s: float = 30.0, extra: tuple[str, ...] = ()) -> None:
+    """Create missing topics (the contract's, the internal ones and `extra`); refuse to
+    run on topics with another partition count."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_list, request_timeout_ms=10_000)
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
@@ -72,7 +73,7 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
             "start it with `python -m pipeline dev up` or point the setting at a running broker"
         ) from None
     try:
-        wanted = specs(settings)
+        wanted = specs(settings, extra)
         existing = await admin.describe_topics([s.name for s in wanted])
         counts = {t["topic"]: len(t["partitions"]) for t in existing if t.get("error_code", 0) == 0}
         missing = [s for s in wanted if s.name not in counts]
@@ -95,10 +96,14 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
 
 
 async def delete_topics(settings: Settings) -> None:
-    """Delete every topic of this deployment (benchmarks clean up after themselves)."""
+    """Delete every topic under this deployment's prefix (benchmarks clean up after
+    themselves); refuses an empty prefix, which would mean every topic."""
+    assert settings.topic_prefix, "deleting every topic of a cluster is not a clean-up"
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_list, request_timeout_ms=30_000)
     await admin.start()
     try:
-        await admin.delete_topics([spec.name for spec in specs(settings)])
+        ours = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
+        if ours:
+            await admin.delete_topics(ours)
     finally:
         await admin.close()

@@ -88,10 +88,11 @@ class Deployment:
 
 
 class Worker:
-    """A `python -m pipeline worker` process."""
+    """A `python -m pipeline worker` process (or another module's, e.g. `bench.naive`)."""
 
-    def __init__(self, deployment: Deployment, name: str) -> None:
+    def __init__(self, deployment: Deployment, name: str, module: tuple[str, ...] = ("pipeline", "worker")) -> None:
         self.deployment = deployment
+        self.module = module
         self.port = free_port()
         self.log_path = deployment.workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -103,7 +104,7 @@ class Worker:
         log.write(f"\n===== start {self.starts} =====\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "worker"], cwd=PROJECT_ROOT,
+            [sys.executable, "-m", *self.module], cwd=PROJECT_ROOT,
             env=self.deployment.env(self.port), stdout=log, stderr=subprocess.STDOUT,
         )
         self.starts += 1
@@ -183,7 +184,7 @@ async def produce(bootstrap: str, messages: list[tuple[str, bytes | None, bytes]
     return [Sent(t, k, v, m.partition, m.offset) for (t, k, v), m in zip(messages, metas)]
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     while not consumer.partitions_for_topic(topic):
         await consumer._client.force_metadata_update()  # aiokafka has no public refresh
         await asyncio.sleep(0.05)
@@ -201,7 +202,7 @@ async def read_all(
     )
     await consumer.start()
     try:
-        consumer.assign(await _partitions(consumer, topic))
+        consumer.assign(await partitions_of(consumer, topic))
         out: list[Any] = []
         deadline = time.monotonic() + timeout_s
         settle: float | None = None
@@ -224,7 +225,7 @@ async def wait_end_offsets(bootstrap: str, topic: str, at_least: int, timeout_s:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
     await consumer.start()
     try:
-        tps = await _partitions(consumer, topic)
+        tps = await partitions_of(consumer, topic)
         deadline = time.monotonic() + timeout_s
         while True:
             total = sum((await consumer.end_offsets(tps)).values())
