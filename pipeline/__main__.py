@@ -62,9 +62,9 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from pipeline import bench
+    from pipeline import benchmark
 
-    return bench.main(args)
+    return benchmark.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,11 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=_simulate)
 
-    p = sub.add_parser("bench", help="run a benchmark; results go to bench/results/<date>-<scenario>.json and .md")
-    p.add_argument("scenario", choices=("leaderboard-read", "uniform", "mega-live"), help="what to measure (see pipeline/bench.py)")
-    p.add_argument("--events", type=int, default=200_000, help="events for uniform and mega-live (default 200000)")
-    p.add_argument("--gifters", type=int, default=100_000, help="gifters on the board (default 100000)")
-    p.add_argument("--requests", type=int, default=2_000, help="reads per measured case (default 2000)")
+    p = sub.add_parser("bench", help="run a benchmark; results go to bench/results/<date>-<scenario>.json, .md, .png")
+    p.add_argument("scenario", choices=("uniform", "mega-live", "latency", "state", "leaderboard-read"),
+                   help="what to measure (see pipeline/benchmark/__init__.py)")
+    p.add_argument("--events", type=int, default=0, help="events (default: 200000; state: 10000000)")
+    p.add_argument("--rate", type=float, default=5_000, help="latency: offered gifts per second (default 5000)")
+    p.add_argument("--duration", type=float, default=30, help="latency: seconds of offered load (default 30)")
+    p.add_argument("--gifters", type=int, default=100_000, help="leaderboard-read: gifters on the board (default 100000)")
+    p.add_argument("--requests", type=int, default=2_000, help="leaderboard-read: reads per case (default 2000)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.set_defaults(func=_bench)
     return parser

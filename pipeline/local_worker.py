@@ -20,9 +20,11 @@ HEALTH_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 
 
-def get(s: Settings, path: str) -> Any:
+def get(s: Settings, path: str, raw: bool = False) -> Any:
+    """A worker's JSON answer (or its text, `raw`)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{s.web_port}{path}", timeout=5) as resp:
-        return json.loads(resp.read())
+        body = resp.read()
+    return body.decode() if raw else json.loads(body)
 
 
 @contextmanager

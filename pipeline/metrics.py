@@ -25,6 +25,11 @@ BATCH_SECONDS = Histogram(
     "ledger_batch_duration_seconds", "Time to process and commit one partition's batch.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+CYCLE_SECONDS = Histogram(
+    "ledger_cycle_phase_seconds", "Time of each phase of the engine's cycle: fetch (waiting for input), process "
+    "(rules, all partitions), commit (the partitions' transactions, in parallel), read_model (Redis).",
+    ["phase"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 OUTCOME_LATENCY = Histogram(
     "ledger_event_to_outcome_seconds", "Event time (ts) to committed outcome, per event.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),

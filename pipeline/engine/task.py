@@ -77,7 +77,7 @@ class PartitionTask:
             transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
             max_batch_size=1_048_576,
             max_request_size=MAX_MESSAGE_BYTES,
-            linger_ms=5,
+            linger_ms=0,  # batches are built whole (batches.py): nothing to wait for
             request_timeout_ms=30_000,
         )
         await self.producer.start()

@@ -1,0 +1,176 @@
+"""`python -m pipeline bench SCENARIO`: benchmarks whose results are committed files.
+
+Every scenario starts what it needs (local Kafka and Redis if not running, workers on a
+fresh topic and key prefix, deleted afterwards) and writes
+`bench/results/<date>-<scenario>.json`, `.md` and `.png`:
+- `uniform`: gifts spread over 10,000 creators, produced as fast as one producer goes to
+  one worker, then again to two workers; beside it, on the same topics, the naive Faust
+  reference (bench/naive.py) and a plain aiokafka reader (the ceiling).
+- `mega-live`: the same with half of all gifts to one creator and one stream.
+- `latency`: a fixed offered rate (default 5,000 gifts/s): send-to-outcome and
+  send-to-leaderboard latency.
+- `state`: 1,000,000 users and 10,000,000 events: worker memory, then the recovery time
+  of a worker started after a SIGKILL.
+- `leaderboard-read`: HTTP reads of a 100,000-gifter board.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import itertools
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import aiokafka
+import faust
+import redis
+
+from pipeline import economics, settings, topics
+from pipeline.benchmark import readbench, report, runs
+from pipeline.infra import dev
+from pipeline.infra.kafka import KAFKA_VERSION
+from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.simulate import SimConfig, generate
+
+RESULTS = PROJECT_ROOT / "bench" / "results"
+REFERENCE_BUDGET_S = 60.0  # the naive reference and the ceiling run at most this long
+
+
+def machine() -> dict[str, Any]:
+    mem_kb = next((int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()
+    return {"cores": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kb / 2**20, 1),
+            "python": platform.python_version(), "platform": platform.platform(), "java": java[0] if java else "?",
+            "kafka": KAFKA_VERSION, "aiokafka": aiokafka.__version__, "faust": faust.__version__,
+            "redis_py": redis.__version__, "note": "one machine: workers, broker, Redis and the load generator share it"}
+
+
+def _config(scenario: str, args: argparse.Namespace) -> SimConfig:
+    base = dict(creators=10_000, seed=args.seed, zipf_s=0.0, spend_limit_share=0.001, payout_share=0.001, id_prefix="b")
+    if scenario == "state":
+        return SimConfig(events=args.events or 10_000_000, users=1_000_000, **base)  # type: ignore[arg-type]
+    events = args.events or 200_000
+    if scenario == "latency":
+        events = int(args.rate / GIFT_SHARE * args.duration)
+    return SimConfig(events=events, users=50_000, mega_live_share=0.5 if scenario == "mega-live" else 0.0, **base)  # type: ignore[arg-type]
+
+
+# Gifts among the simulator's events in these scenarios (the rest are mostly recharges);
+# measured by `_gift_share` on every run and reported.
+GIFT_SHARE = 0.64
+
+
+def _gift_share(messages: list[Any]) -> float:
+    return sum(1 for t, _, _ in messages if t == topics.GIFTS) / max(1, len(messages))
+
+
+def _deployment(base: Settings, tag: str) -> Settings:
+    prefix = f"bench-{os.getpid()}-{tag}-"
+    s = Settings(**{**base.__dict__, "topic_prefix": prefix, "redis_prefix": prefix})
+    asyncio.run(topics.ensure_topics(s))
+    return s
+
+
+def _cleanup(s: Settings) -> None:
+    asyncio.run(topics.delete_topics(s))  # a broker full of old runs' partitions is slower
+    client = redis.Redis.from_url(s.redis_url)
+    for keys in _batched(client.scan_iter(match=f"{s.redis_prefix}*", count=10_000), 10_000):
+        client.unlink(*keys)
+
+
+def _batched(it: Any, n: int) -> Any:
+    while batch := list(itertools.islice(it, n)):
+        yield batch
+
+
+def throughput(base: Settings, scenario: str, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    econ = economics.load(base.economics_file)
+    messages = list(generate(_config(scenario, args), econ))
+    share = _gift_share(messages)
+    figures: dict[str, Any] = {"events": len(messages), "gift_share": round(share, 3)}
+    for workers in (1, 2):
+        s = _deployment(base, f"{scenario}-w{workers}")
+        try:
+            name = "ours" if workers == 1 else "ours_two_workers"
+            figures[name] = asyncio.run(runs.ours(s, messages, workers, log_dir))
+            if workers == 1:  # the references read the same topics on the same broker
+                figures["naive"] = asyncio.run(runs.naive(s, len(messages), REFERENCE_BUDGET_S, log_dir))
+                figures["ceiling"] = asyncio.run(runs.ceiling(s, len(messages), REFERENCE_BUDGET_S))
+        finally:
+            _cleanup(s)
+    for name in ("ours", "ours_two_workers", "naive", "ceiling"):
+        figures[name]["gifts_per_s"] = round(figures[name]["events_per_s"] * share)
+    ours = figures["ours"]["events_per_s"]
+    figures["ratios"] = {
+        "ours_vs_naive": round(ours / max(1, figures["naive"]["events_per_s"]), 2),
+        "ours_vs_ceiling": round(ours / max(1, figures["ceiling"]["events_per_s"]), 3),
+        "two_workers_vs_one": round(figures["ours_two_workers"]["events_per_s"] / max(1, ours), 2),
+    }
+    return figures
+
+
+def latency(base: Settings, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    econ = economics.load(base.economics_file)
+    cfg = _config("latency", args)
+    messages = list(generate(SimConfig(**{**cfg.__dict__, "start_ts": None}), econ))
+    share = _gift_share(messages)
+    s = _deployment(base, "latency")
+    try:
+        figures = asyncio.run(runs.latency(s, messages, args.rate / share, log_dir))
+    finally:
+        _cleanup(s)
+    figures.update(offered_gifts_per_s=args.rate, gift_share=round(share, 3), duration_s=args.duration)
+    return figures
+
+
+def state(base: Settings, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    econ = economics.load(base.economics_file)
+    cfg = _config("state", args)
+    s = _deployment(base, "state")
+    try:
+        figures: dict[str, Any] = {"events": cfg.events, "users": cfg.users}
+        figures["ours"] = asyncio.run(runs.state(s, generate(cfg, econ), cfg.events, log_dir))
+        figures["naive"] = asyncio.run(runs.naive(s, cfg.events, REFERENCE_BUDGET_S, log_dir))
+        figures["ceiling"] = asyncio.run(runs.ceiling(s, cfg.events, REFERENCE_BUDGET_S))
+    finally:
+        _cleanup(s)
+    ours = figures["ours"]["events_per_s"]
+    figures["ratios"] = {"ours_vs_naive": round(ours / max(1, figures["naive"]["events_per_s"]), 2),
+                         "ours_vs_ceiling": round(ours / max(1, figures["ceiling"]["events_per_s"]), 3)}
+    return figures
+
+
+def main(args: argparse.Namespace) -> int:
+    base = settings.load()
+    print("\n".join(dev.up(base)))
+    log_dir = base.data_dir / "bench"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if args.scenario == "leaderboard-read":
+        s = _deployment(base, "read")
+        try:
+            from pipeline.local_worker import running_worker
+
+            with running_worker(s, log_dir / "bench-worker.log", runs.worker_env(s, s.web_port)):
+                figures = readbench.leaderboard_read(s, args.gifters, args.requests, args.seed)
+        finally:
+            _cleanup(s)
+    elif args.scenario == "latency":
+        figures = latency(base, args, log_dir)
+    elif args.scenario == "state":
+        figures = state(base, args, log_dir)
+    else:
+        figures = throughput(base, args.scenario, args, log_dir)
+    result = {"scenario": args.scenario, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "figures": figures}
+    stem = RESULTS / f"{dt.date.today().isoformat()}-{args.scenario}"
+    paths = report.write(stem, result)
+    print(report.markdown(result))
+    print("written " + ", ".join(str(p.relative_to(PROJECT_ROOT)) for p in paths))
+    return 0

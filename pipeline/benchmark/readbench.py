@@ -1,0 +1,66 @@
+"""The `leaderboard-read` scenario: a live stream's top-gifter board with 100,000
+gifters (many tied scores), read over HTTP from a running worker: latency percentiles of
+`GET /leaderboards/streams/{id}/gifters?limit=N`, and of the Redis read alone."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import random
+import statistics
+import time
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from agents.readmodel import leaderboards
+from pipeline.settings import Settings
+
+STREAM = "bench-stream"
+
+
+def _percentiles(samples_ms: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(samples_ms, n=100, method="inclusive")
+    return {"p50_ms": round(q[49], 3), "p95_ms": round(q[94], 3), "p99_ms": round(q[98], 3),
+            "max_ms": round(max(samples_ms), 3), "n": len(samples_ms)}
+
+
+def leaderboard_read(s: Settings, gifters: int, requests: int, seed: int) -> dict[str, Any]:
+    key = s.redis_key(leaderboards.stream_key(STREAM))
+    client = redis.Redis.from_url(s.redis_url)
+    rng = random.Random(seed)
+    client.delete(key)
+    for start in range(0, gifters, 10_000):  # Zipf-like coins: a few whales, many ties
+        client.zadd(key, {f"u{i}": int(1 + 1_000_000 / (1 + i) ** 1.1 * rng.random()) for i in range(start, min(start + 10_000, gifters))})
+    assert client.zcard(key) == gifters
+    results: dict[str, Any] = {"gifters": gifters, "requests_per_limit": requests}
+    conn = http.client.HTTPConnection("127.0.0.1", s.web_port, timeout=5)
+    for limit in (10, 100):
+        path = f"/leaderboards/streams/{STREAM}/gifters?limit={limit}"
+        samples = []
+        for _ in range(requests):
+            started = time.perf_counter()
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+            samples.append((time.perf_counter() - started) * 1000)
+            assert resp.status == 200 and len(json.loads(body)["entries"]) == limit
+        results[f"http_limit_{limit}"] = _percentiles(samples)
+
+    async def redis_only() -> dict[str, float]:
+        a = aioredis.Redis.from_url(s.redis_url)
+        samples = []
+        for _ in range(requests):
+            started = time.perf_counter()
+            await leaderboards.top(a, key, 10)
+            samples.append((time.perf_counter() - started) * 1000)
+        await a.aclose()
+        return _percentiles(samples)
+
+    results["redis_only_limit_10"] = asyncio.run(redis_only())
+    client.delete(key)
+    return results
+
+

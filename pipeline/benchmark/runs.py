@@ -1,0 +1,383 @@
+"""The measured runs: our worker(s), the naive Faust reference and the read-only
+ceiling, on the same topics of the same broker. Each returns its figures and a
+per-second timeline."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Iterable
+
+import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+from agents.ingest.decode import decode
+from agents.readmodel import leaderboards
+from pipeline import topics
+from pipeline.benchmark.probes import Lag, ProcStats, board_total
+from pipeline.local_worker import get, running_worker
+from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.simulate import Message
+
+INPUTS = list(topics.INPUTS)
+SAMPLE_S = 1.0
+MAX_RUN_S = 3_600  # a run that has not finished by then is a failed run
+PRODUCER = {"linger_ms": 5, "max_batch_size": 512 * 1024}
+# Leaderboard latency: every 10th first gift of a (stream, viewer) is watched on its
+# board, polled every 10 ms (more would load Redis as much as the ledger does).
+BOARD_SAMPLE = 10
+BOARD_POLL_S = 0.01
+
+
+def worker_env(s: Settings, web_port: int) -> dict[str, str]:
+    return {"PIPELINE_TOPIC_PREFIX": s.topic_prefix, "PIPELINE_REDIS_PREFIX": s.redis_prefix,
+            "PIPELINE_WEB_PORT": str(web_port), "PIPELINE_PARTITIONS": str(s.partitions)}
+
+
+def start_workers(stack: ExitStack, s: Settings, n: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    """n healthy workers (web ports from PIPELINE_WEB_PORT up)."""
+    return [
+        stack.enter_context(running_worker(
+            Settings(**{**s.__dict__, "web_port": s.web_port + i}), log_dir / f"bench-worker-{i}.log",
+            worker_env(s, s.web_port + i)))
+        for i in range(n)
+    ]
+
+
+async def produce(s: Settings, messages: Iterable[Message], rate: float | None = None,
+                  sent_at: dict[bytes, float] | None = None) -> int:
+    """Send `messages` (at `rate` per second, or as fast as one producer goes); with
+    `sent_at`, remember each event id's send time (for latency)."""
+    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_list, **PRODUCER)
+    await producer.start()
+    n = 0
+    started = time.perf_counter()
+    try:
+        for topic, key, value in messages:
+            if rate is not None and n % 50 == 0:
+                ahead = started + n / rate - time.perf_counter()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            if sent_at is not None:
+                sent_at[_event_id(value)] = time.perf_counter()
+            await producer.send(s.topic(topic), value, key=key)
+            n += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return n
+
+
+_EVENT_ID = re.compile(rb'"event_id":"([^"]*)"')
+
+
+def _event_id(value: bytes) -> bytes:
+    m = _EVENT_ID.search(value)
+    return m.group(1) if m else b""
+
+
+async def watch(s: Settings, group_id: str, total: int, pids: list[int], budget_s: float | None = None,
+                board: list[tuple[float, int]] | None = None, board_prefix: str = "") -> dict[str, Any]:
+    """Sample lag, CPU and memory each second until the group committed `total` input
+    records (or `budget_s` passed); with `board`, also sample the creators' board total
+    every 100 ms. Rates are over the time from the first committed progress."""
+    lag = Lag(s, group_id, INPUTS)
+    await lag.start()
+    stats = ProcStats(pids)
+    stats.sample()
+    client = aioredis.from_url(s.redis_url)
+    rows: list[dict[str, float]] = []
+    started = time.perf_counter()
+    cpu_started = stats.cpu_seconds()
+    first: tuple[float, int] | None = None
+    stop = asyncio.Event()
+
+    async def sample_board() -> None:
+        while not stop.is_set():
+            assert board is not None
+            board.append((time.perf_counter() - started, await board_total(client, s, board_prefix)))
+            await asyncio.sleep(0.1)
+
+    board_task = asyncio.create_task(sample_board()) if board is not None else None
+    try:
+        prev = 0
+        while True:
+            await asyncio.sleep(SAMPLE_S)
+            ends, done = await lag.read()
+            t = time.perf_counter() - started
+            cpu, rss = stats.sample()
+            rows.append({"t": round(t, 1), "processed_per_s": round((done - prev) / SAMPLE_S), "lag": ends - done,
+                         "cpu_pct": cpu, "rss_mb": rss})
+            prev = done
+            if first is None and done > 0:
+                first = (t - SAMPLE_S, 0)
+            if done >= total or t > (budget_s or MAX_RUN_S):
+                break
+        elapsed = time.perf_counter() - started
+        processed = done
+        span = elapsed - (first[0] if first else 0.0)
+        return {
+            "events": processed, "complete": processed >= total, "elapsed_s": round(elapsed, 2),
+            "events_per_s": round(processed / span) if span > 0 else 0,
+            "cpu_avg_pct": round(100 * (stats.cpu_seconds() - cpu_started) / elapsed, 1),
+            "peak_rss_mb": round(stats.peak_rss_mb, 1), "timeline": rows,
+        }
+    finally:
+        stop.set()
+        if board_task is not None:
+            await board_task
+        await lag.stop()
+        await client.aclose()
+
+
+async def credited_total(s: Settings, topic: str, expected: int) -> int:
+    """Diamonds credited by accepted gifts, summed over the committed outcomes."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_list, isolation_level="read_committed",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(s.topic(topic), p) for p in range(s.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        # Read until every outcome is in: the last commit markers can reach the outcome
+        # partitions a moment after the group's offsets are committed.
+        seen = total = 0
+        deadline = time.monotonic() + 60
+        while seen < expected and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=50_000)).values():
+                for r in records:
+                    seen += 1
+                    if b'"type":"gift","status":"accepted"' in r.value:
+                        total += int(re.search(rb'"diamonds":(\d+)', r.value).group(1))  # type: ignore[union-attr]
+        assert seen == expected, f"{seen} outcomes for {expected} events"
+        return total
+    finally:
+        await consumer.stop()
+
+
+def board_done_at(board: list[tuple[float, int]], expected: int) -> float | None:
+    """When the creators' board first showed every credited diamond."""
+    return next((t for t, total in board if total == expected), None)
+
+
+async def ours(s: Settings, messages: list[Message], workers: int, log_dir: Path) -> dict[str, Any]:
+    """Our pipeline on a live-produced stream: throughput until every outcome is
+    committed and the creators' board shows every credited diamond."""
+    with ExitStack() as stack:
+        pids = [p.pid for p in start_workers(stack, s, workers, log_dir)]
+        board: list[tuple[float, int]] = []
+        producing = asyncio.create_task(produce(s, messages))
+        figures = await watch(s, s.group_id, len(messages), pids, board=board)
+        await producing
+        expected = await credited_total(s, topics.OUTCOMES, len(messages))
+        deadline = time.monotonic() + 30
+        while board_done_at(board, expected) is None and time.monotonic() < deadline:
+            board.append((board[-1][0] + 0.1, await _board_now(s)))
+            await asyncio.sleep(0.1)
+    done_at = board_done_at(board, expected)
+    assert done_at is not None, f"the creators' board never showed the {expected} credited diamonds"
+    end = max(done_at, figures["elapsed_s"] - SAMPLE_S)  # the board may be done within the last second
+    figures.update(workers=workers, credited_diamonds=expected, board_complete_s=round(done_at, 2),
+                   events_per_s=round(len(messages) / end))
+    return figures
+
+
+async def _board_now(s: Settings) -> int:
+    client = aioredis.from_url(s.redis_url)
+    try:
+        return await board_total(client, s)
+    finally:
+        await client.aclose()
+
+
+async def naive(s: Settings, total: int, budget_s: float, log_dir: Path) -> dict[str, Any]:
+    """The naive Faust reference on the same input topics (already produced), for at
+    most `budget_s`: its rate is what it committed over the time it ran."""
+    env = {**os.environ, **worker_env(s, s.web_port), "PIPELINE_LOG_LEVEL": "warn"}
+    with open(log_dir / "bench-naive.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.naive"], cwd=PROJECT_ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        figures = await watch(s, s.topic("naive"), total, [proc.pid], budget_s=budget_s)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    figures["budget_s"] = budget_s
+    return figures
+
+
+async def ceiling(s: Settings, total: int, budget_s: float) -> dict[str, Any]:
+    """A plain aiokafka consumer that reads and decodes the same input topics."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_list, enable_auto_commit=False,
+                                max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024)
+    await consumer.start()
+    stats = ProcStats([os.getpid()])
+    try:
+        tps = [TopicPartition(s.topic(t), p) for t in INPUTS for p in range(s.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        started = time.perf_counter()
+        cpu_started = stats.cpu_seconds()
+        n = 0
+        while n < total and time.perf_counter() - started < budget_s:
+            for tp, records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).items():
+                topic = tp.topic[len(s.topic_prefix):]
+                for r in records:
+                    decode(topic, r.key, r.value)
+                n += len(records)
+        elapsed = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+    return {"events": n, "complete": n >= total, "elapsed_s": round(elapsed, 2), "events_per_s": round(n / elapsed),
+            "cpu_avg_pct": round(100 * (stats.cpu_seconds() - cpu_started) / elapsed, 1)}
+
+
+async def latency(s: Settings, messages: list[Message], rate: float, log_dir: Path) -> dict[str, Any]:
+    """A fixed offered rate: each event's time from its send to its committed outcome,
+    and, for the first gift of each (stream, viewer), to its score on the stream's board."""
+    sampled: dict[bytes, tuple[str, str]] = {}  # event id -> (board key, viewer)
+    pairs: set[tuple[str, str]] = set()
+    for topic, key, value in messages:
+        if topic == topics.GIFTS:
+            stream = re.search(rb'"stream_id":"([^"]*)"', value).group(1).decode()  # type: ignore[union-attr]
+            if (stream, key.decode()) not in pairs:
+                pairs.add((stream, key.decode()))
+                if len(pairs) % BOARD_SAMPLE == 0:
+                    sampled[_event_id(value)] = (s.redis_key(leaderboards.stream_key(stream)), key.decode())
+    sent_at: dict[bytes, float] = {}
+    to_outcome: list[tuple[float, float]] = []  # (sent, seconds)
+    to_board: list[tuple[float, float]] = []
+    pending: dict[bytes, tuple[str, str, int]] = {}
+    with ExitStack() as stack:
+        pids = [p.pid for p in start_workers(stack, s, 1, log_dir)]
+        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_list, isolation_level="read_committed",
+                                    enable_auto_commit=False, fetch_max_wait_ms=5)
+        await consumer.start()
+        tps = [TopicPartition(s.topic(topics.OUTCOMES), p) for p in range(s.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+        client = aioredis.from_url(s.redis_url)
+        started = time.perf_counter()
+        done = asyncio.Event()
+
+        async def outcomes() -> None:
+            seen = 0
+            while seen < len(messages):
+                for records in (await consumer.getmany(timeout_ms=100)).values():
+                    now = time.perf_counter()
+                    for r in records:
+                        seen += 1
+                        sent = sent_at[r.key]
+                        to_outcome.append((sent - started, now - sent))
+                        if r.key in sampled and b'"status":"accepted"' in r.value:
+                            coins = int(re.search(rb'"coins":(\d+)', r.value).group(1))  # type: ignore[union-attr]
+                            pending[r.key] = (*sampled[r.key], coins)
+            done.set()
+
+        async def boards() -> None:
+            while not (done.is_set() and not pending):
+                if pending:
+                    ids = list(pending)
+                    async with client.pipeline(transaction=False) as pipe:
+                        for eid in ids:
+                            pipe.zscore(pending[eid][0], pending[eid][1])
+                        scores = await pipe.execute()
+                    now = time.perf_counter()
+                    for eid, score in zip(ids, scores):
+                        if score is not None and score >= pending[eid][2]:
+                            to_board.append((sent_at[eid] - started, now - sent_at[eid]))
+                            del pending[eid]
+                await asyncio.sleep(BOARD_POLL_S)
+
+        tasks = [asyncio.create_task(outcomes()), asyncio.create_task(boards())]
+        watching = asyncio.create_task(watch(s, s.group_id, len(messages), pids))
+        await produce(s, messages, rate=rate, sent_at=sent_at)
+        figures = await watching
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        await consumer.stop()
+        await client.aclose()
+        figures["cycle_phase_mean_ms"] = cycle_phases(s)
+    figures["offered_events_per_s"] = round(rate)
+    figures["to_outcome"] = percentiles([x for _, x in to_outcome])
+    figures["to_leaderboard"] = percentiles([x for _, x in to_board])
+    for row in figures["timeline"]:  # latency by the second of sending
+        second = [x for t, x in to_outcome if row["t"] - SAMPLE_S <= t < row["t"]]
+        if second:
+            row.update({f"outcome_{k}": v for k, v in percentiles(second).items() if k in ("p50_ms", "p99_ms")})
+    return figures
+
+
+def cycle_phases(s: Settings) -> dict[str, float]:
+    """Mean time of each phase of the worker's cycle, from its /metrics: where the
+    latency goes."""
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(get(s, "/metrics", raw=True)):
+        if family.name == "ledger_cycle_phase_seconds":
+            for sample in family.samples:
+                phase = sample.labels.get("phase", "")
+                if sample.name.endswith("_sum"):
+                    sums[phase] = sample.value
+                elif sample.name.endswith("_count"):
+                    counts[phase] = sample.value
+    return {phase: round(1000 * sums[phase] / counts[phase], 2) for phase in sums if counts.get(phase)}
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    if len(seconds) < 2:
+        return {"n": len(seconds)}
+    q = statistics.quantiles([x * 1000 for x in seconds], n=100, method="inclusive")
+    return {"p50_ms": round(q[49], 1), "p95_ms": round(q[94], 1), "p99_ms": round(q[98], 1),
+            "max_ms": round(max(seconds) * 1000, 1), "n": len(seconds)}
+
+
+async def recovery(s: Settings, stack: ExitStack, worker: subprocess.Popen[bytes], log_dir: Path) -> dict[str, Any]:
+    """SIGKILL the worker, start another, and time until an event sent after the start
+    has its outcome committed: restore, group join (the dead member's session must
+    expire first) and the first batch included."""
+    worker.kill()
+    worker.wait()
+    lag = Lag(s, s.group_id, INPUTS)
+    await lag.start()
+    try:
+        total, _ = await lag.read()
+        started = time.perf_counter()
+        log = log_dir / "bench-worker-recovered.log"
+        stack.enter_context(running_worker(s, log, worker_env(s, s.web_port)))
+        healthy = time.perf_counter() - started
+        await produce(s, [(topics.SPEND_LIMITS, b"probe", b'{"event_id":"probe","user_id":"probe",'
+                          b'"daily_coin_limit":null,"ts":%d}' % int(time.time() * 1000))])
+        while (await lag.read())[1] < total + 1:
+            await asyncio.sleep(0.05)
+        answered = time.perf_counter() - started
+    finally:
+        await lag.stop()
+    restored = re.findall(r"restored partitions .* from (\d+) changelog records in ([0-9.]+)s", log.read_text())
+    return {"healthy_s": round(healthy, 2), "first_outcome_s": round(answered, 2),
+            "changelog_records": sum(int(n) for n, _ in restored), "restore_s": sum(float(x) for _, x in restored)}
+
+
+async def state(s: Settings, messages: Iterable[Message], total: int, log_dir: Path) -> dict[str, Any]:
+    """Many distinct users: memory while the state grows, then recovery after SIGKILL."""
+    with ExitStack() as stack:
+        [worker] = start_workers(stack, s, 1, log_dir)
+        producing = asyncio.create_task(produce(s, messages))
+        figures = await watch(s, s.group_id, total, [worker.pid])
+        await producing
+        figures["recovery"] = await recovery(s, stack, worker, log_dir)
+    return figures
