@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from pipeline import economics, settings, topics
+from pipeline import economics, settings, simulate_fraud, topics
 from pipeline.simulate import Message, SimConfig, generate
 
 PROGRESS_EVERY_S = 1.0
@@ -34,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--malformed", type=float, default=0.0, metavar="SHARE", help="share of malformed messages (default 0)")
     p.add_argument("--duplicates", type=float, default=0.0, metavar="SHARE",
                    help="share of producer-retry duplicates (default 0)")
+    p.add_argument("--fraud", type=int, default=0, metavar="N",
+                   help="inject N labelled instances of each fraud pattern (pipeline/simulate_fraud.py) (default 0)")
+    p.add_argument("--near-misses", type=int, default=0, metavar="N",
+                   help="inject N near-misses of each pattern, labelled, that must not alert (default 0)")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="where to write the labels, one JSON object per line (default var/sim-labels-<seed>.jsonl)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.add_argument("--id-prefix", default="sim-", help="prefix of every generated id (default sim-)")
 
@@ -53,8 +61,19 @@ def main(args: argparse.Namespace) -> int:
         mega_live_share=args.mega_live, malformed_share=args.malformed, duplicate_share=args.duplicates,
         id_prefix=args.id_prefix,
     )
+    cfg = dataclasses.replace(cfg, start_ts=int(time.time() * 1000))
+    messages = generate(cfg, economics.load(s.economics_file))
+    if args.fraud or args.near_misses:
+        extra = simulate_fraud.scripts(args.fraud, args.near_misses, cfg.start_ts, max(1, events * cfg.tick_ms),
+                                       args.seed, args.id_prefix)
+        labels = args.labels or s.data_dir / f"sim-labels-{args.seed}.jsonl"
+        labels.parent.mkdir(parents=True, exist_ok=True)
+        simulate_fraud.write_labels(labels, extra)
+        messages = simulate_fraud.inject(messages, extra)
+        events += sum(len(x.events) for x in extra)
+        print(f"{len(extra)} labelled instances ({sum(len(x.events) for x in extra)} events) injected; labels in {labels}")
     asyncio.run(topics.ensure_topics(s))
-    sent, elapsed = asyncio.run(_produce(s, generate(cfg, economics.load(s.economics_file)), events, args.rate))
+    sent, elapsed = asyncio.run(_produce(s, messages, events, args.rate))
     print(f"\nproduced {sent} events in {elapsed:.1f}s ({sent / max(elapsed, 1e-9):.0f} events/s)")
     return 0
 

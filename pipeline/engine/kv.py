@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
 Op = tuple[bytes, bytes | None]  # (key, value); None deletes
 
@@ -52,9 +52,23 @@ class MemoryKV:
         self.data.clear()
 
 
-# RocksDB memory: write buffers and block cache are what it holds in RAM per database.
-WRITE_BUFFER_BYTES = 16 * 1024 * 1024
-MAX_WRITE_BUFFERS = 3
+# RocksDB's memory, bounded: per database at most MAX_WRITE_BUFFERS memtables of
+# WRITE_BUFFER_BYTES, and one block cache of BLOCK_CACHE_BYTES shared by every database
+# of the process (a worker has two per partition).
+WRITE_BUFFER_BYTES = 8 * 1024 * 1024
+MAX_WRITE_BUFFERS = 2
+BLOCK_CACHE_BYTES = 64 * 1024 * 1024
+_block_cache: Cache | None = None
+
+
+def _table_options() -> BlockBasedOptions:
+    global _block_cache
+    if _block_cache is None:
+        _block_cache = Cache(BLOCK_CACHE_BYTES)
+    table = BlockBasedOptions()
+    table.set_block_cache(_block_cache)
+    table.set_bloom_filter(10, False)  # most lookups are of ids not yet seen
+    return table
 
 
 class RocksKV:
@@ -66,7 +80,7 @@ class RocksKV:
         options.create_if_missing(True)
         options.set_write_buffer_size(WRITE_BUFFER_BYTES)
         options.set_max_write_buffer_number(MAX_WRITE_BUFFERS)
-        options.optimize_for_point_lookup(32)  # MiB of block cache
+        options.set_block_based_table_factory(_table_options())
         self.db = Rdict(str(path), options=options, access_type=AccessType.read_write())
         self._write_options = WriteOptions()
         self._write_options.disable_wal = True
