@@ -9,6 +9,7 @@ agents cannot carry the ledger's volume and its exactly-once mode is not trustwo
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import itertools
 import logging
 import os
@@ -61,6 +62,7 @@ class LedgerService(Service):
         self.add_future(self._run())
         self.add_future(self.read_model.retry_forever())
         self.add_future(self._keep_read_model_filled())
+        self.add_future(self._return_free_memory())
 
     async def _run(self) -> None:
         try:
@@ -78,11 +80,33 @@ class LedgerService(Service):
         while True:
             await asyncio.sleep(REFILL_CHECK_S)
             for partition in list(self.engine.tasks):
-                await self.read_model.refill_if_emptied(partition, lambda p=partition: self.engine.snapshot(p))
+                force = partition in self.engine.needs_refill
+                done = await self.read_model.refill(partition, lambda p=partition: self.engine.snapshot(p), force)
+                if done or not force:
+                    self.engine.needs_refill.discard(partition)
+
+    async def _return_free_memory(self) -> None:
+        """glibc keeps freed memory in its heap (RocksDB and the fetch buffers churn
+        large blocks): give it back to the system now and then, or RSS creeps up."""
+        trim = _malloc_trim()
+        while trim is not None:
+            await asyncio.sleep(TRIM_INTERVAL_S)
+            trim(0)
 
     async def on_stop(self) -> None:
         await self.engine.stop()
         await self.read_model.close()
+
+
+TRIM_INTERVAL_S = 10.0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc
+    return trim
 
 
 def preflight(settings: Settings) -> None:

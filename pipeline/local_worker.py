@@ -28,8 +28,10 @@ def get(s: Settings, path: str, raw: bool = False) -> Any:
 
 
 @contextmanager
-def running_worker(s: Settings, log_path: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m pipeline worker` with the current environment (plus `env`), healthy."""
+def running_worker(s: Settings, log_path: Path, env: dict[str, str] | None = None,
+                   health_timeout_s: float = HEALTH_TIMEOUT_S) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m pipeline worker` with the current environment (plus `env`), healthy
+    (its partitions restored) within `health_timeout_s`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"starting a worker (log: {log_path})")
     with open(log_path, "ab") as log:
@@ -38,7 +40,7 @@ def running_worker(s: Settings, log_path: Path, env: dict[str, str] | None = Non
             env={**os.environ, **(env or {})},
         )
     try:
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        deadline = time.monotonic() + health_timeout_s
         while True:
             if worker.poll() is not None:
                 raise SystemExit(f"the worker exited with {worker.returncode}; see {log_path}")
@@ -48,7 +50,7 @@ def running_worker(s: Settings, log_path: Path, env: dict[str, str] | None = Non
             except (OSError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                raise SystemExit(f"the worker was not healthy after {HEALTH_TIMEOUT_S:.0f}s; see {log_path}")
+                raise SystemExit(f"the worker was not healthy after {health_timeout_s:.0f}s; see {log_path}")
             time.sleep(0.3)
         yield worker
     finally:

@@ -40,6 +40,7 @@ COMPACTED = (USERS_CHANGELOG, CREATORS_CHANGELOG)
 # Largest record the pipeline writes (a changelog record of a busy key); the topic
 # setting must allow it.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+CHANGELOG_SEGMENT_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,10 @@ def specs(settings: Settings, extra: tuple[str, ...] = ()) -> list[TopicSpec]:
     for name in INPUTS + OUTPUTS + INTERNAL + extra:
         config = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
         if name in COMPACTED:
-            config["cleanup.policy"] = "compact"
+            # Small segments: the cleaner compacts only closed segments, and a restore
+            # reads what is not compacted yet (every batch writes each key it changed).
+            config.update({"cleanup.policy": "compact", "segment.bytes": str(CHANGELOG_SEGMENT_BYTES),
+                           "min.cleanable.dirty.ratio": "0.3"})
         if settings.replication_factor > 1:
             config["min.insync.replicas"] = str(min(2, settings.replication_factor))
         out.append(TopicSpec(settings.topic(name), settings.partitions, config))

@@ -15,7 +15,7 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -143,21 +143,25 @@ class RedisReadModel:
     def _marker(self, partition: int) -> str:
         return self.settings.redis_key(f"ledger:filled:{partition}")
 
-    async def refill_if_emptied(self, partition: int, snapshot: Callable[[], list[ReadModelUpdate]]) -> bool:
-        """Write the partition's whole state if its marker is gone; True if it did."""
+    async def refill(self, partition: int, snapshot: Callable[[], Iterable[list[ReadModelUpdate]]],
+                     force: bool = False) -> bool:
+        """Write the partition's whole state if `force` or its marker is gone (Redis was
+        emptied); True if it did, completely."""
         try:
-            if await self.redis.exists(self._marker(partition)):
+            if not force and await self.redis.exists(self._marker(partition)):
                 return False
         except (RedisError, OSError, asyncio.TimeoutError):
             return False  # Redis down: the retry loop and the next check handle it
-        await self.write(snapshot())
+        for chunk in snapshot():
+            await self.write(chunk)
+            await asyncio.sleep(0)  # let the ledger run between chunks
         if self.pending:
             return False  # not all written: try again at the next check
         try:
             await self.redis.set(self._marker(partition), "1")
         except (RedisError, OSError, asyncio.TimeoutError):
             return False
-        log.info("read model of partition %d written in full (Redis was empty)", partition)
+        log.info("read model of partition %d written in full", partition)
         return True
 
     async def close(self) -> None:

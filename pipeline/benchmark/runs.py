@@ -32,6 +32,7 @@ from pipeline.simulate import Message
 INPUTS = list(topics.INPUTS)
 SAMPLE_S = 1.0
 MAX_RUN_S = 3_600  # a run that has not finished by then is a failed run
+RECOVERY_TIMEOUT_S = 900
 PRODUCER = {"linger_ms": 5, "max_batch_size": 512 * 1024}
 # Leaderboard latency: every 10th first gift of a (stream, viewer) is watched on its
 # board, polled every 10 ms (more would load Redis as much as the ledger does).
@@ -358,7 +359,7 @@ async def recovery(s: Settings, stack: ExitStack, worker: subprocess.Popen[bytes
         total, _ = await lag.read()
         started = time.perf_counter()
         log = log_dir / "bench-worker-recovered.log"
-        stack.enter_context(running_worker(s, log, worker_env(s, s.web_port)))
+        stack.enter_context(running_worker(s, log, worker_env(s, s.web_port), health_timeout_s=RECOVERY_TIMEOUT_S))
         healthy = time.perf_counter() - started
         await produce(s, [(topics.SPEND_LIMITS, b"probe", b'{"event_id":"probe","user_id":"probe",'
                           b'"daily_coin_limit":null,"ts":%d}' % int(time.time() * 1000))])

@@ -10,9 +10,10 @@ partition p of every input topic, so a task holds all inputs of the keys it owns
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterator
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -32,6 +33,7 @@ ReadModelSink = Callable[[list[ReadModelUpdate]], Awaitable[None]]
 POLL_TIMEOUT_MS = 50
 RESTORE_POLL_MS = 200
 RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+SNAPSHOT_CHUNK = 2_000
 
 
 class Engine:
@@ -55,6 +57,10 @@ class Engine:
         self.ready = asyncio.Event()
         self.processed_total = 0
         self._unsunk: list[ReadModelUpdate] = []  # committed, for Redis in the next cycle
+        # Partitions taken on whose whole state must be written to the read model (a
+        # crashed owner may have committed without writing Redis): done in the
+        # background by the worker (app.py), not while taking the partition on.
+        self.needs_refill: set[int] = set()
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -234,8 +240,7 @@ class Engine:
         for task in tasks:
             await self._seek_committed(task)
             self.tasks[task.partition] = task
-        for task in tasks:
-            await self.sink(self.snapshot(task.partition))
+            self.needs_refill.add(task.partition)
 
     # -- assignment --------------------------------------------------------------
     async def on_revoked(self) -> None:
@@ -311,6 +316,8 @@ class Engine:
                         stage.restore(record.key.decode(), record.value)
                     n += len(records)
                 remaining = {tp for tp in remaining if await restorer.position(tp) < ends[tp]}
+            for stage in owners.values():
+                stage.end_restore()
             log.info(
                 "restored partitions %s from %d changelog records in %.2fs",
                 [t.partition for t in tasks], n, time.monotonic() - started,
@@ -318,10 +325,15 @@ class Engine:
         finally:
             await restorer.stop()
 
-    def snapshot(self, partition: int) -> list[ReadModelUpdate]:
-        """The committed state of a partition as read-model updates (empty if not ours)."""
+    def snapshot(self, partition: int) -> Iterator[list[ReadModelUpdate]]:
+        """The committed state of a partition as read-model updates, in chunks (nothing
+        if not ours): a caller awaits between chunks, so a large state does not stall
+        the worker (heartbeats, processing)."""
         task = self.tasks.get(partition)
-        return [] if task is None else [u for s in task.stages for u in s.snapshot()]
+        if task is not None:
+            updates = (u for s in task.stages for u in s.snapshot())
+            while chunk := list(itertools.islice(updates, SNAPSHOT_CHUNK)):
+                yield chunk
 
     def table_sizes(self) -> dict[str, int]:
         sizes: dict[str, int] = {}

@@ -104,7 +104,7 @@ class RocksKV:
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         it = self.db.iter()
         it.seek(prefix)
-        while it.valid():
+        while self._open and it.valid():  # a scan ends when its partition is dropped
             key = it.key()
             if not key.startswith(prefix):
                 break

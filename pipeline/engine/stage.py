@@ -138,6 +138,11 @@ class Stage(ABC):
                 return
         self.table.restore(key, raw)
 
+    def end_restore(self) -> None:
+        """Every changelog record is in: finish writing the restored state."""
+        for _, t in self._tables():
+            t.end_restore()
+
     def snapshot(self) -> list[ReadModelUpdate]:
         """Every committed value, to refill an emptied read model."""
         return [self.read_model(k, v, full=True) for k, v in self.table.items()]

@@ -25,6 +25,9 @@ class Value(Protocol):
 V = TypeVar("V", bound=Value)
 
 
+RESTORE_CHUNK = 10_000  # changelog records per RocksDB write while restoring
+
+
 class Store(Generic[V]):
     """One table: keys under `prefix` in `kv`. Values are decoded (and their invariants
     checked by `from_json`) on every first read of a batch, so memory holds only what
@@ -40,6 +43,7 @@ class Store(Generic[V]):
         # key -> (value, seq when read; -1: absent)
         self.dirty: dict[str, tuple[V, int]] = {}
         self._encoded: list[tuple[str, bytes]] | None = None
+        self._restoring: list[Op] = []
 
     def committed_get(self, key: str) -> V | None:
         raw = self.kv.get(self.prefix + key.encode())
@@ -79,11 +83,17 @@ class Store(Generic[V]):
         self._encoded = None
 
     def restore(self, key: str, raw: bytes | None) -> None:
-        """A changelog record, stored as it is (decoded and checked when first read)."""
-        kv_key = self.prefix + key.encode()
-        existed = self.kv.get(kv_key) is not None
-        self.count += (raw is not None) - existed
-        self.kv.write([(kv_key, raw)])
+        """A changelog record, stored as it is (decoded and checked when first read);
+        written in chunks, and counted by `end_restore`."""
+        self._restoring.append((self.prefix + key.encode(), raw))
+        if len(self._restoring) >= RESTORE_CHUNK:
+            self.kv.write(self._restoring)
+            self._restoring = []
+
+    def end_restore(self) -> None:
+        self.kv.write(self._restoring)
+        self._restoring = []
+        self.count = sum(1 for _ in self.kv.scan(self.prefix))
 
     def items(self) -> Iterator[tuple[str, V]]:
         """Every committed value (for a refill of the read model)."""

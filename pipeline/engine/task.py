@@ -38,8 +38,10 @@ class TransactionFailed(Exception):
         self.cause = cause
 
 
-# Buffered input records per topic-partition above which fetching it pauses.
-MAX_BUFFERED = 20_000
+# Buffered input records per topic-partition above which fetching it pauses: at least
+# a batch (PIPELINE_MAX_BATCH), and with ~0.5 KB per decoded record, 16 input partitions
+# of one worker hold at most ~80 MB.
+MAX_BUFFERED = 10_000
 TRANSACTION_TIMEOUT_MS = 120_000  # above a broker restart (see Engine._recover)
 
 
@@ -100,7 +102,11 @@ class PartitionTask:
         self.fetch_next[topic] = records[-1].offset + 1
         for r in records:
             item, ts = stage.decode(topic, r.key, r.value)
-            merge.add(Pending(NO_TIME if ts is None else ts, topic, r.offset, r.key, r.value, item))
+            # The raw record is kept only for a dead letter: buffered input is the
+            # worker's largest memory when it lags (see MAX_BUFFERED).
+            bad = isinstance(item, Malformed)
+            merge.add(Pending(NO_TIME if ts is None else ts, topic, r.offset, r.key if bad else None,
+                              r.value if bad else None, item))
 
     def buffered(self, topic: str) -> int:
         return self.merges[self.stage_of[topic]].buffered(topic)

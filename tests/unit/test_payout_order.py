@@ -188,6 +188,7 @@ def test_the_longest_hold_restarts_with_the_stage(ledger: CreatorLedger) -> None
     fresh = CreatorLedger(economics.load(), sources=2, max_hold_ms=HOLD_MS)
     for key, value in records:
         fresh.restore(key, value)
+    fresh.end_restore()
     assert step(fresh, now_ms=500_000) == []  # long after its arrival, but just started
     assert step(fresh, now_ms=500_000 + HOLD_MS - 1) == []
     assert step(fresh, now_ms=500_000 + HOLD_MS) == [("p", "accepted", 3_000)]
@@ -223,6 +224,7 @@ def test_held_records_survive_a_restart(ledger: CreatorLedger) -> None:
     fresh = CreatorLedger(economics.load(), sources=2, max_hold_ms=HOLD_MS)
     for key, value in records:
         fresh.restore(key, value)
+    fresh.end_restore()
     assert fresh.holding == {"c1"}
     assert fresh.table.as_dict() == ledger.table.as_dict()
     assert fresh.progress_table.as_dict() == ledger.progress_table.as_dict()

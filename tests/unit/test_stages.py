@@ -332,6 +332,7 @@ def restored(stage: Stage, fresh: Stage, batches: list[Batch]) -> Stage:
     for b in batches:
         for key, value in b.changelog:
             fresh.restore(key, None if value is None else dumps(value))
+    fresh.end_restore()
     assert fresh.table.as_dict() == stage.table.as_dict()
     assert fresh.dedupe.ids() == stage.dedupe.ids()
     assert fresh.dedupe.segments == stage.dedupe.segments

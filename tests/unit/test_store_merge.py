@@ -97,6 +97,8 @@ def test_restore_and_tombstone(store: Store[Box]) -> None:
     store.restore("b", b"{\"n\":9,\"q\":4}")
     store.restore("a", None)
     store.restore("zzz", None)  # a tombstone for an unknown key is harmless
+    store.end_restore()
+    assert len(store) == 1
     assert store.as_dict() == {"b": Box(9, 4)}
 
 
