@@ -6,6 +6,8 @@ creator ids.
 
 from __future__ import annotations
 
+import collections
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from agents.outcomes import Outcome
@@ -35,6 +37,10 @@ OUTCOME_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 TABLE_ENTRIES = Gauge("ledger_table_entries", "Entries in the worker's state tables.", ["table"])
+STATE_MEMORY = Gauge(
+    "ledger_state_memory_bytes", "RAM held by the RocksDB state stores, by kind (memtables, table_readers, block_cache).",
+    ["kind"],
+)
 ASSIGNED_PARTITIONS = Gauge("ledger_assigned_partitions", "Partitions this worker processes.")
 CONSUMER_LAG = Gauge("ledger_consumer_lag_messages", "Messages behind the end of each input partition.", ["topic", "partition"])
 READ_MODEL_ERRORS = Counter("ledger_redis_errors_total", "Failed Redis writes (retried).")
@@ -44,17 +50,23 @@ READ_MODEL_SECONDS = Histogram(
 )
 
 
-def count_outcome(outcome: Outcome) -> None:
-    EVENTS.labels(outcome.type, outcome.status, outcome.reason or "").inc()
-    if outcome.status != "accepted":
-        return
-    if outcome.type == "recharge":
-        COINS_RECHARGED.inc(outcome.coins or 0)
-    elif outcome.type == "gift":
-        COINS_SPENT.inc(outcome.coins or 0)
-    elif outcome.type == "payout":
-        DIAMONDS_PAID_OUT.inc(outcome.diamonds or 0)
-        USD_CENTS_PAID.inc(outcome.usd_cents or 0)
+def count_outcomes(outcomes: list[Outcome], now_s: float) -> None:
+    """A committed batch's outcomes: counted per label set, not per outcome (the
+    per-call cost of a labelled counter is a lock and a lookup)."""
+    by_label: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    sums = {"recharge": 0, "gift": 0, "payout": 0, "usd": 0}
+    for o in outcomes:
+        by_label[(o.type, o.status, o.reason or "")] += 1
+        if o.status == "accepted" and o.type != "spend_limit":
+            sums[o.type] += (o.diamonds if o.type == "payout" else o.coins) or 0
+            sums["usd"] += o.usd_cents or 0
+        OUTCOME_LATENCY.observe(max(0.0, now_s - o.ts / 1000))
+    for labels, n in by_label.items():
+        EVENTS.labels(*labels).inc(n)
+    COINS_RECHARGED.inc(sums["recharge"])
+    COINS_SPENT.inc(sums["gift"])
+    DIAMONDS_PAID_OUT.inc(sums["payout"])
+    USD_CENTS_PAID.inc(sums["usd"])
 
 
 def forget_partition(partition: int, topics: list[str]) -> None:

@@ -19,6 +19,7 @@ from agents.credit.state import WINDOWS
 from agents.readmodel import leaderboards
 from agents.readmodel.redis_sink import hash_key
 from pipeline import metrics
+from pipeline.engine.kv import block_cache_bytes
 from pipeline.settings import Settings
 
 READ_TIMEOUT_S = 2.0
@@ -150,4 +151,6 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
             for name, n in service.engine.table_sizes().items():
                 metrics.TABLE_ENTRIES.labels(name).set(n)
             metrics.ASSIGNED_PARTITIONS.set(len(service.engine.tasks))
+            for kind, n in {**service.engine.state_memory(), "block_cache": block_cache_bytes()}.items():
+                metrics.STATE_MEMORY.labels(kind).set(n)
             return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import subprocess
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -135,11 +136,15 @@ def state(base: Settings, args: argparse.Namespace, log_dir: Path) -> dict[str, 
     s = _deployment(base, "state")
     try:
         figures: dict[str, Any] = {"events": cfg.events, "users": cfg.users}
-        figures["ours"] = asyncio.run(runs.state(s, generate(cfg, econ), cfg.events, log_dir))
+        counts: Counter[str] = Counter()
+        figures["ours"] = asyncio.run(runs.state(s, runs.counting(generate(cfg, econ), counts), cfg.events, log_dir))
+        figures["gift_share"] = share = round(counts[topics.GIFTS] / cfg.events, 3)
         figures["naive"] = asyncio.run(runs.naive(s, cfg.events, REFERENCE_BUDGET_S, log_dir))
         figures["ceiling"] = asyncio.run(runs.ceiling(s, cfg.events, REFERENCE_BUDGET_S))
     finally:
         _cleanup(s)
+    for name in ("ours", "naive", "ceiling"):
+        figures[name]["gifts_per_s"] = round(figures[name]["events_per_s"] * share)
     ours = figures["ours"]["events_per_s"]
     figures["ratios"] = {"ours_vs_naive": round(ours / max(1, figures["naive"]["events_per_s"]), 2),
                          "ours_vs_ceiling": round(ours / max(1, figures["ceiling"]["events_per_s"]), 3)}

@@ -72,8 +72,11 @@ class Engine:
             isolation_level="read_committed",
             auto_offset_reset="earliest",
             partition_assignment_strategy=(RangePartitionAssignor,),
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=32 * 1024 * 1024,
+            # A fetch response stays in memory while any of its partitions' records is
+            # unread (a paused input pins it): small responses keep a lagging worker's
+            # memory small; a batch needs a few hundred KB.
+            max_partition_fetch_bytes=1024 * 1024,
+            fetch_max_bytes=8 * 1024 * 1024,
             fetch_max_wait_ms=50,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
@@ -342,6 +345,16 @@ class Engine:
                 for name, n in stage.sizes().items():
                     sizes[name] = sizes.get(name, 0) + n
         return sizes
+
+
+    def state_memory(self) -> dict[str, int]:
+        """RocksDB's RAM by kind, summed over this worker's databases."""
+        total: dict[str, int] = {}
+        for task in self.tasks.values():
+            for stage in task.stages:
+                for kind, n in stage.kv.memory().items():
+                    total[kind] = total.get(kind, 0) + n
+        return total
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -27,6 +27,10 @@ class KV(Protocol):
         """Every pair whose key starts with `prefix`, in key order."""
         ...
 
+    def memory(self) -> dict[str, int]:
+        """RAM held outside Python objects, by kind."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -48,6 +52,9 @@ class MemoryKV:
         for key in sorted(k for k in self.data if k.startswith(prefix)):
             yield key, self.data[key]
 
+    def memory(self) -> dict[str, int]:
+        return {}
+
     def close(self) -> None:
         self.data.clear()
 
@@ -59,6 +66,11 @@ WRITE_BUFFER_BYTES = 8 * 1024 * 1024
 MAX_WRITE_BUFFERS = 2
 BLOCK_CACHE_BYTES = 64 * 1024 * 1024
 _block_cache: Cache | None = None
+MEMORY_PROPERTIES = {"memtables": "cur-size-all-mem-tables", "table_readers": "estimate-table-readers-mem"}
+
+
+def block_cache_bytes() -> int:
+    return 0 if _block_cache is None else int(_block_cache.get_usage())
 
 
 def _table_options() -> BlockBasedOptions:
@@ -110,6 +122,13 @@ class RocksKV:
                 break
             yield key, it.value()
             it.next()
+
+    def memory(self) -> dict[str, int]:
+        """What this database holds in RAM, by RocksDB's own accounting (the block
+        cache is shared: reported once by the caller)."""
+        if not self._open:
+            return {}
+        return {kind: self.db.property_int_value(f"rocksdb.{prop}") or 0 for kind, prop in MEMORY_PROPERTIES.items()}
 
     def close(self) -> None:
         if self._open:

@@ -173,10 +173,7 @@ class PartitionTask:
         metrics.TRANSACTIONS.labels("committed").inc()
         self.committed_offsets = dict(self.next_offsets)
         updates = [u for stage in self.stages for u in stage.commit()]
-        now = time.time()
-        for o in out.outcomes:
-            metrics.count_outcome(o)
-            metrics.OUTCOME_LATENCY.observe(max(0.0, now - o.ts / 1000))
+        metrics.count_outcomes(out.outcomes, time.time())
         metrics.DIAMONDS_CREDITED.inc(out.diamonds_credited)
         for topic in out.dead_letters:
             metrics.DEAD_LETTERS.labels(topic).inc()
