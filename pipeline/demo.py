@@ -13,7 +13,6 @@ import json
 import secrets
 import time
 from collections import Counter
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import datetime as dt
 import itertools
-import json
 import os
 import platform
 import subprocess

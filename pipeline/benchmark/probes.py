@@ -5,10 +5,9 @@ per second."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
@@ -86,14 +85,6 @@ class ProcStats:
 
     def cpu_seconds(self) -> float:
         return self._ticks()
-
-
-@dataclass
-class Timeline:
-    """One row per second of a run: t (s since start), processed/s, lag, cpu %, rss MB,
-    and latency percentiles where the run measures them."""
-
-    rows: list[dict[str, float]] = field(default_factory=list)
 
 
 async def board_total(client: aioredis.Redis, s: Settings, prefix: str = "") -> int:

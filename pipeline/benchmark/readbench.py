@@ -8,7 +8,6 @@ import asyncio
 import http.client
 import json
 import random
-import statistics
 import time
 from typing import Any
 
@@ -16,15 +15,10 @@ import redis
 import redis.asyncio as aioredis
 
 from agents.readmodel import leaderboards
+from pipeline.benchmark.runs import percentiles
 from pipeline.settings import Settings
 
 STREAM = "bench-stream"
-
-
-def _percentiles(samples_ms: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(samples_ms, n=100, method="inclusive")
-    return {"p50_ms": round(q[49], 3), "p95_ms": round(q[94], 3), "p99_ms": round(q[98], 3),
-            "max_ms": round(max(samples_ms), 3), "n": len(samples_ms)}
 
 
 def leaderboard_read(s: Settings, gifters: int, requests: int, seed: int) -> dict[str, Any]:
@@ -45,9 +39,9 @@ def leaderboard_read(s: Settings, gifters: int, requests: int, seed: int) -> dic
             conn.request("GET", path)
             resp = conn.getresponse()
             body = resp.read()
-            samples.append((time.perf_counter() - started) * 1000)
+            samples.append(time.perf_counter() - started)
             assert resp.status == 200 and len(json.loads(body)["entries"]) == limit
-        results[f"http_limit_{limit}"] = _percentiles(samples)
+        results[f"http_limit_{limit}"] = percentiles(samples, digits=3)
 
     async def redis_only() -> dict[str, float]:
         a = aioredis.Redis.from_url(s.redis_url)
@@ -55,9 +49,9 @@ def leaderboard_read(s: Settings, gifters: int, requests: int, seed: int) -> dic
         for _ in range(requests):
             started = time.perf_counter()
             await leaderboards.top(a, key, 10)
-            samples.append((time.perf_counter() - started) * 1000)
+            samples.append(time.perf_counter() - started)
         await a.aclose()
-        return _percentiles(samples)
+        return percentiles(samples, digits=3)
 
     results["redis_only_limit_10"] = asyncio.run(redis_only())
     client.delete(key)

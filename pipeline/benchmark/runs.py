@@ -340,12 +340,13 @@ def cycle_phases(s: Settings) -> dict[str, float]:
     return {phase: round(1000 * sums[phase] / counts[phase], 2) for phase in sums if counts.get(phase)}
 
 
-def percentiles(seconds: list[float]) -> dict[str, float]:
+def percentiles(seconds: list[float], digits: int = 1) -> dict[str, float]:
+    """p50/p95/p99/max in milliseconds, rounded to `digits`."""
     if len(seconds) < 2:
         return {"n": len(seconds)}
     q = statistics.quantiles([x * 1000 for x in seconds], n=100, method="inclusive")
-    return {"p50_ms": round(q[49], 1), "p95_ms": round(q[94], 1), "p99_ms": round(q[98], 1),
-            "max_ms": round(max(seconds) * 1000, 1), "n": len(seconds)}
+    return {"p50_ms": round(q[49], digits), "p95_ms": round(q[94], digits), "p99_ms": round(q[98], digits),
+            "max_ms": round(max(seconds) * 1000, digits), "n": len(seconds)}
 
 
 async def recovery(s: Settings, stack: ExitStack, worker: subprocess.Popen[bytes], log_dir: Path) -> dict[str, Any]:
