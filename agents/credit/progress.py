@@ -22,9 +22,6 @@ class Progress:
     marks: dict[int, tuple[int, bool, int]] = field(default_factory=dict)  # source -> (ts, idle, mark no.)
     seq: int = 0
 
-    def copy(self) -> "Progress":
-        return Progress(dict(self.marks), self.seq)
-
     def record(self, source: int, ts: int, idle: bool) -> None:
         old_ts, _, n = self.marks.get(source, (ts, False, 0))
         self.marks[source] = (max(old_ts, ts), idle, n + 1)

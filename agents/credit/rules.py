@@ -1,7 +1,7 @@
 """The creator-side rules: crediting gift diamonds and paying out.
 
 Like the user rules, each function applies its decision to the given state in place
-and asserts the invariants; the engine supplies a per-batch copy.
+and asserts the invariants; the engine supplies the value as decoded for this batch.
 """
 
 from __future__ import annotations

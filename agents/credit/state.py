@@ -35,7 +35,8 @@ class CreatorState:
     recent: list[list[int]] = field(default_factory=list)
     # window size name -> window start (ms) -> diamonds credited by gifts in the window
     windows: dict[str, dict[int, int]] = field(default_factory=dict)
-    # ("day", day) and (size, start) credited since this copy was made (not persisted).
+    # ("day", day) and (size, start) credited since this value was read from the store
+    # (not persisted).
     touched: set[tuple[str, int]] = field(default_factory=set, compare=False, repr=False)
 
     def available_at(self, ts: int) -> int:
@@ -62,12 +63,6 @@ class CreatorState:
         assert len(self.held) <= MAX_HELD and all(op["op"] == "p" for op in self.held), self
         assert len(self.recent) <= MAX_RECENT and all(a <= b for a, b in zip(self.recent, self.recent[1:])), self
         assert all(len(self.windows.get(name, ())) <= kept for name, (_, kept) in WINDOWS.items()), self
-
-    def copy(self) -> "CreatorState":
-        return CreatorState(
-            self.available, self.lifetime, self.paid_out, dict(self.day_diamonds), self.seq, list(self.held),
-            list(self.recent), {name: dict(w) for name, w in self.windows.items()},
-        )
 
     def add_to_windows(self, ts: int, diamonds: int) -> None:
         for name, (size, kept) in WINDOWS.items():

@@ -1,8 +1,8 @@
 """The user-side processing rules of the contract, as functions of (state, event).
 
 Each function decides, applies the decision to the given state in place and returns
-the outcome; the caller owns copying (the engine works on a per-batch copy so an
-aborted transaction leaves committed state untouched). No I/O here: these are tested
+the outcome; the caller owns isolation (the engine works on values decoded from the
+store for the batch, so an aborted transaction leaves committed state untouched). No I/O here: these are tested
 without Kafka, and the invariants are asserted after every change.
 """
 

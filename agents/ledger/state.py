@@ -35,7 +35,7 @@ class UserState:
     # Incremented on every change; lets read models refuse stale writes.
     seq: int = 0
     streams: dict[str, list[int]] = field(default_factory=dict)  # stream -> [coins, last day]
-    # Days and streams changed since this copy was made (not persisted): what the
+    # Days and streams changed since this value was read from the store (not persisted): what the
     # leaderboards must be told.
     touched: set[tuple[str, Any]] = field(default_factory=set, compare=False, repr=False)
 
@@ -46,10 +46,6 @@ class UserState:
         assert len(self.day_spend) <= MAX_SPEND_DAYS, self
         assert all(v > 0 for v in self.day_spend.values()), self
         assert len(self.streams) <= MAX_STREAMS, self
-
-    def copy(self) -> "UserState":
-        streams = {k: list(v) for k, v in self.streams.items()}
-        return UserState(self.balance, self.recharged, self.spent, self.own_limit, dict(self.day_spend), self.seq, streams)
 
     def add_stream_spend(self, stream_id: str, day: int, coins: int) -> None:
         entry = self.streams.setdefault(stream_id, [0, day])

@@ -6,6 +6,8 @@ day), never computed with the functions under test.
 
 from __future__ import annotations
 
+import copy
+
 import itertools
 
 import pytest
@@ -70,7 +72,7 @@ def user(balance: int = 0, own_limit: int | None = None, day_spend: dict[int, in
 
 def assert_rejected(state: UserState, ev: Gift, econ: Economics, reason: str) -> Outcome:
     """The gift is rejected for `reason` and leaves the state exactly as it was."""
-    before = state.copy()
+    before = copy.deepcopy(state)
     outcome, credit = apply_gift(state, ev, econ)
     assert (outcome.status, outcome.reason, credit) == ("rejected", reason, None)
     assert state == before
@@ -270,7 +272,7 @@ def test_rejected_gifts_leave_seq_unchanged(econ: Economics) -> None:
 
 def test_duplicate_outcomes(econ: Economics) -> None:
     state = user(77)
-    before = state.copy()
+    before = copy.deepcopy(state)
     assert duplicate_outcome(state, Recharge("r", "u1", 5, 0, "USD", 1), econ) == Outcome(
         "r", "recharge", "duplicate", None, "u1", 5, None, None, 77, 1)
     assert duplicate_outcome(state, Gift("g", "u1", "c1", "s1", "perfume", 3, 2), econ) == Outcome(
