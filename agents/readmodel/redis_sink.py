@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 KEYS_PER_CALL = 500
 WRITE_TIMEOUT_S = 2.0
+REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError)  # what a failed call raises
 RETRY_INTERVAL_S = 1.0
 
 # KEYS: hashes. ARGV[1]: JSON [key prefix, leaderboard time to live in seconds (0:
@@ -107,7 +108,7 @@ class RedisReadModel:
                 started = time.perf_counter()
                 try:
                     await asyncio.wait_for(self._script(keys=keys, args=[payload]), WRITE_TIMEOUT_S)
-                except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                except REDIS_DOWN as exc:
                     self.healthy = False
                     metrics.READ_MODEL_ERRORS.inc()
                     log.warning("Redis write failed (%s); %d keys pending, retrying", exc.__class__.__name__, len(self.pending))
@@ -150,7 +151,7 @@ class RedisReadModel:
         try:
             if not force and await self.redis.exists(self._marker(partition)):
                 return False
-        except (RedisError, OSError, asyncio.TimeoutError):
+        except REDIS_DOWN:
             return False  # Redis down: the retry loop and the next check handle it
         for chunk in snapshot():
             await self.write(chunk)
@@ -159,7 +160,7 @@ class RedisReadModel:
             return False  # not all written: try again at the next check
         try:
             await self.redis.set(self._marker(partition), "1")
-        except (RedisError, OSError, asyncio.TimeoutError):
+        except REDIS_DOWN:
             return False
         log.info("read model of partition %d written in full", partition)
         return True

@@ -40,7 +40,7 @@ class Engine:
     def __init__(self, settings: Settings, stages: StageFactory, sink: ReadModelSink) -> None:
         self.settings = settings
         self.make_stages = stages
-        self.sink = sink  # committed state changes; on assignment, all of a new partition
+        self.sink = sink  # committed state changes, one cycle behind their commit
         self.tasks: dict[int, PartitionTask] = {}
         self.lock = asyncio.Lock()
         probe = stages(0)
@@ -235,8 +235,8 @@ class Engine:
 
     async def _build(self, tasks: list[PartitionTask]) -> None:
         """Take partitions on: fence with a new producer, restore state, seek to the
-        committed offsets, then show the state in the read model (a crashed owner may
-        have committed without writing Redis)."""
+        committed offsets, and mark them for a full read-model refill (a crashed owner
+        may have committed without writing Redis)."""
         for task in tasks:
             await task.start_producer()
         await self._restore(tasks)
@@ -339,21 +339,18 @@ class Engine:
                 yield chunk
 
     def table_sizes(self) -> dict[str, int]:
-        sizes: dict[str, int] = {}
-        for task in self.tasks.values():
-            for stage in task.stages:
-                for name, n in stage.sizes().items():
-                    sizes[name] = sizes.get(name, 0) + n
-        return sizes
-
+        return self._summed(lambda stage: stage.sizes())
 
     def state_memory(self) -> dict[str, int]:
         """RocksDB's RAM by kind, summed over this worker's databases."""
+        return self._summed(lambda stage: stage.kv.memory())
+
+    def _summed(self, per_stage: Callable[[Stage], dict[str, int]]) -> dict[str, int]:
         total: dict[str, int] = {}
         for task in self.tasks.values():
             for stage in task.stages:
-                for kind, n in stage.kv.memory().items():
-                    total[kind] = total.get(kind, 0) + n
+                for name, n in per_stage(stage).items():
+                    total[name] = total.get(name, 0) + n
         return total
 
 
