@@ -34,6 +34,7 @@ INPUTS = list(topics.INPUTS)
 SAMPLE_S = 1.0
 MAX_RUN_S = 3_600  # a run that has not finished by then is a failed run
 RECOVERY_TIMEOUT_S = 900
+BOARD_TIMEOUT_S = 60  # after every outcome is read, for the board to show them
 PRODUCER = {"linger_ms": 5, "max_batch_size": 512 * 1024}
 # Leaderboard latency: every 10th first gift of a (stream, viewer) is watched on its
 # board, polled every 10 ms (more would load Redis as much as the ledger does).
@@ -89,28 +90,18 @@ def _event_id(value: bytes) -> bytes:
 
 
 async def watch(s: Settings, group_id: str, total: int, pids: list[int], budget_s: float | None = None,
-                board: list[tuple[float, int]] | None = None, board_prefix: str = "") -> dict[str, Any]:
+                started: float | None = None) -> dict[str, Any]:
     """Sample lag, CPU and memory each second until the group committed `total` input
-    records (or `budget_s` passed); with `board`, also sample the creators' board total
-    every 100 ms. Rates are over the time from the first committed progress."""
+    records (or `budget_s` passed); times count from `started` (perf_counter; default
+    now). Rates are over the time from the first committed progress."""
     lag = Lag(s, group_id, INPUTS)
     await lag.start()
     stats = ProcStats(pids)
     stats.sample()
-    client = aioredis.from_url(s.redis_url)
     rows: list[dict[str, float]] = []
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     cpu_started = stats.cpu_seconds()
     first: tuple[float, int] | None = None
-    stop = asyncio.Event()
-
-    async def sample_board() -> None:
-        while not stop.is_set():
-            assert board is not None
-            board.append((time.perf_counter() - started, await board_total(client, s, board_prefix)))
-            await asyncio.sleep(0.1)
-
-    board_task = asyncio.create_task(sample_board()) if board is not None else None
     try:
         prev = 0
         while True:
@@ -135,11 +126,7 @@ async def watch(s: Settings, group_id: str, total: int, pids: list[int], budget_
             "peak_rss_mb": round(stats.peak_rss_mb, 1), "timeline": rows,
         }
     finally:
-        stop.set()
-        if board_task is not None:
-            await board_task
         await lag.stop()
-        await client.aclose()
 
 
 async def credited_total(s: Settings, topic: str, expected: int) -> int:
@@ -174,32 +161,37 @@ def board_done_at(board: list[tuple[float, int]], expected: int) -> float | None
 
 async def ours(s: Settings, messages: list[Message], workers: int, log_dir: Path) -> dict[str, Any]:
     """Our pipeline on a live-produced stream: throughput until every outcome is
-    committed and the creators' board shows every credited diamond."""
+    committed and the creators' board shows every credited diamond (the board is
+    sampled every 100 ms from the start until it does)."""
+    board: list[tuple[float, int]] = []  # (seconds since the start, board total)
     with ExitStack() as stack:
         pids = [p.pid for p in start_workers(stack, s, workers, log_dir)]
-        board: list[tuple[float, int]] = []
+        client = aioredis.from_url(s.redis_url)
+        started = time.perf_counter()
+        expected: int | None = None
+
+        async def sample_board() -> None:
+            while expected is None or board_done_at(board, expected) is None:
+                board.append((time.perf_counter() - started, await board_total(client, s)))
+                await asyncio.sleep(0.1)
+
+        sampling = asyncio.create_task(sample_board())
         producing = asyncio.create_task(produce(s, messages))
-        figures = await watch(s, s.group_id, len(messages), pids, board=board)
+        figures = await watch(s, s.group_id, len(messages), pids, started=started)
         await producing
         expected = await credited_total(s, topics.OUTCOMES, len(messages))
-        deadline = time.monotonic() + 30
-        while board_done_at(board, expected) is None and time.monotonic() < deadline:
-            board.append((board[-1][0] + 0.1, await _board_now(s)))
-            await asyncio.sleep(0.1)
+        try:
+            await asyncio.wait_for(sampling, BOARD_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"the creators' board never showed the {expected} credited diamonds") from None
+        finally:
+            await client.aclose()
     done_at = board_done_at(board, expected)
-    assert done_at is not None, f"the creators' board never showed the {expected} credited diamonds"
+    assert done_at is not None
     end = max(done_at, figures["elapsed_s"] - SAMPLE_S)  # the board may be done within the last second
     figures.update(workers=workers, credited_diamonds=expected, board_complete_s=round(done_at, 2),
                    events_per_s=round(len(messages) / end))
     return figures
-
-
-async def _board_now(s: Settings) -> int:
-    client = aioredis.from_url(s.redis_url)
-    try:
-        return await board_total(client, s)
-    finally:
-        await client.aclose()
 
 
 async def naive(s: Settings, total: int, budget_s: float, log_dir: Path) -> dict[str, Any]:
