@@ -150,7 +150,8 @@ def stage_factory(settings: Settings, econ: Economics) -> Callable[[int], list[S
         n = next(generation)
         return [
             UserLedger(econ, p, partitions, kv=RocksKV(root / f"users-{p}-{n}")),
-            CreatorLedger(econ, partitions, kv=RocksKV(root / f"creators-{p}-{n}")),
+            CreatorLedger(econ, partitions, kv=RocksKV(root / f"creators-{p}-{n}"),
+                          hold_suspicious=settings.hold_suspicious_payouts),
         ]
 
     return make

@@ -14,6 +14,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from agents.fraud.thresholds import FraudRules
+from agents.fraud.thresholds import parse as parse_fraud
 from pipeline.settings import ConfigError
 
 DEFAULT_FILE = Path(__file__).with_name("economics.toml")
@@ -32,6 +34,7 @@ class Economics:
     min_payout_diamonds: int
     platform_daily_coin_limit: int
     dedupe_window_days: int
+    fraud: FraudRules = FraudRules()
 
     def creator_diamonds(self, coins: int) -> int:
         """Diamonds credited for a gift of `coins`; the remainder is the platform fee."""
@@ -56,7 +59,7 @@ def _need_int(data: Mapping[str, Any], key: str, lo: int, hi: int, source: str) 
 def parse(data: Mapping[str, Any], source: str = "economics") -> Economics:
     known = {
         "gifts", "recharge_packages", "creator_share_percent", "payout_millicents_per_diamond",
-        "min_payout_diamonds", "platform_daily_coin_limit", "dedupe_window_days",
+        "min_payout_diamonds", "platform_daily_coin_limit", "dedupe_window_days", "fraud",
     }
     unknown = set(data) - known
     if unknown:
@@ -84,6 +87,7 @@ def parse(data: Mapping[str, Any], source: str = "economics") -> Economics:
         min_payout_diamonds=_need_int(data, "min_payout_diamonds", 1, 10**12, source),
         platform_daily_coin_limit=_need_int(data, "platform_daily_coin_limit", 0, 10**12, source),
         dedupe_window_days=_need_int(data, "dedupe_window_days", 7, 365, source),
+        fraud=parse_fraud(data.get("fraud"), source),
     )
 
 

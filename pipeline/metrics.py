@@ -10,6 +10,7 @@ import collections
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from agents.fraud.alerts import Alert
 from agents.outcomes import Outcome
 
 EVENTS = Counter(
@@ -22,6 +23,7 @@ COINS_SPENT = Counter("ledger_coins_spent_total", "Coins spent on accepted gifts
 DIAMONDS_CREDITED = Counter("ledger_diamonds_credited_total", "Diamonds credited to creators.")
 DIAMONDS_PAID_OUT = Counter("ledger_diamonds_paid_out_total", "Diamonds deducted by accepted payouts.")
 USD_CENTS_PAID = Counter("ledger_payout_usd_cents_total", "US cents paid by accepted payouts.")
+FRAUD_ALERTS = Counter("fraud_alerts_total", "Fraud alerts published, by rule and severity.", ["rule", "severity"])
 TRANSACTIONS = Counter("ledger_transactions_total", "Kafka transactions, by result.", ["result"])
 BATCH_SECONDS = Histogram(
     "ledger_batch_duration_seconds", "Time to process and commit one partition's batch.",
@@ -67,6 +69,11 @@ def count_outcomes(outcomes: list[Outcome], now_s: float) -> None:
     COINS_SPENT.inc(sums["gift"])
     DIAMONDS_PAID_OUT.inc(sums["payout"])
     USD_CENTS_PAID.inc(sums["usd"])
+
+
+def count_alerts(alerts: list[Alert]) -> None:
+    for (rule, severity), n in collections.Counter((a.rule, a.severity) for a in alerts).items():
+        FRAUD_ALERTS.labels(rule, severity).inc(n)
 
 
 def forget_partition(partition: int, topics: list[str]) -> None:

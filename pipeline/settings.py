@@ -45,6 +45,8 @@ class Settings:
     max_idle_ms: int = 500
     # Day and stream leaderboards expire this long after their last update.
     leaderboard_retention_days: int = 7
+    # payout_concentration holds the payout (outcome rejected, `held_for_review`).
+    hold_suspicious_payouts: bool = True
 
     @property
     def bootstrap_list(self) -> list[str]:
@@ -112,6 +114,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if economics is not None and not Path(economics).is_file():
         raise ConfigError(f"PIPELINE_ECONOMICS_FILE={economics!r} does not exist; point it at a TOML file like pipeline/economics.toml")
     data_dir = Path(env.get("PIPELINE_DATA_DIR") or d.data_dir)
+    hold = env.get("PIPELINE_HOLD_SUSPICIOUS_PAYOUTS", "1").strip()
+    if hold not in ("0", "1"):
+        raise ConfigError(f"PIPELINE_HOLD_SUSPICIOUS_PAYOUTS={hold!r}; use 1 to hold payouts the fraud rules "
+                          "flag for review (default) or 0 to only alert")
     return Settings(
         bootstrap_servers=bootstrap,
         redis_url=redis_url,
@@ -129,6 +135,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         leaderboard_retention_days=_int(
             env, "PIPELINE_LEADERBOARD_RETENTION_DAYS", d.leaderboard_retention_days, 1, 3650
         ),
+        hold_suspicious_payouts=hold == "1",
     )
 
 

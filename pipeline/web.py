@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from agents.ingest.decode import ID_RE
 from agents.credit.state import WINDOWS
-from agents.readmodel import leaderboards
+from agents.readmodel import alerts, leaderboards
 from agents.readmodel.redis_sink import hash_key
 from pipeline import metrics
 from pipeline.engine.kv import block_cache_bytes
@@ -63,8 +63,8 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
         async def get(self, request: Request, creator_id: str) -> Response:
             return await entity(self, "creator", creator_id, CREATOR_FIELDS)
 
-    def limit_of(request: Request) -> int:
-        raw = request.query.get("limit", "10")
+    def limit_of(request: Request, default: int = 10) -> int:
+        raw = request.query.get("limit", str(default))
         if not raw.isdigit() or not 1 <= int(raw) <= leaderboards.MAX_LIMIT:
             raise ValueError(f"limit must be an integer from 1 to {leaderboards.MAX_LIMIT}")
         return int(raw)
@@ -131,6 +131,20 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
                 raise ValueError("period must be all or day")
 
             return await board(self, request, key, "creator_id", "diamonds")
+
+    @app.page("/alerts")
+    class AlertsView(View):
+        async def get(self, request: Request) -> Response:
+            """The newest fraud alerts first (agents/readmodel/alerts.py)."""
+            try:
+                limit = limit_of(request, default=50)
+            except ValueError as exc:
+                return error(self, 400, str(exc))
+            try:
+                found = await alerts.latest(client, settings.redis_prefix, limit)
+            except (RedisError, OSError):
+                return error(self, 503, "read model unavailable (Redis)")
+            return self.json({"alerts": found})
 
     @app.page("/health")
     class HealthView(View):

@@ -15,7 +15,10 @@ import orjson
 
 from agents.credit.ops import Mark, parse_op, payout_op
 from agents.credit.progress import Progress
-from agents.credit.rules import CreditBatch, apply_credit, apply_payout, duplicate_payout
+from agents.credit.rules import HELD, CreditBatch, apply_credit, apply_payout, duplicate_payout
+from agents.fraud import concentration, loop
+from agents.fraud.loop import Pairs
+from agents.fraud.sender import Leg
 from agents.credit.state import MAX_HELD, CreatorState
 from agents.ingest.records import Payout
 from agents.readmodel import leaderboards
@@ -27,6 +30,7 @@ from pipeline.engine.stage import Output, ReadModelUpdate, Stage
 from pipeline.engine.store import Store
 
 PROGRESS_PREFIX = "#progress"
+LOOP_PREFIX = "#loop"  # gift_loop legs, by the pair's smaller account (agents/fraud/loop.py)
 # Longest a payout waits for the progress of every user partition, in real time, counted
 # from its arrival or from this partition's start (a restart is not a reason to give up).
 MAX_HOLD_MS = 30_000
@@ -38,20 +42,24 @@ class CreatorLedger(Stage):
     table_name = "creators"
     index_name = "payout_event_ids"
 
-    def __init__(self, econ: Economics, sources: int, max_hold_ms: int = MAX_HOLD_MS, kv: KV | None = None) -> None:
+    def __init__(self, econ: Economics, sources: int, max_hold_ms: int = MAX_HOLD_MS, kv: KV | None = None,
+                 hold_suspicious: bool = True) -> None:
         self.progress_table: Store[Progress] = Store(Progress, Progress.from_json)
+        self.pairs: Store[Pairs] = Store(Pairs, Pairs.from_json)
         super().__init__(
             Store(CreatorState, CreatorState.from_json), econ.dedupe_keep_ms,
-            side={PROGRESS_PREFIX: self.progress_table}, kv=kv,
+            side={PROGRESS_PREFIX: self.progress_table, LOOP_PREFIX: self.pairs}, kv=kv,
         )
         self.econ = econ
+        self.rules = econ.fraud
+        self.hold_suspicious = hold_suspicious  # PIPELINE_HOLD_SUSPICIOUS_PAYOUTS
         self.sources = sources
         self.max_hold_ms = max_hold_ms
         self.holding: set[str] = set()  # creators with held records, as committed
         self._now_ms = 0.0
         self._started_ms: float | None = None  # first tick of this instance
 
-    def decode(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[CreditBatch | Payout | Mark, int | None]:
+    def decode(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[CreditBatch | Payout | Mark | Leg, int | None]:
         assert value is not None, "creator-ops records are written by the pipeline and never empty"
         item = parse_op(orjson.loads(value))  # our own records: integers within 64 bits
         return item, item.ts
@@ -62,6 +70,12 @@ class CreatorLedger(Stage):
             self._release_all(out)
         elif isinstance(item, CreditBatch):
             self._credit(item, out)
+        elif isinstance(item, Leg):
+            pairs = self.pairs.for_update(item.meeting_key)
+            for alert in loop.meet(pairs, item, self.rules.gift_loop):
+                self.raise_alert(alert, out)
+            pairs.seq += 1
+            pairs.check()
         else:
             op = dict(payout_op(item), since=self._progress().snapshot(), at=self._now_ms)
             current = self.table.get(item.creator_id)
@@ -124,6 +138,8 @@ class CreatorLedger(Stage):
             # A held payout is dated before the horizon: keep what it must not count.
             horizon = min(horizon, min(op["ts"] for op in state.held) - 1)
         apply_credit(state, item, horizon)
+        if item.new_senders:
+            concentration.record(state.senders, [list(e) for e in item.new_senders], self.rules.payout_concentration)
         out.diamonds_credited += item.diamonds
 
     def _payout(self, item: Payout, out: Output) -> None:
@@ -133,7 +149,16 @@ class CreatorLedger(Stage):
             outcome = duplicate_payout(self.table.get(item.creator_id) or CreatorState(), item)
         else:
             self.dedupe.add(dkey, item.ts)
-            outcome = apply_payout(self.table.for_update(item.creator_id), item, self.econ)
+            state = self.table.for_update(item.creator_id)
+            rule = self.rules.payout_concentration
+            finding = concentration.check(state.senders, state.windows.get("1h", {}), item, rule)
+            outcome = apply_payout(state, item, self.econ, hold=finding is not None and self.hold_suspicious)
+            if finding is not None:
+                alert = concentration.raise_alert(state.senders, finding, item, outcome.reason == HELD, rule)
+                if alert is not None:
+                    self.raise_alert(alert, out)
+                    state.seq += 1
+                    state.check()
         out.outcome(outcome)
 
     def commit(self) -> list[ReadModelUpdate]:

@@ -7,6 +7,7 @@ and asserts the invariants; the engine supplies the value as decoded for this ba
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from agents.credit.state import MAX_DAYS, CreatorState
 from agents.ledger.state import utc_day
@@ -25,6 +26,8 @@ class CreditBatch:
     coins: int
     gifts: int
     items: tuple[tuple[int, int], ...]  # (event time, diamonds), by event time
+    # (sender, first event ts, gift ts, diamonds, event id) of new senders, by sender and hour
+    new_senders: tuple[tuple[Any, ...], ...] = ()
 
     def __post_init__(self) -> None:
         assert self.gifts > 0 and 0 <= self.diamonds <= self.coins
@@ -74,11 +77,17 @@ def payout_rejection(available: int, ev: Payout, econ: Economics) -> str | None:
     return None
 
 
-def apply_payout(state: CreatorState, ev: Payout, econ: Economics) -> Outcome:
+# Not a contract reason: a payout the fraud rules hold (PIPELINE_HOLD_SUSPICIOUS_PAYOUTS),
+# checked after the contract's reasons.
+HELD = "held_for_review"
+
+
+def apply_payout(state: CreatorState, ev: Payout, econ: Economics, hold: bool = False) -> Outcome:
     """Decided on the diamonds available at the payout's event time: credits of later
-    gifts that are already in do not count."""
+    gifts that are already in do not count. `hold`: the payout is suspicious; it is
+    refused (its diamonds stay with the creator) unless a contract reason refuses it."""
     available = state.available_at(ev.ts)
-    reason = payout_rejection(available, ev, econ)
+    reason = payout_rejection(available, ev, econ) or (HELD if hold else None)
     if reason is not None:
         return Outcome(ev.event_id, "payout", "rejected", reason, ev.creator_id, None, ev.diamonds, None, available, ev.ts)
     before = state.available

@@ -14,6 +14,8 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.fraud.concentration import NewSenders
+
 MAX_DAYS = 40
 # Tumbling windows of credited diamonds: size name -> (size in ms, windows kept).
 WINDOWS = {"1m": (60_000, 120), "1h": (3_600_000, 48)}
@@ -35,6 +37,8 @@ class CreatorState:
     recent: list[list[int]] = field(default_factory=list)
     # window size name -> window start (ms) -> diamonds credited by gifts in the window
     windows: dict[str, dict[int, int]] = field(default_factory=dict)
+    # diamonds from new senders by hour (payout_concentration, agents/fraud/concentration.py)
+    senders: NewSenders = field(default_factory=NewSenders)
     # ("day", day) and (size, start) credited since this value was read from the store
     # (not persisted).
     touched: set[tuple[str, int]] = field(default_factory=set, compare=False, repr=False)
@@ -63,6 +67,7 @@ class CreatorState:
         assert len(self.held) <= MAX_HELD and all(op["op"] == "p" for op in self.held), self
         assert len(self.recent) <= MAX_RECENT and all(a <= b for a, b in zip(self.recent, self.recent[1:])), self
         assert all(len(self.windows.get(name, ())) <= kept for name, (_, kept) in WINDOWS.items()), self
+        self.senders.check()
 
     def add_to_windows(self, ts: int, diamonds: int) -> None:
         for name, (size, kept) in WINDOWS.items():
@@ -84,12 +89,15 @@ class CreatorState:
             data["r"] = self.recent
         if self.windows:
             data["w"] = {name: [[start, n] for start, n in w.items()] for name, w in self.windows.items()}
+        if self.senders:
+            data["n"] = self.senders.to_json()
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "CreatorState":
         state = cls(data["a"], data["l"], data["p"], {d: n for d, n in data["d"]}, data["q"], data.get("h", []), sorted(data.get("r", [])),
             {name: {start: n for start, n in w} for name, w in data.get("w", {}).items()},
+            NewSenders.from_json(data.get("n")),
         )
         state.check()
         return state

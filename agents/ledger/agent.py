@@ -14,7 +14,9 @@ from typing import Any
 from agents.credit.ops import credit_op, mark_op, payout_op
 from agents.credit.progress import MARK_INTERVAL_MS
 from agents.ingest.decode import Malformed, decode
-from agents.ingest.records import Event, Payout
+from agents.fraud import sender
+from agents.fraud.sender import Leg
+from agents.ingest.records import Event, Payout, UserEvent
 from agents.ledger.rules import Credit, apply_user_event, duplicate_outcome
 from agents.ledger.state import UserState
 from agents.outcomes import Outcome
@@ -32,8 +34,9 @@ class CreditCombiner:
     """Sums a batch's credits per creator; `pop` releases one creator's sum early so a
     payout forwarded in the same batch stays behind the credits that preceded it."""
 
-    def __init__(self) -> None:
+    def __init__(self, new_sender_ms: int) -> None:
         self._pending: dict[str, list[Credit]] = {}
+        self.new_sender_ms = new_sender_ms
 
     def add(self, credit: Credit) -> None:
         self._pending.setdefault(credit.creator_id, []).append(credit)
@@ -41,7 +44,7 @@ class CreditCombiner:
     def pop(self, creator_id: str, out: Output) -> None:
         credits = self._pending.pop(creator_id, None)
         if credits:
-            out.send(topics.CREATOR_OPS, creator_id, credit_op(creator_id, credits))
+            out.send(topics.CREATOR_OPS, creator_id, credit_op(creator_id, credits, self.new_sender_ms))
 
     def flush(self, out: Output) -> None:
         for creator_id in list(self._pending):
@@ -57,9 +60,11 @@ class UserLedger(Stage):
     def __init__(self, econ: Economics, partition: int, partitions: int, kv: KV | None = None) -> None:
         super().__init__(Store(UserState, UserState.from_json), econ.dedupe_keep_ms, kv=kv)
         self.econ = econ
+        self.rules = econ.fraud
         self.partition = partition
         self.partitions = partitions
-        self.credits = CreditCombiner()
+        self.credits = CreditCombiner(self.rules.payout_concentration.new_sender_ms)
+        self.legs: dict[tuple[str, str], Leg] = {}  # gift_loop legs of the batch, the latest per pair
         self.progress_ts = 0  # newest event time applied (agents/credit/progress.py)
         self._committed_progress_ts = 0
         self._marked: tuple[int, bool] | None = None
@@ -84,13 +89,28 @@ class UserLedger(Stage):
             outcome = duplicate_outcome(self.table.get(item.key) or UserState(), item, self.econ)
         else:
             self.dedupe.add(dkey, item.ts)
-            outcome, credit = apply_user_event(self.table.for_update(item.key), item, self.econ)
+            state = self.table.for_update(item.key)
+            outcome, credit = apply_user_event(state, item, self.econ)
             if credit is not None:
                 self.credits.add(credit)
+            self._watch(state, item, outcome, out)
         out.outcome(outcome)
+
+    def _watch(self, state: UserState, item: UserEvent, outcome: Outcome, out: Output) -> None:
+        """The sender-side fraud rules; after the outcome is decided, never changing it."""
+        alerts, leg = sender.observe(state.watch, item, outcome, self.rules)
+        if outcome.status == "rejected":
+            state.seq += 1  # the watch changed though the ledger did not: persist it
+        for alert in alerts:
+            self.raise_alert(alert, out)
+        if leg is not None:
+            self.legs[(leg.sender, leg.recipient)] = leg
 
     def end_batch(self, out: Output, idle: bool, now_ms: float) -> None:
         self.credits.flush(out)
+        for leg in self.legs.values():
+            out.send(topics.CREATOR_OPS, leg.meeting_key, leg.to_op())
+        self.legs.clear()
         mark = (self.progress_ts, idle)
         if mark != self._marked or (idle and now_ms - self._marked_at >= MARK_INTERVAL_MS):
             for q in range(self.partitions):
@@ -99,7 +119,8 @@ class UserLedger(Stage):
 
     def abort(self) -> None:
         super().abort()
-        self.credits = CreditCombiner()
+        self.credits = CreditCombiner(self.rules.payout_concentration.new_sender_ms)
+        self.legs.clear()
         self._marked = None  # the marks of the aborted batch were not written
         self.progress_ts = self._committed_progress_ts
 

@@ -26,6 +26,8 @@ class Credit:
     coins: int
     diamonds: int
     ts: int
+    event_id: str = ""
+    sender_first_ts: int | None = None  # the sender's first event (payout_concentration)
 
 
 def effective_limit(state: UserState, econ: Economics) -> int:
@@ -81,7 +83,7 @@ def apply_gift(state: UserState, ev: Gift, econ: Economics) -> tuple[Outcome, Cr
     state.check()
     assert state.balance == before - coins
     outcome = Outcome(ev.event_id, "gift", "accepted", None, ev.sender_id, coins, diamonds, None, state.balance, ev.ts)
-    return outcome, Credit(ev.creator_id, ev.stream_id, ev.sender_id, coins, diamonds, ev.ts)
+    return outcome, Credit(ev.creator_id, ev.stream_id, ev.sender_id, coins, diamonds, ev.ts, ev.event_id, state.first_ts)
 
 
 def apply_spend_limit(state: UserState, ev: SpendLimit) -> Outcome:
@@ -102,6 +104,7 @@ def duplicate_outcome(state: UserState, ev: UserEvent, econ: Economics) -> Outco
 
 
 def apply_user_event(state: UserState, ev: UserEvent, econ: Economics) -> tuple[Outcome, Credit | None]:
+    state.note_event(ev.ts)
     if isinstance(ev, Gift):
         return apply_gift(state, ev, econ)
     if isinstance(ev, Recharge):

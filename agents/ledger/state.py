@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.fraud.sender import SenderWatch
 from pipeline.economics import DAY_MS
 
 # Spend is kept for the user's newest MAX_SPEND_DAYS spend days; a gift dated before
@@ -38,6 +39,9 @@ class UserState:
     # Days and streams changed since this value was read from the store (not persisted): what the
     # leaderboards must be told.
     touched: set[tuple[str, Any]] = field(default_factory=set, compare=False, repr=False)
+    first_ts: int | None = None  # event time of the user's first event (fraud rules)
+    # What the fraud rules remember of the user (agents/fraud/sender.py).
+    watch: SenderWatch = field(default_factory=SenderWatch)
 
     def check(self) -> None:
         assert self.balance >= 0, self
@@ -46,6 +50,7 @@ class UserState:
         assert len(self.day_spend) <= MAX_SPEND_DAYS, self
         assert all(v > 0 for v in self.day_spend.values()), self
         assert len(self.streams) <= MAX_STREAMS, self
+        self.watch.check()
 
     def add_stream_spend(self, stream_id: str, day: int, coins: int) -> None:
         entry = self.streams.setdefault(stream_id, [0, day])
@@ -58,6 +63,9 @@ class UserState:
         while len(self.streams) > MAX_STREAMS:
             del self.streams[min(self.streams, key=lambda k: (self.streams[k][1], k))]
 
+    def note_event(self, ts: int) -> None:
+        self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
+
     def day_total_forgotten(self, day: int) -> bool:
         return len(self.day_spend) >= MAX_SPEND_DAYS and day < min(self.day_spend)
 
@@ -69,16 +77,21 @@ class UserState:
             del self.day_spend[min(self.day_spend)]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "b": self.balance, "r": self.recharged, "s": self.spent, "l": self.own_limit,
             "d": [[day, coins] for day, coins in self.day_spend.items()], "q": self.seq,
-            "st": self.streams,
+            "st": self.streams, "f": self.first_ts,
         }
+        watch = self.watch.to_json()
+        if watch:
+            data["w"] = watch
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "UserState":
         state = cls(
-            data["b"], data["r"], data["s"], data["l"], {d: c for d, c in data["d"]}, data["q"], data.get("st", {})
+            data["b"], data["r"], data["s"], data["l"], {d: c for d, c in data["d"]}, data["q"], data.get("st", {}),
+            first_ts=data.get("f"), watch=SenderWatch.from_json(data.get("w")),
         )
         state.check()
         return state

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pipeline import metrics
-from agents.readmodel import leaderboards
+from agents.readmodel import alerts, leaderboards
 from pipeline.engine.codec import dumps
 from pipeline.engine.stage import ReadModelUpdate
 from pipeline.settings import Settings
@@ -37,7 +37,8 @@ RETRY_INTERVAL_S = 1.0
 # none), [[seq, [field, value, ...], [[key, member, score, kind, oldest], ...]], ...]]
 # with one entry per hash, every number as a string (Lua numbers are doubles: strings
 # keep totals beyond 2^53 exact). kind 'z' is a sorted set that expires, 'a' one that
-# does not, 'w' a window hash (oldest: first window start to keep). The hash is
+# does not, 'w' a window hash (oldest: first window start to keep), 'c' a capped index
+# of hashes (alerts.py; oldest: the cap), whose trimmed members' hashes are deleted. The hash is
 # written only with a newer seq; every board and window total only grows, so scores
 # are written with ZADD GT (and compare-and-set for windows): a late or repeated write
 # (a refill racing the live updates) can never lower one.
@@ -61,10 +62,19 @@ for k, u in ipairs(data[3]) do
       for _, f in ipairs(redis.call('HKEYS', zkey)) do
         if tonumber(f) < oldest then redis.call('HDEL', zkey, f) end
       end
+    elseif e[4] == 'c' then
+      redis.call('ZADD', zkey, e[3], e[2])
+      local over = redis.call('ZCARD', zkey) - tonumber(e[5])
+      if over > 0 then
+        for _, m in ipairs(redis.call('ZRANGE', zkey, 0, over - 1)) do
+          redis.call('DEL', prefix .. 'alert:' .. m)
+        end
+        redis.call('ZREMRANGEBYRANK', zkey, 0, over - 1)
+      end
     else
       redis.call('ZADD', zkey, 'GT', e[3], e[2])
     end
-    if ttl > 0 and e[4] ~= 'a' then
+    if ttl > 0 and e[4] ~= 'a' and e[4] ~= 'c' then
       redis.call('EXPIRE', zkey, ttl)
     end
   end
@@ -74,6 +84,7 @@ return #KEYS
 
 
 def hash_key(settings: Settings, kind: str, id_: str) -> str:
+    """`user:{id}`, `creator:{id}` or `alert:{id}` (alerts.hash_name)."""
     return settings.redis_key(f"{kind}:{id_}")
 
 
@@ -121,6 +132,8 @@ class RedisReadModel:
 
     @staticmethod
     def _entry(u: ReadModelUpdate) -> list[Any]:
+        if u.kind == "alert":
+            return ["0", ["json", u.fields["json"]], [[alerts.FEED, u.id, str(u.fields["ts"]), "c", str(alerts.MAX_FEED)]]]
         fields = [str(x) for name, value in u.fields.items() for x in (name, value)]
         newest: dict[str, int] = {}  # window key -> newest window start in this update
         for zkey, member, _ in u.scores:

@@ -174,6 +174,7 @@ class PartitionTask:
         self.committed_offsets = dict(self.next_offsets)
         updates = [u for stage in self.stages for u in stage.commit()]
         metrics.count_outcomes(out.outcomes, time.time())
+        metrics.count_alerts(out.alerts)
         metrics.DIAMONDS_CREDITED.inc(out.diamonds_credited)
         for topic in out.dead_letters:
             metrics.DEAD_LETTERS.labels(topic).inc()

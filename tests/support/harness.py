@@ -73,6 +73,9 @@ class Deployment:
             "PIPELINE_PARTITIONS": str(self.partitions),
             "PIPELINE_DATA_DIR": str(self.workdir / "data"),
             "PIPELINE_LOG_LEVEL": "info",
+            # The reference ledger decides by the contract alone; payout holds (a fraud
+            # rule's) are tested with holds on (test_fraud_pipeline.py).
+            "PIPELINE_HOLD_SUSPICIOUS_PAYOUTS": "0",
         })
         env.update(self.extra_env)
         return env

@@ -194,10 +194,11 @@ def test_credit_op_round_trip() -> None:
         Credit("c1", "s2", "u2", 1, 0, T0 + DAY),
         Credit("c1", "s1", "u3", 100, 50, T0 + 5),
     ]
-    op = credit_op("c1", credits)
+    op = credit_op("c1", credits, DAY)
     assert op == {
         "op": "c", "creator_id": "c1", "coins": 45_100, "gifts": 3,
         "items": [[T0 + 5, 50], [T0 + 10, 22_499], [T0 + DAY, 0]],  # sorted by event time
+        "n": [],  # no sender's first event is known: none counts as new
     }
     parsed = parse_op(loads(dumps(op)))
     assert parsed == CreditBatch("c1", 45_100, 3, ((T0 + 5, 50), (T0 + 10, 22_499), (T0 + DAY, 0)))
@@ -214,10 +215,10 @@ def test_credit_op_coalesces_gifts_of_one_event_time() -> None:
         Credit("c1", "s1", "u1", 100, 50, T0 + 3),
         Credit("c1", "s1", "u4", 29_999, 14_999, T0 - DAY),
     ]
-    op = credit_op("c1", credits)
+    op = credit_op("c1", credits, DAY)
     assert op == {
         "op": "c", "creator_id": "c1", "coins": 31_120, "gifts": 5,  # every gift still counts
-        "items": [[T0 - DAY, 14_999], [T0 + 3, 60], [T0 + 7, 500]],
+        "items": [[T0 - DAY, 14_999], [T0 + 3, 60], [T0 + 7, 500]], "n": [],
     }
     parsed = parse_op(loads(dumps(op)))
     assert isinstance(parsed, CreditBatch)
@@ -226,7 +227,7 @@ def test_credit_op_coalesces_gifts_of_one_event_time() -> None:
 
 def test_credit_op_refuses_another_creator() -> None:
     with pytest.raises(AssertionError):
-        credit_op("c1", [Credit("c2", "s1", "u1", 2, 1, 0)])
+        credit_op("c1", [Credit("c2", "s1", "u1", 2, 1, 0)], DAY)
 
 
 def test_payout_op_round_trip() -> None:
@@ -238,7 +239,7 @@ def test_payout_op_round_trip() -> None:
 def test_big_totals_survive_the_codec() -> None:
     """Sums of many credits can pass 2**64; the internal records must keep them exact."""
     big = 2**64 + 3
-    op = credit_op("c1", [Credit("c1", "s", "u", 2 * big + 1, big, 0), Credit("c1", "s", "v", 2 * big + 1, big, 0)])
+    op = credit_op("c1", [Credit("c1", "s", "u", 2 * big + 1, big, 0), Credit("c1", "s", "v", 2 * big + 1, big, 0)], DAY)
     assert op["items"] == [[0, 2 * big]]
     assert parse_op(loads(dumps(op))) == CreditBatch("c1", 4 * big + 2, 2, ((0, 2 * big),))
     state = CreatorState()

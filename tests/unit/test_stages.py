@@ -6,6 +6,7 @@ as it arrives: the plain rules (payout ordering: test_payout_order.py).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ from agents.credit.ops import Mark
 from agents.credit.progress import MARK_INTERVAL_MS
 from agents.credit.rules import CreditBatch
 from agents.credit.state import CreatorState
+from agents.fraud.concentration import NewSenders
+from agents.fraud.sender import SenderWatch
 from agents.ingest.records import Gift, Payout, Recharge, SpendLimit
 from agents.ledger.agent import UserLedger
 from agents.ledger.state import UserState
@@ -73,8 +76,10 @@ class Batch:
         return [(o.event_id, o.status, o.reason) for o in self.out.outcomes]
 
     def ops(self) -> list[tuple[str, dict[str, Any]]]:
-        """Keyed creator-ops messages (credits, payouts) in order, as (key, value)."""
-        return [(m.key.decode(), loads(m.value)) for m in self.out.messages if m.topic == OPS and m.key and m.value]
+        """Keyed creator-ops messages of the ledger (credits, payouts) in order, as (key,
+        value); not gift_loop legs (test_fraud_stages.py)."""
+        return [(m.key.decode(), op) for m in self.out.messages
+                if m.topic == OPS and m.key and m.value and (op := loads(m.value))["op"] != "l"]
 
     def marks(self) -> list[tuple[int | None, dict[str, Any]]]:
         """Progress marks in order, as (partition, value)."""
@@ -98,6 +103,14 @@ def credit(items: list[tuple[int, int]], coins: int, gifts: int = 1, creator: st
     return OPS, CreditBatch(creator, coins, gifts, tuple(items))
 
 
+def ledger(state: Any) -> Any:
+    """A user's or creator's ledger fields, without what the fraud rules remember of it
+    (test_fraud_*.py)."""
+    if isinstance(state, UserState):
+        return dataclasses.replace(state, first_ts=None, watch=SenderWatch())
+    return dataclasses.replace(state, senders=NewSenders())
+
+
 def balance(stage: UserLedger, user: str = "u1") -> int:
     state = stage.table.get(user)
     return 0 if state is None else state.balance
@@ -109,7 +122,7 @@ def balance(stage: UserLedger, user: str = "u1") -> int:
 def test_same_event_id_on_other_topics_is_not_a_duplicate(users: UserLedger) -> None:
     batch = run(users, [recharge("x", 5_000), gift("x"), limit("x", 100_000)])
     assert batch.statuses == [("x", "accepted", None)] * 3
-    assert users.table.get("u1") == UserState(4_000, 5_000, 1_000, 100_000, {T0 // DAY: 1_000}, 3, {"s1": [1_000, T0 // DAY]})
+    assert ledger(users.table.get("u1")) == UserState(4_000, 5_000, 1_000, 100_000, {T0 // DAY: 1_000}, 3, {"s1": [1_000, T0 // DAY]})
 
 
 def test_same_event_id_for_another_user_is_not_a_duplicate(users: UserLedger) -> None:
@@ -160,11 +173,13 @@ def test_credits_to_one_creator_are_combined_per_batch(users: UserLedger) -> Non
     ops = dict(batch.ops())
     assert len(batch.ops()) == 2
     # lion (14,999) and perfume (10) at T0 share one item; the rose a day later credits 0.
+    # u1's first event is at T0: its diamonds within a day of that also go by sender and
+    # hour (payout_concentration), with the first gift's id.
     assert ops["c1"] == {
         "op": "c", "creator_id": "c1", "coins": 29_999 + 1 + 20, "gifts": 3,
-        "items": [[T0, 14_999 + 10], [T0 + DAY, 0]],
+        "items": [[T0, 14_999 + 10], [T0 + DAY, 0]], "n": [["u1", T0, T0, 14_999 + 10, "g1"]],
     }
-    assert ops["c2"] == {"op": "c", "creator_id": "c2", "coins": 1, "gifts": 1, "items": [[T0, 0]]}
+    assert ops["c2"] == {"op": "c", "creator_id": "c2", "coins": 1, "gifts": 1, "items": [[T0, 0]], "n": []}
     assert batch.out.outcomes[1].diamonds == 14_999
 
 
@@ -186,8 +201,9 @@ def test_end_batch_writes_a_progress_mark_to_every_creator_ops_partition(econ: E
 
     first = batch([recharge("r", 5_000, ts=T0 + 9), gift("g", "galaxy", ts=T0 + 4)], False, 1_000)
     assert first.marks() == marks(T0 + 9, False)  # the newest event time applied, not the last
-    # The mark comes after the batch's credits, so a creator partition sees them first.
-    assert [loads(m.value)["op"] for m in first.out.messages if m.topic == OPS] == ["c", "m", "m", "m"]
+    # The mark comes after the batch's credits (and its gift_loop leg: 1,000 coins to one
+    # creator), so a creator partition sees them first.
+    assert [loads(m.value)["op"] for m in first.out.messages if m.topic == OPS] == ["c", "l", "m", "m", "m"]
     assert all(m.key is None for m in first.out.messages if m.topic == OPS and loads(m.value)["op"] == "m")
     assert batch([], False, 1_100).marks() == []  # no news: no mark
     assert batch([recharge("s", 1, ts=T0)], False, 1_200).marks() == []  # an older event does not move it
@@ -246,7 +262,7 @@ def test_payout_comes_after_the_credits_that_preceded_it(users: UserLedger) -> N
     assert [o.event_id for o in batch.out.outcomes] == ["r", "g1", "g2", "g3"]
     # Each message's position: the credit of g1 precedes p1 in the output itself.
     positions = [i for i, m in enumerate(batch.out.messages) if m.topic == OPS and m.key == b"c1"]
-    assert [loads(batch.out.messages[i].value)["op"] for i in positions] == ["c", "p", "c"]
+    assert [loads(batch.out.messages[i].value)["op"] for i in positions] == ["c", "p", "c", "l"]  # l: a gift_loop leg
 
 
 def test_payout_is_forwarded_as_is_and_not_deduplicated_by_the_user_ledger(users: UserLedger) -> None:
@@ -261,13 +277,13 @@ def test_user_then_creator_ledger_end_to_end(users: UserLedger, creators: Creato
     gifts = [gift(f"g{i}", "galaxy") for i in range(4)]  # 4,000 coins -> 2,000 diamonds
     batch = run(users, [recharge("r", 10_000), *gifts, payout("p1", 2_000), payout("p2", 2_000)])
     items = [creators.decode(m.topic, m.key, m.value) for m in batch.out.messages if m.topic == OPS]
-    assert [type(item).__name__ for item, _ in items] == ["CreditBatch", "Payout", "Payout", "Mark"]
-    assert [ts for _, ts in items] == [T0] * 4
+    assert [type(item).__name__ for item, _ in items] == ["CreditBatch", "Payout", "Payout", "Leg", "Mark"]
+    assert [ts for _, ts in items] == [T0] * 5
     second = run(creators, [(OPS, item) for item, _ in items])
     assert [(o.event_id, o.status, o.reason, o.usd_cents, o.balance_after) for o in second.out.outcomes] == [
         ("p1", "accepted", None, 1000, 0), ("p2", "rejected", "insufficient_diamonds", None, 0)]
     # No mark had arrived when the credit was applied: its time is remembered as recent.
-    assert creators.table.get("c1") == CreatorState(
+    assert ledger(creators.table.get("c1")) == CreatorState(
         0, 2_000, 2_000, {T0 // DAY: 2_000}, 2, [], [[T0, 2_000]], windows={"1m": {T0: 2_000}, "1h": {T0: 2_000}}
     )
     assert second.out.diamonds_credited == 2_000
@@ -308,7 +324,8 @@ def test_abort_discards_state_dedupe_and_pending_credits(users: UserLedger) -> N
     for topic, item in [recharge("r1", 100), gift("g1"), limit("l1", 0)]:
         users.handle(topic, item, out)
     users.abort()
-    assert users.table.get("u1") == committed == UserState(5_000, 5_000, 0, None, {}, 1)
+    assert users.table.get("u1") == committed
+    assert ledger(committed) == UserState(5_000, 5_000, 0, None, {}, 1)
     assert users.changelog() == []
     replay = run(users, [recharge("r1", 100), gift("g1", "rose", creator="c2")])
     assert replay.statuses == [("r1", "accepted", None), ("g1", "accepted", None)]
@@ -346,8 +363,9 @@ def test_user_changelog_restore_reproduces_state_and_dedupe(users: UserLedger, e
         run(users, [limit("l2", None), recharge("r1", 7)]),
     ]
     fresh = restored(users, UserLedger(econ, 0, 1), batches)
-    assert fresh.table.as_dict()["u1"] == UserState(
-        20_000, 50_000, 30_000, None, {T0 // DAY: 29_999, T0 // DAY + 1: 1}, 5, {"s1": [30_000, T0 // DAY + 1]}
+    assert ledger(fresh.table.as_dict()["u1"]) == UserState(
+        # seq 6: g2 (over the limit) was rejected, which the fraud watch remembers
+        20_000, 50_000, 30_000, None, {T0 // DAY: 29_999, T0 // DAY + 1: 1}, 6, {"s1": [30_000, T0 // DAY + 1]}
     )
     # The restored stage decides as the original would.
     events = [recharge("r1", 5), gift("g2"), gift("g9", "rose"), recharge("r1", 1, "u2")]
@@ -375,12 +393,22 @@ def test_creator_changelog_restore(creators: CreatorLedger, econ: Economics) -> 
 
 def test_read_only_keys_are_not_written(users: UserLedger) -> None:
     run(users, [recharge("r", 10), recharge("r", 10, "u2")])
-    batch = run(users, [gift("g1", "galaxy"), recharge("r", 10), gift("g2", "rose", sender="u9"), recharge("r2", 1, "u2")])
-    assert [s for _, s, _ in batch.statuses] == ["rejected", "duplicate", "rejected", "accepted"]
+    batch = run(users, [recharge("r", 10), gift("g1", "rose", sender="u2"), gift("g1", "rose", sender="u2")])
+    assert [s for _, s, _ in batch.statuses] == ["duplicate", "accepted", "duplicate"]
     keys = [k for k, _ in batch.changelog]
-    assert keys == ["u2", "#dd:1"]
-    assert sorted(batch.changelog[1][1]["k"]) == sorted(["g|u1|g1", "g|u9|g2", "r|u2|r2"])
-    assert "u9" not in users.table.as_dict()
+    assert keys == ["u2", "#dd:1"]  # u1 only read
+
+
+def test_rejected_gifts_are_remembered_for_the_fraud_rules(users: UserLedger) -> None:
+    """A rejected gift changes no balance, but rejection_probe counts it, even for a
+    user the ledger has never seen (card testing starts with nothing)."""
+    run(users, [recharge("r", 10)])
+    batch = run(users, [gift("g1", "galaxy"), gift("g2", "rose", sender="u9")])
+    assert [s for _, s, _ in batch.statuses] == ["rejected", "rejected"]
+    assert [k for k, _ in batch.changelog] == ["u1", "u9", "#dd:1"]
+    u9 = users.table.get("u9")
+    assert u9 is not None and ledger(u9) == UserState(seq=1) and u9.first_ts == T0
+    assert [e[2] for e in u9.watch.rejections.entries] == ["g2"]
 
 
 def test_each_changed_key_is_written_once_per_batch(users: UserLedger) -> None:
@@ -395,7 +423,9 @@ def test_commit_returns_read_model_updates_of_changed_keys(users: UserLedger) ->
         users.handle(topic, item, out)
     users.end_batch(out, True, 0)
     users.changelog()
-    [update] = users.commit()
+    updates = {u.id: u for u in users.commit()}
+    assert updates["u2"].fields["coins"] == 1_000  # its self gift was rejected: only the watch changed
+    update = updates["u1"]
     assert (update.kind, update.id, update.seq) == ("user", "u1", 2)
     assert update.fields == {
         "coins": 200, "recharged_coins": 300, "spent_coins": 100, "daily_coin_limit": -1,

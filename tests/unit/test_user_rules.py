@@ -159,7 +159,7 @@ def test_creator_share_rounds_down_and_fee_is_the_rest(
     ev = gift(gift_id, quantity, ts=T0 + 1)
     outcome, credit = apply_gift(state, ev, econ)
     assert outcome.diamonds == diamonds
-    assert credit == Credit("c1", "s1", "u1", coins, diamonds, T0 + 1)
+    assert credit == Credit("c1", "s1", "u1", coins, diamonds, T0 + 1, ev.event_id, state.first_ts)
 
 
 def test_accepted_gift_outcome_and_state(econ: Economics) -> None:
@@ -308,7 +308,7 @@ def test_day_spend_keeps_the_newest_max_spend_days(econ: Economics) -> None:
 
 def test_state_json_round_trip() -> None:
     state = UserState(5, 20, 15, None, {3: 10, 4: 5}, 9, {"s1": [15, 4]})
-    assert state.to_json() == {"b": 5, "r": 20, "s": 15, "l": None, "d": [[3, 10], [4, 5]], "q": 9, "st": {"s1": [15, 4]}}
+    assert state.to_json() == {"b": 5, "r": 20, "s": 15, "l": None, "d": [[3, 10], [4, 5]], "q": 9, "st": {"s1": [15, 4]}, "f": None}
     assert UserState.from_json(state.to_json()) == state
 
 
