@@ -50,11 +50,12 @@ class NewSenders:
 
     def check(self) -> None:
         assert len(self.senders) <= MAX_NEW_SENDERS
-        assert all(len(s[2]) <= IDS_PER_SENDER and all(d > 0 for _, d in s[1]) for s in self.senders.values())
 
 
 def record(ns: NewSenders, credits: list[NewCredit], rules: PayoutConcentration) -> None:
-    """Add new senders' diamonds; forget what no payout can still count."""
+    """Add new senders' diamonds; forget what no payout can still count (when the hour
+    moves on) and the smallest senders beyond MAX_NEW_SENDERS."""
+    hour_before = hour(ns.newest)
     for sender, first_ts, ts, diamonds, event_id in credits:
         if diamonds <= 0:
             continue
@@ -70,15 +71,19 @@ def record(ns: NewSenders, credits: list[NewCredit], rules: PayoutConcentration)
         if len(entry[2]) < IDS_PER_SENDER:
             entry[2].append(event_id)
         ns.newest = max(ns.newest, ts)
-    # Kept an hour beyond the window, for a payout dated a little before the newest gift.
-    oldest_hour = hour(ns.newest) - rules.window_ms - HOUR_MS
-    for sender, entry in list(ns.senders.items()):
-        entry[1] = [b for b in entry[1] if b[0] >= oldest_hour]
-        if not entry[1] or entry[0] <= ns.newest - rules.new_sender_ms - HOUR_MS:
+    if hour(ns.newest) != hour_before:
+        # Kept an hour beyond the window, for a payout dated a little before the newest gift.
+        oldest_hour = hour(ns.newest) - rules.window_ms - HOUR_MS
+        for sender, entry in list(ns.senders.items()):
+            entry[1] = [b for b in entry[1] if b[0] >= oldest_hour]
+            if not entry[1] or entry[0] <= ns.newest - rules.new_sender_ms - HOUR_MS:
+                del ns.senders[sender]
+    if len(ns.senders) > MAX_NEW_SENDERS:
+        ranked = sorted(ns.senders, key=lambda s: (-sum(d for _, d in ns.senders[s][1]), s))
+        for sender in ranked[MAX_NEW_SENDERS:]:
             del ns.senders[sender]
-    while len(ns.senders) > MAX_NEW_SENDERS:
-        del ns.senders[min(ns.senders, key=lambda s: (sum(d for _, d in ns.senders[s][1]), s))]
     ns.check()
+    assert all(len(s[2]) <= IDS_PER_SENDER and all(d > 0 for _, d in s[1]) for s in ns.senders.values())
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,17 +12,21 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.fraud.alerts import MAX_EVIDENCE, Alert, alert
-from agents.fraud.thresholds import FraudRules, GiftLoop, RechargeBurn
-from agents.fraud.window import Burst, Entry
+from agents.fraud.alerts import Alert, alert
+from agents.fraud.thresholds import MAX_COUNT, FraudRules, GiftLoop, RechargeBurn
+from agents.fraud.window import Burst
 from agents.ingest.records import Gift, Recharge, UserEvent
 from agents.outcomes import Outcome
 
 # gift_loop: recipients of one sender tracked at once, and gifts kept per recipient
 # (the oldest two are merged beyond that, keeping the older time: the span a merged
-# leg claims can only grow, so merging never makes a loop out of gifts that are not).
-MAX_RECIPIENTS = 16
-MAX_LEG_GIFTS = 16
+# leg claims can only grow, so merging never makes a loop out of gifts that are not),
+# with the ids of the latest few as evidence. Every user carries this state: small.
+MAX_RECIPIENTS = 8
+MAX_LEG_GIFTS = 8
+LEG_EVIDENCE = 4
+# recharge_burn: ids kept as evidence (the latest recharges and gifts)
+BURN_EVIDENCE = 20
 # A leg still over the threshold is sent again at most this often (event time), so the
 # meeting point keeps a recent one without a record per gift of a heavy pair.
 LEG_REFRESH_MS = 3_600_000
@@ -61,7 +65,7 @@ class Burn:
     recharged: int = 0
     spent: int = 0
     creators: list[str] = field(default_factory=list)  # at most max_creators + 1
-    event_ids: list[str] = field(default_factory=list)  # at most MAX_EVIDENCE
+    event_ids: list[str] = field(default_factory=list)  # at most BURN_EVIDENCE, the latest
 
 
 @dataclass(slots=True)
@@ -70,8 +74,8 @@ class SenderWatch:
     burn: Burn | None = None  # None once the first recharge is older than the window
     gifts: Burst = field(default_factory=Burst)  # accepted gifts: gift_velocity
     rejections: Burst = field(default_factory=Burst)  # rejected gifts: rejection_probe
-    # gift_loop: recipient -> [[ts, coins, event_id], ...] (the latest gifts that reach the
-    # threshold) and when a leg was last sent (None: not over the threshold)
+    # gift_loop: recipient -> [[[ts, coins], ...] (the latest gifts that reach the threshold),
+    # when a leg was last sent (None: not over the threshold), [latest event ids]]
     sent: dict[str, list[Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -97,13 +101,12 @@ class SenderWatch:
         return cls(data.get("r"), None if b is None else Burn(*b), Burst.from_json(data.get("g")),
                    Burst.from_json(data.get("x")), data.get("s", {}))
 
-    def check(self, rules: FraudRules | None = None) -> None:
-        assert len(self.sent) <= MAX_RECIPIENTS and all(len(e[0]) <= MAX_LEG_GIFTS for e in self.sent.values())
+    def check(self) -> None:
+        assert len(self.sent) <= MAX_RECIPIENTS
         if self.burn is not None:
-            assert self.first_recharge_ts is not None and self.burn.spent >= 0 and len(self.burn.event_ids) <= MAX_EVIDENCE
-        if rules is not None:
-            assert len(self.gifts.entries) < rules.gift_velocity.gifts
-            assert len(self.rejections.entries) < rules.rejection_probe.rejections
+            assert self.first_recharge_ts is not None and self.burn.spent >= 0 and len(self.burn.event_ids) <= BURN_EVIDENCE
+        # a window holds fewer events than its count threshold (at most MAX_COUNT)
+        assert len(self.gifts.entries) < MAX_COUNT and len(self.rejections.entries) < MAX_COUNT
 
 
 def observe(watch: SenderWatch, ev: UserEvent, outcome: Outcome, rules: FraudRules) -> tuple[list[Alert], Leg | None]:
@@ -131,7 +134,8 @@ def observe(watch: SenderWatch, ev: UserEvent, outcome: Outcome, rules: FraudRul
         if burned is not None:
             alerts.append(burned)
         leg = _sent(watch, ev, coins, rules.gift_loop)
-    watch.check(rules)
+    watch.check()
+    assert len(watch.gifts.entries) < rules.gift_velocity.gifts and len(watch.rejections.entries) < rules.rejection_probe.rejections
     return alerts, leg
 
 
@@ -171,16 +175,20 @@ def _expire_burn(watch: SenderWatch, ts: int, r: RechargeBurn) -> None:
 
 def _evidence(ids: list[str], event_id: str) -> None:
     ids.append(event_id)
-    if len(ids) > MAX_EVIDENCE:
+    if len(ids) > BURN_EVIDENCE:
         del ids[0]
 
 
 def _sent(watch: SenderWatch, ev: Gift, coins: int, r: GiftLoop) -> Leg | None:
     """Keep the latest gifts to this recipient that reach the threshold within the
     window; a leg when they do (at most every LEG_REFRESH_MS while they stay over)."""
-    entry = watch.sent.setdefault(ev.creator_id, [[], None])
-    gifts: list[Entry] = entry[0]
-    bisect.insort(gifts, [ev.ts, coins, ev.event_id])
+    entry = watch.sent.get(ev.creator_id)
+    if entry is None:
+        _make_room(watch, ev.ts, r)
+        entry = watch.sent[ev.creator_id] = [[], None, []]
+    gifts: list[list[int]] = entry[0]
+    bisect.insort(gifts, [ev.ts, coins])
+    entry[2] = [*entry[2][1 - LEG_EVIDENCE:], ev.event_id]
     newest = gifts[-1][0]
     while gifts and gifts[0][0] <= newest - r.window_ms:
         del gifts[0]
@@ -189,8 +197,8 @@ def _sent(watch: SenderWatch, ev: Gift, coins: int, r: GiftLoop) -> Leg | None:
         total -= gifts.pop(0)[1]
     while len(gifts) > MAX_LEG_GIFTS:
         first = gifts.pop(0)
-        gifts[0] = [first[0], first[1] + gifts[0][1], first[2]]
-    _prune_recipients(watch, ev.ts, r)
+        gifts[0] = [first[0], first[1] + gifts[0][1]]
+    assert len(entry[2]) <= LEG_EVIDENCE
     if not gifts:
         return None
     if total < r.min_coins:
@@ -199,15 +207,17 @@ def _sent(watch: SenderWatch, ev: Gift, coins: int, r: GiftLoop) -> Leg | None:
     if entry[1] is not None and ev.ts - entry[1] < LEG_REFRESH_MS:
         return None
     entry[1] = ev.ts
-    return Leg(ev.sender_id, ev.creator_id, gifts[0][0], newest, total, tuple(g[2] for g in gifts))
+    return Leg(ev.sender_id, ev.creator_id, gifts[0][0], newest, total, tuple(entry[2]))
 
 
-def _prune_recipients(watch: SenderWatch, now: int, r: GiftLoop) -> None:
+def _make_room(watch: SenderWatch, now: int, r: GiftLoop) -> None:
+    """Before a new recipient: forget those last given to a window ago, and the least
+    recent beyond MAX_RECIPIENTS - 1."""
     def newest(recipient: str) -> int:
         gifts = watch.sent[recipient][0]
         return gifts[-1][0] if gifts else -1
 
     for recipient in [k for k in watch.sent if newest(k) <= now - r.window_ms]:
         del watch.sent[recipient]
-    while len(watch.sent) > MAX_RECIPIENTS:
+    while len(watch.sent) >= MAX_RECIPIENTS:
         del watch.sent[min(watch.sent, key=lambda k: (newest(k), k))]

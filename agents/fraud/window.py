@@ -46,8 +46,10 @@ class Burst:
         self._drop_before(newest - window_ms + 1)
         if not self.entries or self.entries[0][0] > ts:
             return None  # too late: older than the window of the newest event
+        # A window reaching max_count alerts and is emptied, so only a threshold lowered
+        # since the state was written leaves more: the newest are the window that counts.
+        del self.entries[:-max_count]
         count, total = len(self.entries), sum(e[1] for e in self.entries)
-        assert count <= max_count, "a window reaching max_count alerts and is emptied"
         if count < max_count and (max_amount is None or total < max_amount):
             return None
         crossing = Crossing(self.entries[0][0], newest, count, total, [e[2] for e in self.entries])

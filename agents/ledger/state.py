@@ -50,7 +50,6 @@ class UserState:
         assert len(self.day_spend) <= MAX_SPEND_DAYS, self
         assert all(v > 0 for v in self.day_spend.values()), self
         assert len(self.streams) <= MAX_STREAMS, self
-        self.watch.check()
 
     def add_stream_spend(self, stream_id: str, day: int, coins: int) -> None:
         entry = self.streams.setdefault(stream_id, [0, day])
@@ -94,4 +93,5 @@ class UserState:
             first_ts=data.get("f"), watch=SenderWatch.from_json(data.get("w")),
         )
         state.check()
+        state.watch.check()  # the rules check it where it changes (agents/fraud/sender.py)
         return state

@@ -263,7 +263,7 @@ def test_gift_loop_sums_small_gifts_and_alerts_once_per_window(mini: Mini) -> No
     mini.gift("b", "a", "galaxy", T0 + 2 * HOUR)  # same window: no second alert
     mini.gift("a", "b", "galaxy", T0 + 3 * HOUR)
     found = mini.fired("gift_loop")
-    assert len(found) == 2 and len(found[0].event_ids) == 11
+    assert len(found) == 2 and len(found[0].event_ids) == 5  # the latest 4 of a leg, and the gift back
 
 
 # --- payout_concentration --------------------------------------------------------------
@@ -387,3 +387,11 @@ def test_gift_loop_meeting_point_is_bounded() -> None:
     assert len(pairs.partners) == MAX_PARTNERS and "u0000" not in pairs.partners
     found = meet(pairs, Leg("c", f"u{MAX_PARTNERS + 49:04d}", T0 + HOUR, T0 + HOUR, 1_000, ("back",)), rules)
     assert [a.subject_id for a in found] == ["c", f"u{MAX_PARTNERS + 49:04d}"]
+
+
+def test_a_lowered_threshold_applies_to_state_written_under_the_old_one() -> None:
+    burst = Burst()
+    for i in range(30):
+        assert burst.observe(T0 + i, 1, f"e{i}", MIN, 50) is None
+    hit = burst.observe(T0 + 30, 1, "e30", MIN, 5)  # restarted with gifts = 5
+    assert hit is not None and hit.event_ids == ["e26", "e27", "e28", "e29", "e30"] and burst.entries == []
