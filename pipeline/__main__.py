@@ -67,6 +67,12 @@ def _bench(args: argparse.Namespace) -> int:
     return benchmark.main(args)
 
 
+def _fraud_eval(args: argparse.Namespace) -> int:
+    from pipeline import fraud_eval
+
+    return fraud_eval.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
@@ -108,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=2_000, help="leaderboard-read: reads per case (default 2000)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("fraud-eval", help="precision, recall and detection delay of the fraud rules through the "
+                       "real pipeline; results go to bench/results/<date>-fraud-eval.json, .md")
+    from pipeline.fraud_eval import add_arguments as fraud_eval_arguments
+
+    fraud_eval_arguments(p)
+    p.set_defaults(func=_fraud_eval)
     return parser
 
 

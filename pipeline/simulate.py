@@ -43,6 +43,7 @@ class SimConfig:
     mega_live_share: float = 0.0  # share of gifts to creator 0 on its stream 0
     start_ts: int | None = None  # event time of the first event (default: now)
     tick_ms: int = 1  # event time advance per event
+    max_gift_coins: int = MAX_GIFT_COINS  # a larger gift is sent with quantity 1
     id_prefix: str = ""
 
     def __post_init__(self) -> None:
@@ -90,12 +91,12 @@ def generate(cfg: SimConfig, econ: Economics) -> Iterator[Message]:
         roll -= cfg.duplicate_share
         if roll < cfg.payout_share:
             c = creators.draw()
-            msg = _msg(topics.PAYOUTS, {"event_id": eid, "creator_id": f"{p}c{c}",
+            msg = message(topics.PAYOUTS, {"event_id": eid, "creator_id": f"{p}c{c}",
                                         "diamonds": rng.choice((2_000, 5_000, 20_000, 100_000)), "ts": ts}, "creator_id")
         elif roll < cfg.payout_share + cfg.spend_limit_share:
             u = users.draw()
             limit = rng.choice((None, 5_000, 20_000, 100_000))
-            msg = _msg(topics.SPEND_LIMITS, {"event_id": eid, "user_id": f"{p}u{u}", "daily_coin_limit": limit, "ts": ts}, "user_id")
+            msg = message(topics.SPEND_LIMITS, {"event_id": eid, "user_id": f"{p}u{u}", "daily_coin_limit": limit, "ts": ts}, "user_id")
         else:
             u = users.draw()
             if rng.random() < cfg.mega_live_share:
@@ -106,17 +107,19 @@ def generate(cfg: SimConfig, econ: Economics) -> Iterator[Message]:
                 c, stream = creators.draw(), rng.randrange(cfg.streams_per_creator)
             gift_id, price = catalog[bisect.bisect_left(gift_weights, rng.random() * gift_weights[-1])]
             qty = qty_values[bisect.bisect_left(qty_weights, rng.random() * qty_weights[-1])]
-            if price * qty > MAX_GIFT_COINS:
+            if price > cfg.max_gift_coins:  # the dearest gift within the cap instead
+                gift_id, price = max((g for g in catalog if g[1] <= cfg.max_gift_coins), key=lambda g: g[1], default=catalog[0])
+            if price * qty > cfg.max_gift_coins:
                 qty = 1  # big quantities come with cheap gifts
             cost = price * qty
             if coins.get(u, 0) < cost:
                 package = next((x for x in packages if x >= cost), packages[-1])
                 coins[u] = coins.get(u, 0) + package
-                msg = _msg(topics.RECHARGES, {"event_id": eid, "user_id": f"{p}u{u}", "coins": package,
+                msg = message(topics.RECHARGES, {"event_id": eid, "user_id": f"{p}u{u}", "coins": package,
                                               "amount_cents": package, "currency": "USD", "ts": ts}, "user_id")
             else:
                 coins[u] -= cost
-                msg = _msg(topics.GIFTS, {"event_id": eid, "sender_id": f"{p}u{u}", "creator_id": f"{p}c{c}",
+                msg = message(topics.GIFTS, {"event_id": eid, "sender_id": f"{p}u{u}", "creator_id": f"{p}c{c}",
                                           "stream_id": f"{p}c{c}-s{stream}", "gift_id": gift_id, "quantity": qty,
                                           "ts": ts}, "sender_id")
         if cfg.duplicate_share:
@@ -126,7 +129,7 @@ def generate(cfg: SimConfig, econ: Economics) -> Iterator[Message]:
         yield msg
 
 
-def _msg(topic: str, value: dict, key_field: str) -> Message:
+def message(topic: str, value: dict, key_field: str) -> Message:
     return topic, value[key_field].encode(), json.dumps(value, separators=(",", ":")).encode()
 
 

@@ -71,14 +71,14 @@ def _gift_share(messages: list[Any]) -> float:
     return sum(1 for t, _, _ in messages if t == topics.GIFTS) / max(1, len(messages))
 
 
-def _deployment(base: Settings, tag: str) -> Settings:
+def deployment(base: Settings, tag: str) -> Settings:
     prefix = f"bench-{os.getpid()}-{tag}-"
     s = Settings(**{**base.__dict__, "topic_prefix": prefix, "redis_prefix": prefix})
     asyncio.run(topics.ensure_topics(s))
     return s
 
 
-def _cleanup(s: Settings) -> None:
+def cleanup(s: Settings) -> None:
     asyncio.run(topics.delete_topics(s))  # a broker full of old runs' partitions is slower
     client = redis.Redis.from_url(s.redis_url)
     for keys in _batched(client.scan_iter(match=f"{s.redis_prefix}*", count=10_000), 10_000):
@@ -96,7 +96,7 @@ def throughput(base: Settings, scenario: str, args: argparse.Namespace, log_dir:
     share = _gift_share(messages)
     figures: dict[str, Any] = {"events": len(messages), "gift_share": round(share, 3)}
     for workers in (1, 2):
-        s = _deployment(base, f"{scenario}-w{workers}")
+        s = deployment(base, f"{scenario}-w{workers}")
         try:
             name = "ours" if workers == 1 else "ours_two_workers"
             figures[name] = asyncio.run(runs.ours(s, messages, workers, log_dir))
@@ -104,7 +104,7 @@ def throughput(base: Settings, scenario: str, args: argparse.Namespace, log_dir:
                 figures["naive"] = asyncio.run(runs.naive(s, len(messages), REFERENCE_BUDGET_S, log_dir))
                 figures["ceiling"] = asyncio.run(runs.ceiling(s, len(messages), REFERENCE_BUDGET_S))
         finally:
-            _cleanup(s)
+            cleanup(s)
     return _compared(figures, share)
 
 
@@ -113,18 +113,18 @@ def latency(base: Settings, args: argparse.Namespace, log_dir: Path) -> dict[str
     cfg = _config("latency", args)
     messages = list(generate(SimConfig(**{**cfg.__dict__, "start_ts": None}), econ))
     share = _gift_share(messages)
-    s = _deployment(base, "latency")
+    s = deployment(base, "latency")
     try:
         ours = asyncio.run(runs.latency(s, messages, args.rate / share, log_dir))
     finally:
-        _cleanup(s)
+        cleanup(s)
     return {"offered_gifts_per_s": args.rate, "gift_share": round(share, 3), "duration_s": args.duration, "ours": ours}
 
 
 def state(base: Settings, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     econ = economics.load(base.economics_file)
     cfg = _config("state", args)
-    s = _deployment(base, "state")
+    s = deployment(base, "state")
     try:
         figures: dict[str, Any] = {"events": cfg.events, "users": cfg.users}
         counts: Counter[str] = Counter()
@@ -133,7 +133,7 @@ def state(base: Settings, args: argparse.Namespace, log_dir: Path) -> dict[str, 
         figures["naive"] = asyncio.run(runs.naive(s, cfg.events, REFERENCE_BUDGET_S, log_dir))
         figures["ceiling"] = asyncio.run(runs.ceiling(s, cfg.events, REFERENCE_BUDGET_S))
     finally:
-        _cleanup(s)
+        cleanup(s)
     return _compared(figures, share)
 
 
@@ -156,14 +156,14 @@ def main(args: argparse.Namespace) -> int:
     log_dir = base.data_dir / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
     if args.scenario == "leaderboard-read":
-        s = _deployment(base, "read")
+        s = deployment(base, "read")
         try:
             from pipeline.local_worker import running_worker
 
             with running_worker(s, log_dir / "bench-worker.log", runs.worker_env(s, s.web_port)):
                 figures = readbench.leaderboard_read(s, args.gifters, args.requests, args.seed)
         finally:
-            _cleanup(s)
+            cleanup(s)
     elif args.scenario == "latency":
         figures = latency(base, args, log_dir)
     elif args.scenario == "state":
