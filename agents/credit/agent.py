@@ -139,7 +139,7 @@ class CreatorLedger(Stage):
             horizon = min(horizon, min(op["ts"] for op in state.held) - 1)
         apply_credit(state, item, horizon)
         if item.new_senders:
-            concentration.record(state.senders, [list(e) for e in item.new_senders], self.rules.payout_concentration)
+            concentration.record(state.senders, item.new_senders, self.rules.payout_concentration)
         out.diamonds_credited += item.diamonds
 
     def _payout(self, item: Payout, out: Output) -> None:

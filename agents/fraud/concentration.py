@@ -14,7 +14,7 @@ threshold, never flagged wrongly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 from agents.fraud.alerts import Alert, alert
 from agents.fraud.thresholds import HOUR_MS, PayoutConcentration
@@ -23,8 +23,8 @@ from agents.ingest.records import Payout
 MAX_NEW_SENDERS = 64
 IDS_PER_SENDER = 3  # evidence: a sender's first gift ids to this creator
 
-# What a credit op carries per new sender: [sender, first event ts, gift ts, diamonds, event id].
-NewCredit = list[Any]
+# What a credit op carries per new sender: (sender, first event ts, gift ts, diamonds, event id).
+NewCredit = Sequence[Any]
 
 
 def hour(ts: int) -> int:
@@ -52,7 +52,7 @@ class NewSenders:
         assert len(self.senders) <= MAX_NEW_SENDERS
 
 
-def record(ns: NewSenders, credits: list[NewCredit], rules: PayoutConcentration) -> None:
+def record(ns: NewSenders, credits: Iterable[NewCredit], rules: PayoutConcentration) -> None:
     """Add new senders' diamonds; forget what no payout can still count (when the hour
     moves on) and the smallest senders beyond MAX_NEW_SENDERS."""
     hour_before = hour(ns.newest)

@@ -202,3 +202,34 @@ def test_alerts_in_redis_http_and_metrics(fraud_run: dict[str, Any]) -> None:
             if sample.name == "fraud_alerts_total":
                 counted[(sample.labels["rule"], sample.labels["severity"])] += int(sample.value)
     assert counted == Counter((a["rule"], a["severity"]) for a in fraud_run["alerts"])
+
+
+def test_alert_feed_in_redis_is_capped_and_a_rewrite_adds_nothing(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from agents.readmodel import alerts
+    from agents.readmodel.redis_sink import RedisReadModel
+    from pipeline.engine.stage import alert_update
+    from pipeline.settings import Settings
+
+    monkeypatch.setattr(alerts, "MAX_FEED", 3)
+    prefix = f"t{uuid.uuid4().hex[:8]}-"
+    s = Settings(redis_url=cluster.redis_url, redis_prefix=prefix)
+    feed = [alert_update({"alert_id": f"r:u{i}:{T0}", "rule": "r", "ts": T0 + i, "event_ids": [f"e{i}"]}) for i in range(5)]
+
+    async def scenario() -> tuple[list[str], int]:
+        sink = RedisReadModel(s)
+        client = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
+        try:
+            await sink.write(feed)
+            await sink.write(feed[3:] + feed[:2])  # a retry, and a refill of older alerts
+            newest = [a["alert_id"] for a in await alerts.latest(client, prefix, 10)]
+            return newest, len(await client.keys(prefix + "alert:*"))
+        finally:
+            await sink.close()
+            await client.aclose()
+
+    newest, hashes = asyncio.run(scenario())
+    assert newest == [f"r:u{i}:{T0}" for i in (4, 3, 2)] and hashes == 3  # trimmed alerts' hashes are gone
