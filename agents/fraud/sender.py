@@ -64,7 +64,7 @@ class Burn:
 
     recharged: int = 0
     spent: int = 0
-    creators: list[str] = field(default_factory=list)  # at most max_creators + 1
+    creators: list[str] = field(default_factory=list)  # at most max_creators
     event_ids: list[str] = field(default_factory=list)  # at most BURN_EVIDENCE, the latest
 
 
@@ -156,10 +156,13 @@ def _spent(watch: SenderWatch, ev: Gift, coins: int, r: RechargeBurn) -> Alert |
         return None
     assert watch.first_recharge_ts is not None
     burn.spent += coins
-    if ev.creator_id not in burn.creators and len(burn.creators) <= r.max_creators:
+    if ev.creator_id not in burn.creators:
         burn.creators.append(ev.creator_id)
+        if len(burn.creators) > r.max_creators:
+            watch.burn = None  # spent on too many creators: it cannot fire any more
+            return None
     _evidence(burn.event_ids, ev.event_id)
-    if burn.spent < r.min_coins or burn.spent * 100 < r.spent_percent * burn.recharged or len(burn.creators) > r.max_creators:
+    if burn.spent < r.min_coins or burn.spent * 100 < r.spent_percent * burn.recharged:
         return None
     watch.burn = None  # one alert: an account has one first recharge
     start = watch.first_recharge_ts
@@ -188,7 +191,10 @@ def _sent(watch: SenderWatch, ev: Gift, coins: int, r: GiftLoop) -> Leg | None:
         entry = watch.sent[ev.creator_id] = [[], None, []]
     gifts: list[list[int]] = entry[0]
     bisect.insort(gifts, [ev.ts, coins])
-    entry[2] = [*entry[2][1 - LEG_EVIDENCE:], ev.event_id]
+    ids = entry[2]
+    ids.append(ev.event_id)
+    if len(ids) > LEG_EVIDENCE:
+        del ids[0]
     newest = gifts[-1][0]
     while gifts and gifts[0][0] <= newest - r.window_ms:
         del gifts[0]
@@ -198,7 +204,6 @@ def _sent(watch: SenderWatch, ev: Gift, coins: int, r: GiftLoop) -> Leg | None:
     while len(gifts) > MAX_LEG_GIFTS:
         first = gifts.pop(0)
         gifts[0] = [first[0], first[1] + gifts[0][1]]
-    assert len(entry[2]) <= LEG_EVIDENCE
     if not gifts:
         return None
     if total < r.min_coins:
@@ -207,12 +212,15 @@ def _sent(watch: SenderWatch, ev: Gift, coins: int, r: GiftLoop) -> Leg | None:
     if entry[1] is not None and ev.ts - entry[1] < LEG_REFRESH_MS:
         return None
     entry[1] = ev.ts
-    return Leg(ev.sender_id, ev.creator_id, gifts[0][0], newest, total, tuple(entry[2]))
+    return Leg(ev.sender_id, ev.creator_id, gifts[0][0], newest, total, tuple(ids))
 
 
 def _make_room(watch: SenderWatch, now: int, r: GiftLoop) -> None:
-    """Before a new recipient: forget those last given to a window ago, and the least
-    recent beyond MAX_RECIPIENTS - 1."""
+    """Before a new recipient, if MAX_RECIPIENTS are kept: forget those last given to
+    a window ago, then the least recent."""
+    if len(watch.sent) < MAX_RECIPIENTS:
+        return
+
     def newest(recipient: str) -> int:
         gifts = watch.sent[recipient][0]
         return gifts[-1][0] if gifts else -1
