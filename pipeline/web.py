@@ -7,9 +7,12 @@ never a traceback.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import redis.asyncio as aioredis
+from aiohttp import web as aioweb
+from aiohttp.http_exceptions import HttpProcessingError
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
@@ -22,6 +25,7 @@ from pipeline import metrics
 from pipeline.engine.kv import block_cache_bytes
 from pipeline.settings import Settings
 
+log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 2.0
 USER_FIELDS = (
     "coins", "recharged_coins", "spent_coins", "daily_coin_limit", "last_spend_day", "last_spend_day_coins",
@@ -30,8 +34,40 @@ CREATOR_FIELDS = ("diamonds", "lifetime_diamonds", "paid_out_diamonds")
 NULLABLE = {"daily_coin_limit", "last_spend_day"}  # stored as -1 when null
 
 
+@aioweb.middleware
+async def json_errors(request: aioweb.Request, handler: Any) -> aioweb.StreamResponse:
+    """Every error is JSON: an unknown path or method too, and an unexpected failure is
+    a 500 whose body says nothing of the code (the traceback goes to the log only)."""
+    try:
+        return await handler(request)
+    except aioweb.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return aioweb.json_response({"error": exc.reason.lower(), "status": exc.status}, status=exc.status,
+                                    headers=headers)
+    except Exception:
+        log.exception("HTTP %s %s failed", request.method, request.path)
+        return aioweb.json_response({"error": "internal error", "status": 500}, status=500)
+
+
+class _OneLineBadRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a 20 KB path, binary junk) with a
+    traceback: a hostile client must not be able to fill the log with them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "%s: %s %s", (record.getMessage(), exc.code, exc.__class__.__name__)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def register_views(app: Any, settings: Settings, service: Any) -> None:
     client = aioredis.from_url(settings.redis_url, socket_timeout=READ_TIMEOUT_S, decode_responses=True)
+    app.web.web_app.middlewares.append(json_errors)
+    logging.getLogger("aiohttp.server").addFilter(_OneLineBadRequests())
 
     async def read_hash(kind: str, id_: str) -> dict[str, str]:
         return await client.hgetall(hash_key(settings, kind, id_))

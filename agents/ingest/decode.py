@@ -95,9 +95,15 @@ def decode(topic: str, key: bytes | None, value: bytes | None) -> Event | Malfor
     if len(value) > MAX_VALUE_BYTES:
         return Malformed(f"value of {len(value)} bytes exceeds {MAX_VALUE_BYTES}")
     try:
-        data = parse_json(value)
-        if isinstance(data, dict) and any(type(data.get(name)) is float for name in INT_FIELDS[topic]):
+        try:
+            data = parse_json(value)
+        except ValueError:
+            # orjson refuses numbers beyond a double (1e999) even in fields the contract
+            # ignores; the stdlib reads them, and refuses what is not JSON at all.
             data = parse_json(value, exact=True)
+        else:
+            if isinstance(data, dict) and any(type(data.get(name)) is float for name in INT_FIELDS[topic]):
+                data = parse_json(value, exact=True)
     except (ValueError, RecursionError) as exc:
         return Malformed(f"not JSON: {str(exc)[:MAX_REASON_CHARS]}")
     if not isinstance(data, dict):

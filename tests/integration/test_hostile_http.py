@@ -1,0 +1,58 @@
+"""Hostile HTTP requests to a real worker: every refusal is a 4xx with a JSON error
+(an oversized request line is refused by the HTTP parser itself, still a 4xx), and the
+worker logs no traceback."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import pytest
+
+from tests.support.harness import Worker
+
+pytestmark = pytest.mark.integration
+
+
+def request(worker: Worker, method: str, path: str) -> tuple[int, bytes, dict[str, str]]:
+    conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=5)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, resp.read(), dict(resp.getheaders())
+    finally:
+        conn.close()
+
+
+CASES = [
+    ("GET", "/nope", 404, "not found"),
+    ("GET", "/users/u1/extra", 404, "not found"),
+    ("POST", "/users/u1", 405, "method not allowed"),
+    ("DELETE", "/alerts", 405, "method not allowed"),
+    ("PUT", "/metrics", 405, "method not allowed"),
+    ("GET", "/users/a%20b", 400, "user_id must match"),
+    ("GET", "/users/" + "a" * 65, 400, "user_id must match"),
+    ("GET", "/creators/%00", 400, "creator_id must match"),
+    ("GET", "/creators/c1/windows?size=1y", 400, "size must be one of"),
+    ("GET", "/leaderboards/streams/s1/gifters?limit=99999999999999999999999", 400, "limit must be"),
+    ("GET", "/leaderboards/gifters?day=2026-02-30&limit=5", 400, "day must be"),
+    ("GET", "/leaderboards/creators?period=week", 400, "period must be"),
+    ("GET", "/alerts?limit=0", 400, "limit must be"),
+    ("GET", "/alerts?limit=1e3", 400, "limit must be"),
+]
+
+
+def test_refusals_are_json_4xx_and_never_a_traceback(deployment, workers: list[Worker]) -> None:  # type: ignore[no-untyped-def]
+    deployment.create_topics()
+    worker = Worker(deployment, "worker")
+    workers.append(worker.start())
+    for method, path, status, message in CASES:
+        got, body, headers = request(worker, method, path)
+        assert got == status, (method, path, got, body)
+        error = json.loads(body)
+        assert error["status"] == status and message in error["error"], (path, error)
+        if status == 405:
+            assert "GET" in headers.get("Allow", "")
+    got, body, _ = request(worker, "GET", "/users/" + "a" * 20_000)
+    assert 400 <= got < 500 and b"Traceback" not in body
+    assert request(worker, "GET", "/health")[0] == 200  # still serving
