@@ -114,7 +114,21 @@ def preflight(settings: Settings) -> None:
     asyncio.run(_preflight(settings))
 
 
+def _check_data_dir(settings: Settings) -> None:
+    probe = settings.data_dir / f".write-probe-{os.getpid()}"
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"PIPELINE_DATA_DIR={settings.data_dir} is not a folder the worker can write ({exc.strerror}); "
+            "point it at one, or fix its permissions"
+        ) from None
+
+
 async def _preflight(settings: Settings) -> None:
+    _check_data_dir(settings)
     await topics.ensure_topics(settings)
     client = aioredis.from_url(settings.redis_url, socket_timeout=5)
     try:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from pipeline.__main__ import build_parser
 from pipeline.settings import PROJECT_ROOT
 
-COMMANDS = ["worker", "dev", "topics", "run", "simulate", "bench"]
+COMMANDS = ["worker", "dev", "topics", "run", "simulate", "bench", "fraud-eval"]
 
 
 @pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
@@ -24,7 +25,8 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
 
 @pytest.mark.parametrize(("variable", "value"), [
     ("PIPELINE_WEB_PORT", "http"), ("PIPELINE_PARTITIONS", "0"), ("PIPELINE_REDIS_URL", "http://x"),
-    ("PIPELINE_ECONOMICS_FILE", "/nonexistent.toml"),
+    ("PIPELINE_ECONOMICS_FILE", "/nonexistent.toml"), ("PIPELINE_HOLD_SUSPICIOUS_PAYOUTS", "yes"),
+    ("PIPELINE_DATA_DIR", str(Path(__file__))),  # a file, not a folder
 ])
 def test_a_bad_setting_stops_the_worker_with_one_line_naming_it(variable: str, value: str) -> None:
     env = {**os.environ, variable: value}
@@ -34,8 +36,9 @@ def test_a_bad_setting_stops_the_worker_with_one_line_naming_it(variable: str, v
     assert proc.stderr.count("\n") == 1 and variable in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_an_unreachable_broker_is_one_line_too() -> None:
-    env = {**os.environ, "PIPELINE_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+@pytest.mark.parametrize("servers", ["127.0.0.1:1", "nosuchhost.invalid:9092"])
+def test_an_unreachable_broker_is_one_line_too(servers: str) -> None:
+    env = {**os.environ, "PIPELINE_BOOTSTRAP_SERVERS": servers}
     proc = subprocess.run([sys.executable, "-m", "pipeline", "worker"], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=90)
     assert proc.returncode == 2

@@ -1,0 +1,57 @@
+"""Start-up faults with real servers. Redis with a password (the URL carries it): the
+right one works end to end, a wrong one stops the worker at start with one line that
+names the setting and not the secret. (Bad settings, an unreachable broker and an
+unwritable data folder: tests/test_cli.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from pipeline.infra.redis import LocalRedis
+from pipeline.settings import PROJECT_ROOT
+from tests.support.harness import Deployment, Worker, free_port, produce, read_all, run
+
+pytestmark = pytest.mark.integration
+SECRET = "s3cret-Pa55"
+
+
+@pytest.fixture
+def locked_redis(tmp_path: Path) -> Iterator[LocalRedis]:
+    server = LocalRedis(tmp_path / "locked", "127.0.0.1", free_port(), password=SECRET)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_wrong_redis_password_is_one_line_without_the_secret(deployment: Deployment, locked_redis: LocalRedis) -> None:
+    env = {**deployment.env(free_port()), "PIPELINE_REDIS_URL": f"redis://:wrong-{SECRET}@{locked_redis.address}/0"}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "worker"], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "PIPELINE_REDIS_URL" in proc.stderr and "Traceback" not in proc.stderr
+    assert SECRET not in proc.stderr + proc.stdout
+
+
+def test_the_right_password_works_end_to_end(deployment: Deployment, locked_redis: LocalRedis,
+                                             workers: list[Worker]) -> None:
+    deployment.extra_env["PIPELINE_REDIS_URL"] = f"redis://:{SECRET}@{locked_redis.address}/0"
+    deployment.create_topics()
+    worker = Worker(deployment, "worker")
+    workers.append(worker.start())
+    value = {"event_id": "r1", "user_id": "u1", "coins": 500, "amount_cents": 500, "currency": "USD", "ts": 1}
+    run(produce(deployment.bootstrap, [(deployment.topic("recharges"), b"u1", json.dumps(value).encode())]))
+    assert len(run(read_all(deployment.bootstrap, deployment.topic("ledger-outcomes"), 1, timeout_s=60))) == 1
+    for _ in range(50):
+        status, body = worker.get("/users/u1")
+        if body.get("coins") == 500:
+            break
+        time.sleep(0.2)
+    assert (status, body["coins"]) == (200, 500)
+    assert SECRET not in worker.log_path.read_text()
