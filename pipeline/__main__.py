@@ -73,6 +73,12 @@ def _fraud_eval(args: argparse.Namespace) -> int:
     return fraud_eval.main(args)
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from pipeline import soak
+
+    return soak.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
@@ -121,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     fraud_eval_arguments(p)
     p.set_defaults(func=_fraud_eval)
+
+    p = sub.add_parser("soak", help="a simulated live event against several workers with periodic SIGKILLs, then "
+                       "every invariant checked; results go to bench/results/<date>-soak.json, .md")
+    from pipeline.soak import add_arguments as soak_arguments
+
+    soak_arguments(p)
+    p.set_defaults(func=_soak)
     return parser
 
 

@@ -22,12 +22,13 @@ class ConfigError(Exception):
 
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 
 
 @dataclass(frozen=True)
 class Settings:
     bootstrap_servers: str = "127.0.0.1:9092"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)  # may carry a password
     topic_prefix: str = ""
     redis_prefix: str = ""
     web_host: str = "0.0.0.0"
@@ -47,6 +48,8 @@ class Settings:
     leaderboard_retention_days: int = 7
     # payout_concentration holds the payout (outcome rejected, `held_for_review`).
     hold_suspicious_payouts: bool = True
+    # Bearer token every HTTP endpoint but /health and /metrics requires (None: open).
+    http_token: str | None = field(default=None, repr=False)
 
     @property
     def bootstrap_list(self) -> list[str]:
@@ -114,6 +117,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if economics is not None and not Path(economics).is_file():
         raise ConfigError(f"PIPELINE_ECONOMICS_FILE={economics!r} does not exist; point it at a TOML file like pipeline/economics.toml")
     data_dir = Path(env.get("PIPELINE_DATA_DIR") or d.data_dir)
+    token = env.get("PIPELINE_HTTP_TOKEN") or None
+    if token is not None and not _TOKEN_RE.fullmatch(token):
+        raise ConfigError("PIPELINE_HTTP_TOKEN must be 16 to 256 characters of letters, digits and -._~+/= "
+                          "(e.g. `openssl rand -hex 32`)")
     hold = env.get("PIPELINE_HOLD_SUSPICIOUS_PAYOUTS", "1").strip()
     if hold not in ("0", "1"):
         raise ConfigError(f"PIPELINE_HOLD_SUSPICIOUS_PAYOUTS={hold!r}; use 1 to hold payouts the fraud rules "
@@ -136,6 +143,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             env, "PIPELINE_LEADERBOARD_RETENTION_DAYS", d.leaderboard_retention_days, 1, 3650
         ),
         hold_suspicious_payouts=hold == "1",
+        http_token=token,
     )
 
 

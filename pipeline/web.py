@@ -7,6 +7,7 @@ never a traceback.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import Any, Callable
 
@@ -51,6 +52,26 @@ async def json_errors(request: aioweb.Request, handler: Any) -> aioweb.StreamRes
         return aioweb.json_response({"error": "internal error", "status": 500}, status=500)
 
 
+OPEN_PATHS = ("/health", "/metrics")  # for probes and scrapers, which carry no token
+
+
+def bearer_auth(token: str) -> Any:
+    """Every path but OPEN_PATHS needs `Authorization: Bearer <token>`; compared in
+    constant time, and never logged."""
+    expected = f"Bearer {token}".encode()
+
+    @aioweb.middleware
+    async def check(request: aioweb.Request, handler: Any) -> aioweb.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return aioweb.json_response({"error": "missing or wrong bearer token", "status": 401}, status=401,
+                                            headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return check
+
+
 class _OneLineBadRequests(logging.Filter):
     """aiohttp logs a request it cannot parse (a 20 KB path, binary junk) with a
     traceback: a hostile client must not be able to fill the log with them."""
@@ -67,6 +88,8 @@ class _OneLineBadRequests(logging.Filter):
 def register_views(app: Any, settings: Settings, service: Any) -> None:
     client = aioredis.from_url(settings.redis_url, socket_timeout=READ_TIMEOUT_S, decode_responses=True)
     app.web.web_app.middlewares.append(json_errors)
+    if settings.http_token is not None:
+        app.web.web_app.middlewares.append(bearer_auth(settings.http_token))
     logging.getLogger("aiohttp.server").addFilter(_OneLineBadRequests())
 
     async def read_hash(kind: str, id_: str) -> dict[str, str]:

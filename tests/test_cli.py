@@ -27,6 +27,7 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
     ("PIPELINE_WEB_PORT", "http"), ("PIPELINE_PARTITIONS", "0"), ("PIPELINE_REDIS_URL", "http://x"),
     ("PIPELINE_ECONOMICS_FILE", "/nonexistent.toml"), ("PIPELINE_HOLD_SUSPICIOUS_PAYOUTS", "yes"),
     ("PIPELINE_DATA_DIR", str(Path(__file__))),  # a file, not a folder
+    ("PIPELINE_HTTP_TOKEN", "short"),
 ])
 def test_a_bad_setting_stops_the_worker_with_one_line_naming_it(variable: str, value: str) -> None:
     env = {**os.environ, variable: value}

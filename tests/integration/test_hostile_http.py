@@ -56,3 +56,31 @@ def test_refusals_are_json_4xx_and_never_a_traceback(deployment, workers: list[W
     got, body, _ = request(worker, "GET", "/users/" + "a" * 20_000)
     assert 400 <= got < 500 and b"Traceback" not in body
     assert request(worker, "GET", "/health")[0] == 200  # still serving
+
+
+TOKEN = "t0ken-" + "x" * 26
+
+
+def test_a_bearer_token_guards_every_endpoint_but_health_and_metrics(deployment, workers: list[Worker]) -> None:  # type: ignore[no-untyped-def]
+    deployment.extra_env["PIPELINE_HTTP_TOKEN"] = TOKEN
+    deployment.create_topics()
+    worker = Worker(deployment, "worker")
+    workers.append(worker.start())  # its health check carries no token
+
+    def status(path: str, auth: str | None) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=5)
+        try:
+            conn.request("GET", path, headers={"Authorization": auth} if auth else {})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    for path in ("/users/u1", "/creators/c1", "/alerts", "/leaderboards/creators", "/nope"):
+        for auth in (None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x"):
+            got, body = status(path, auth)
+            assert got == 401 and json.loads(body)["status"] == 401, (path, auth, got)
+    assert status("/users/u1", f"Bearer {TOKEN}")[0] == 200
+    assert status("/nope", f"Bearer {TOKEN}")[0] == 404
+    assert status("/health", None)[0] == 200 and status("/metrics", None)[0] == 200
+    assert TOKEN not in worker.log_path.read_text()

@@ -158,3 +158,10 @@ def test_redis_url_with_bad_port_names_the_variable(url: str) -> None:
 def test_economics_file_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="PIPELINE_ECONOMICS_FILE"):
         settings.load({"PIPELINE_ECONOMICS_FILE": str(tmp_path / "missing.toml")})
+
+
+def test_secrets_stay_out_of_the_settings_repr() -> None:
+    s = settings.load({"PIPELINE_REDIS_URL": "redis://:hunter2-secret@127.0.0.1:6379/0",
+                       "PIPELINE_HTTP_TOKEN": "tok-" + "s" * 30})
+    assert s.http_token == "tok-" + "s" * 30 and "hunter2-secret" in s.redis_url
+    assert "hunter2" not in repr(s) and "sss" not in repr(s)
