@@ -1,5 +1,6 @@
 """`python -m pipeline soak --minutes N`: a simulated live event against several
-workers, one of them SIGKILLed and restarted every `--kill-every` seconds, then the
+workers, one of them SIGKILLed and restarted every `--kill-every` seconds and the local
+Redis stopped for `--redis-outage` seconds halfway (restarted empty), then the
 invariants checked on everything the pipeline published.
 
 Checked at the end (after the workers have read every input and Redis has caught up):
@@ -52,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--rate", type=float, default=2_000, help="events produced per second (default 2000)")
     p.add_argument("--kill-every", type=float, default=60.0, help="seconds between SIGKILLs (default 60)")
+    p.add_argument("--redis-outage", type=float, default=30.0, metavar="SECONDS",
+                   help="stop the local Redis this long halfway through, restart it empty (default 30; 0: none)")
     p.add_argument("--seed", type=int, default=5, help="random seed (default 5)")
 
 
@@ -112,7 +115,19 @@ def traffic(args: argparse.Namespace, econ: economics.Economics, expected: Count
         yield topic, key, value
 
 
-async def run(s: Settings, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+async def redis_outage(base: Settings, after_s: float, seconds: float, log: list[dict[str, Any]]) -> None:
+    """Stop the local Redis (`dev up`'s) halfway through, and start it again empty."""
+    server = dev.local_redis(base)
+    await asyncio.sleep(after_s)
+    started = time.monotonic()
+    await asyncio.to_thread(server.stop)
+    log.append({"event": "redis stopped"})
+    await asyncio.sleep(seconds)
+    await asyncio.to_thread(server.start)
+    log.append({"event": "redis started empty", "down_s": round(time.monotonic() - started, 1)})
+
+
+async def run(s: Settings, args: argparse.Namespace, log_dir: Path, base: Settings) -> dict[str, Any]:
     econ = economics.load(s.economics_file)
     fleet = Fleet(s, args.workers, log_dir)
     rng = random.Random(args.seed)
@@ -127,6 +142,9 @@ async def run(s: Settings, args: argparse.Namespace, log_dir: Path) -> dict[str,
         await lag.start()
         started = time.monotonic()
         producing = asyncio.ensure_future(runs.produce(s, traffic(args, econ, expected), args.rate))
+        outages: list[dict[str, Any]] = []
+        if args.redis_outage > 0:
+            outage = asyncio.ensure_future(redis_outage(base, args.minutes * 30, args.redis_outage, outages))
         next_kill = started + args.kill_every
         try:
             while True:
@@ -147,6 +165,8 @@ async def run(s: Settings, args: argparse.Namespace, log_dir: Path) -> dict[str,
                 if now - started > args.minutes * 60 + DRAIN_TIMEOUT_S:
                     raise SystemExit("the workers did not catch up within the drain timeout")
             await producing
+            if args.redis_outage > 0:
+                await outage
         finally:
             await lag.stop()
         elapsed = time.monotonic() - started
@@ -155,7 +175,7 @@ async def run(s: Settings, args: argparse.Namespace, log_dir: Path) -> dict[str,
         fleet.stop()
     warm = next((row for row in timeline if row["t"] >= 30), timeline[0] if timeline else None)
     return {"minutes": args.minutes, "workers": args.workers, "offered_rate": args.rate, "elapsed_s": round(elapsed, 1),
-            "produced": dict(expected), "kills": kills, "max_lag": max((r["lag"] for r in timeline), default=0),
+            "produced": dict(expected), "kills": kills, "redis_outage": outages, "max_lag": max((r["lag"] for r in timeline), default=0),
             "rss_mb_start": warm["rss_mb"] if warm else None, "rss_mb_end": timeline[-1]["rss_mb"] if timeline else None,
             "rss_mb_peak": max((max(r["rss_mb"]) for r in timeline if r["rss_mb"]), default=None),
             "checks": checks, "ok": all(c["ok"] for c in checks.values()), "timeline": timeline}
@@ -251,7 +271,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Soak, {result['date']}", "",
              f"{result['workers']} workers, {result['minutes']} min at {result['offered_rate']:.0f} events/s offered; "
              f"{sum(result['produced'].values()):,} messages ({result['produced'].get('malformed', 0)} malformed); "
-             f"{len(result['kills'])} SIGKILLs; max lag {result['max_lag']:,}; worker RSS MB start {result['rss_mb_start']}, "
+             f"{len(result['kills'])} SIGKILLs; Redis down {next((e['down_s'] for e in result['redis_outage'] if 'down_s' in e), 0)} s "
+             f"(restarted empty); max lag {result['max_lag']:,}; worker RSS MB start {result['rss_mb_start']}, "
              f"end {result['rss_mb_end']}, peak {result['rss_mb_peak']}; done in {result['elapsed_s']} s.", "",
              "| check | ok |", "|---|---|"]
     lines += [f"| {name} | {'yes' if c['ok'] else '**no**'} |" for name, c in result["checks"].items()]
@@ -266,12 +287,12 @@ def main(args: argparse.Namespace) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     s = deployment(base, "soak")
     try:
-        result = asyncio.run(run(s, args, log_dir))
+        result = asyncio.run(run(s, args, log_dir, base))
     finally:
         cleanup(s)
     result = {"scenario": "soak", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "command": f"python -m pipeline soak --minutes {args.minutes} --workers {args.workers} "
-              f"--rate {args.rate:.0f} --kill-every {args.kill_every:.0f} --seed {args.seed}", **result}
+              f"--rate {args.rate:.0f} --kill-every {args.kill_every:.0f} --redis-outage {args.redis_outage:.0f} --seed {args.seed}", **result}
     stem = RESULTS / f"{dt.date.today().isoformat()}-soak"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(result) + "\n")

@@ -20,7 +20,7 @@ def _kafka(settings: Settings) -> LocalKafka:
     return LocalKafka(settings.data_dir, host, port)
 
 
-def _redis(settings: Settings) -> LocalRedis:
+def local_redis(settings: Settings) -> LocalRedis:
     parsed = urlparse(settings.redis_url)
     if parsed.scheme == "unix":
         raise ConfigError(
@@ -35,7 +35,7 @@ def _redis(settings: Settings) -> LocalRedis:
 def up(settings: Settings) -> list[str]:
     """Start whatever is not running yet; safe to repeat."""
     lines = []
-    servers: list[LocalServer] = [_redis(settings), _kafka(settings)]  # Redis first: ready at once
+    servers: list[LocalServer] = [local_redis(settings), _kafka(settings)]  # Redis first: ready at once
     for server in servers:
         was_running = server.is_running()
         t0 = time.monotonic()
@@ -53,7 +53,7 @@ def up(settings: Settings) -> list[str]:
 def down(settings: Settings) -> list[str]:
     """Stop both servers; their data stays in data_dir for the next `up`."""
     lines = []
-    servers: list[LocalServer] = [_kafka(settings), _redis(settings)]
+    servers: list[LocalServer] = [_kafka(settings), local_redis(settings)]
     for server in servers:
         pid = server.pid()
         if pid is None:
@@ -66,4 +66,4 @@ def down(settings: Settings) -> list[str]:
 
 
 def status(settings: Settings) -> list[str]:
-    return [_kafka(settings).status(), _redis(settings).status()]
+    return [_kafka(settings).status(), local_redis(settings).status()]

@@ -270,6 +270,12 @@ def test_workers_share_partitions_rebalance_and_answer_any_key(deployment: Deplo
         time.sleep(0.5)
 
 
+def _metric(worker: Worker, name: str) -> float:
+    with urllib.request.urlopen(worker.url("/metrics"), timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
 def test_redis_outage_the_ledger_keeps_going_and_boards_come_back_exact(
     cluster: Cluster, deployment: Deployment, workers: list[Worker]
 ) -> None:
@@ -282,6 +288,7 @@ def test_redis_outage_the_ledger_keeps_going_and_boards_come_back_exact(
     workers.append(worker)
     worker.start()
     run(wait_end_offsets(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes) // 10, DONE_TIMEOUT_S))
+    errors_before = _metric(worker, "ledger_redis_errors_total")
     cluster.redis.stop()
     try:
         before = len(run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), 1.0, settle_s=0)))
@@ -289,6 +296,8 @@ def test_redis_outage_the_ledger_keeps_going_and_boards_come_back_exact(
         time.sleep(3)
         during = len(run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), 1.0, settle_s=0)))
         assert during > before, "the ledger stalled while Redis was down"
+        assert _metric(worker, "ledger_redis_errors_total") > errors_before  # the outage shows
+        assert worker.get("/health")[1]["read_model_pending"] > 0
     finally:
         cluster.redis.start()  # empty: it keeps nothing on disk
     outcomes = run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), DONE_TIMEOUT_S))
@@ -297,3 +306,4 @@ def test_redis_outage_the_ledger_keeps_going_and_boards_come_back_exact(
     _eventually(lambda: _check_state(worker, model, users, creators), timeout_s=30)
     _eventually(lambda: _check_boards(d, worker, model), timeout_s=30)
     _eventually(lambda: _check_windows(worker, model, creators), timeout_s=30)
+    assert worker.get("/health")[1]["read_model_pending"] == 0
