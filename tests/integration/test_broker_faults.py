@@ -1,0 +1,56 @@
+"""The single broker SIGKILLed mid-stream and restarted: the worker reconnects by
+itself (its transactions fail, the partitions are rebuilt from Kafka with backoff) and
+the outcomes, balances and diamonds come out exact. A broker of its own: the session's
+is shared by the other tests."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from pipeline.infra.kafka import LocalKafka
+from tests.conftest import Cluster
+from tests.integration.test_ledger_e2e import (
+    CREATORS, DONE_TIMEOUT_S, EVENTS, _assert_same_outcomes, _backlog, _check_state, _eventually, _users_of,
+)
+from tests.support.harness import Deployment, Worker, free_port, read_all, run, wait_end_offsets
+
+pytestmark = pytest.mark.integration
+BROKER_DOWN_S = 5
+
+
+@pytest.fixture
+def own_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
+    kafka = LocalKafka(tmp_path / "kafka", "127.0.0.1", free_port(), free_port())
+    kafka.start()
+    yield kafka
+    kafka.stop()
+
+
+def test_broker_sigkill_and_restart_the_worker_reconnects_and_loses_nothing(
+    cluster: Cluster, own_kafka: LocalKafka, tmp_path: Path, workers: list[Worker]
+) -> None:
+    d = Deployment(own_kafka.address, cluster.redis_url, f"t{uuid.uuid4().hex[:10]}-", tmp_path)
+    d.extra_env["PIPELINE_MAX_BATCH"] = "50"  # many transactions: the kill lands inside one
+    stream, model, _ = _backlog(d, seed=41, events=2 * EVENTS)
+    worker = Worker(d, "w1")
+    workers.append(worker)
+    worker.start()
+    run(wait_end_offsets(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes) // 4, DONE_TIMEOUT_S))
+    before = len(run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), 0.5, settle_s=0)))
+    assert before < len(model.outcomes) * 3 // 4, "the backlog was nearly done before the kill: the test proves little"
+    own_kafka.kill()
+    kill_seen = time.monotonic()
+    time.sleep(BROKER_DOWN_S)
+    assert worker.proc is not None and worker.proc.poll() is None, "the worker must outlive the broker"
+    own_kafka.start()
+    outcomes = run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), 3 * DONE_TIMEOUT_S))
+    _assert_same_outcomes(outcomes, model.outcomes)
+    assert worker.proc.poll() is None  # reconnected, never restarted
+    print(f"\nbroker killed with {before} of {len(model.outcomes)} outcomes committed; all exact "
+          f"{time.monotonic() - kill_seen:.1f} s after the kill")
+    _eventually(lambda: _check_state(worker, model, _users_of(stream), CREATORS), timeout_s=60)
