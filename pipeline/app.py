@@ -129,7 +129,14 @@ def _check_data_dir(settings: Settings) -> None:
 
 async def _preflight(settings: Settings) -> None:
     _check_data_dir(settings)
-    await topics.ensure_topics(settings)
+    # aiokafka logs each failed connection itself; the one line of ConfigError says it all.
+    kafka_log = logging.getLogger("aiokafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
+    try:
+        await topics.ensure_topics(settings)
+    finally:
+        kafka_log.setLevel(level)
     client = aioredis.from_url(settings.redis_url, socket_timeout=5)
     try:
         await client.ping()

@@ -43,9 +43,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _produce_and_wait(s: Settings, messages: list[tuple[str, bytes, bytes]]) -> tuple[Counter[str], float]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_list, isolation_level="read_committed", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**s.kafka_options(), isolation_level="read_committed", enable_auto_commit=False)
     await consumer.start()
-    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_list, linger_ms=10, acks="all")
+    producer = AIOKafkaProducer(**s.kafka_options(), linger_ms=10, acks="all")
     await producer.start()
     try:
         tps = [TopicPartition(s.topic(topics.OUTCOMES), p) for p in range(s.partitions)]

@@ -120,7 +120,7 @@ async def run(s: Settings, messages: list[Message], log_dir: Path, rate: float) 
     outcomes = 0
     expected = sum(1 for t, k, v in messages if not isinstance(decode(t, k, v), Malformed))  # one outcome each
     with running_worker(s, log_dir / "fraud-eval-worker.log", runs.worker_env(s, s.web_port)):
-        consumer = AIOKafkaConsumer(s.topic("fraud-alerts"), s.topic("ledger-outcomes"), bootstrap_servers=s.bootstrap_list,
+        consumer = AIOKafkaConsumer(s.topic("fraud-alerts"), s.topic("ledger-outcomes"), **s.kafka_options(),
                                     isolation_level="read_committed", auto_offset_reset="earliest", enable_auto_commit=False)
         await consumer.start()
         try:

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 from urllib.parse import urlparse
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +23,8 @@ class ConfigError(Exception):
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
+_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,26 @@ class Settings:
     hold_suspicious_payouts: bool = True
     # Bearer token every HTTP endpoint but /health and /metrics requires (None: open).
     http_token: str | None = field(default=None, repr=False)
+    # Kafka security: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL mechanism and
+    # credentials; a CA file for TLS (None: the system's).
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_username: str | None = None
+    kafka_password: str | None = field(default=None, repr=False)
+    kafka_ca_file: Path | None = None
+
+    def kafka_options(self) -> dict[str, Any]:
+        """Connection options of every Kafka client of the pipeline and its commands."""
+        options: dict[str, Any] = {"bootstrap_servers": self.bootstrap_list,
+                                   "security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL_"):
+            options.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_username,
+                           sasl_plain_password=self.kafka_password)
+        if self.kafka_security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(cafile=str(self.kafka_ca_file) if self.kafka_ca_file else None)
+        return options
 
     @property
     def bootstrap_list(self) -> list[str]:
@@ -121,6 +143,20 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if token is not None and not _TOKEN_RE.fullmatch(token):
         raise ConfigError("PIPELINE_HTTP_TOKEN must be 16 to 256 characters of letters, digits and -._~+/= "
                           "(e.g. `openssl rand -hex 32`)")
+    protocol = env.get("PIPELINE_KAFKA_SECURITY_PROTOCOL", d.kafka_security_protocol).strip().upper()
+    if protocol not in _PROTOCOLS:
+        raise ConfigError(f"PIPELINE_KAFKA_SECURITY_PROTOCOL={protocol!r}; use one of {', '.join(_PROTOCOLS)}")
+    mechanism = env.get("PIPELINE_KAFKA_SASL_MECHANISM", d.kafka_sasl_mechanism).strip().upper()
+    if mechanism not in _MECHANISMS:
+        raise ConfigError(f"PIPELINE_KAFKA_SASL_MECHANISM={mechanism!r}; use one of {', '.join(_MECHANISMS)}")
+    username, password = env.get("PIPELINE_KAFKA_USERNAME") or None, env.get("PIPELINE_KAFKA_PASSWORD") or None
+    if protocol.startswith("SASL_") and (username is None or password is None):
+        raise ConfigError(f"PIPELINE_KAFKA_SECURITY_PROTOCOL={protocol} needs PIPELINE_KAFKA_USERNAME and "
+                          "PIPELINE_KAFKA_PASSWORD")
+    ca_file = env.get("PIPELINE_KAFKA_CA_FILE") or None
+    if ca_file is not None and not Path(ca_file).is_file():
+        raise ConfigError(f"PIPELINE_KAFKA_CA_FILE={ca_file!r} does not exist; point it at the PEM file of the "
+                          "brokers' certificate authority")
     hold = env.get("PIPELINE_HOLD_SUSPICIOUS_PAYOUTS", "1").strip()
     if hold not in ("0", "1"):
         raise ConfigError(f"PIPELINE_HOLD_SUSPICIOUS_PAYOUTS={hold!r}; use 1 to hold payouts the fraud rules "
@@ -144,6 +180,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ),
         hold_suspicious_payouts=hold == "1",
         http_token=token,
+        kafka_security_protocol=protocol,
+        kafka_sasl_mechanism=mechanism,
+        kafka_username=username,
+        kafka_password=password,
+        kafka_ca_file=Path(ca_file) if ca_file else None,
     )
 
 

@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _produce(s: settings.Settings, messages: Iterator[Message], total: int, rate: float) -> tuple[int, float]:
-    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_list, linger_ms=10, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**s.kafka_options(), linger_ms=10, acks="all", enable_idempotence=True)
     await producer.start()
     started = last_report = time.monotonic()
     sent = 0

@@ -182,7 +182,7 @@ async def run(s: Settings, args: argparse.Namespace, log_dir: Path, base: Settin
 
 
 async def _read_topic(s: Settings, topic: str) -> list[dict[str, Any]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_list, isolation_level="read_committed",
+    consumer = AIOKafkaConsumer(**s.kafka_options(), isolation_level="read_committed",
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipeline.settings import ConfigError, Settings
 
@@ -68,13 +68,17 @@ def specs(settings: Settings, extra: tuple[str, ...] = ()) -> list[TopicSpec]:
 async def ensure_topics(settings: Settings, timeout_s: float = 30.0, extra: tuple[str, ...] = ()) -> None:
     """Create missing topics (the contract's, the internal ones and `extra`); refuse to
     run on topics with another partition count."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_list, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**settings.kafka_options(), request_timeout_ms=10_000)
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
-    except (KafkaConnectionError, asyncio.TimeoutError, OSError) as exc:
+    except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+        secured = settings.kafka_security_protocol != "PLAINTEXT"
         raise ConfigError(
             f"cannot reach Kafka at PIPELINE_BOOTSTRAP_SERVERS={settings.bootstrap_servers} ({exc.__class__.__name__}); "
-            "start it with `python -m pipeline dev up` or point the setting at a running broker"
+            + ("check PIPELINE_KAFKA_SECURITY_PROTOCOL, PIPELINE_KAFKA_SASL_MECHANISM, PIPELINE_KAFKA_USERNAME and "
+               "PIPELINE_KAFKA_PASSWORD (and PIPELINE_KAFKA_CA_FILE for TLS), and that the broker is up"
+               if secured else
+               "start it with `python -m pipeline dev up` or point the setting at a running broker")
         ) from None
     try:
         wanted = specs(settings, extra)
@@ -103,7 +107,7 @@ async def delete_topics(settings: Settings) -> None:
     """Delete every topic under this deployment's prefix (benchmarks clean up after
     themselves); refuses an empty prefix, which would mean every topic."""
     assert settings.topic_prefix, "deleting every topic of a cluster is not a clean-up"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_list, request_timeout_ms=30_000)
+    admin = AIOKafkaAdminClient(**settings.kafka_options(), request_timeout_ms=30_000)
     await admin.start()
     try:
         ours = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]

@@ -27,7 +27,8 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
     ("PIPELINE_WEB_PORT", "http"), ("PIPELINE_PARTITIONS", "0"), ("PIPELINE_REDIS_URL", "http://x"),
     ("PIPELINE_ECONOMICS_FILE", "/nonexistent.toml"), ("PIPELINE_HOLD_SUSPICIOUS_PAYOUTS", "yes"),
     ("PIPELINE_DATA_DIR", str(Path(__file__))),  # a file, not a folder
-    ("PIPELINE_HTTP_TOKEN", "short"),
+    ("PIPELINE_HTTP_TOKEN", "short"), ("PIPELINE_KAFKA_SECURITY_PROTOCOL", "TLS"),
+    ("PIPELINE_KAFKA_SASL_MECHANISM", "GSSAPI"), ("PIPELINE_KAFKA_CA_FILE", "/nonexistent.pem"),
 ])
 def test_a_bad_setting_stops_the_worker_with_one_line_naming_it(variable: str, value: str) -> None:
     env = {**os.environ, variable: value}
@@ -43,4 +44,4 @@ def test_an_unreachable_broker_is_one_line_too(servers: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "pipeline", "worker"], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=90)
     assert proc.returncode == 2
-    assert "PIPELINE_BOOTSTRAP_SERVERS" in proc.stderr and "Traceback" not in proc.stderr
+    assert "PIPELINE_BOOTSTRAP_SERVERS" in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

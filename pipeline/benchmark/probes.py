@@ -25,7 +25,7 @@ class Lag:
 
     def __init__(self, s: Settings, group_id: str, topics: list[str]) -> None:
         self.s, self.group_id, self.topics = s, group_id, topics
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_list, group_id=group_id, enable_auto_commit=False)
+        self.consumer = AIOKafkaConsumer(**s.kafka_options(), group_id=group_id, enable_auto_commit=False)
         self.tps: list[TopicPartition] = []
 
     async def start(self) -> None:

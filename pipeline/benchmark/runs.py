@@ -61,7 +61,7 @@ async def produce(s: Settings, messages: Iterable[Message], rate: float | None =
                   sent_at: dict[bytes, float] | None = None) -> int:
     """Send `messages` (at `rate` per second, or as fast as one producer goes); with
     `sent_at`, remember each event id's send time (for latency)."""
-    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_list, **PRODUCER)
+    producer = AIOKafkaProducer(**s.kafka_options(), **PRODUCER)
     await producer.start()
     n = 0
     started = time.perf_counter()
@@ -131,7 +131,7 @@ async def watch(s: Settings, group_id: str, total: int, pids: list[int], budget_
 
 async def credited_total(s: Settings, topic: str, expected: int) -> int:
     """Diamonds credited by accepted gifts, summed over the committed outcomes."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_list, isolation_level="read_committed",
+    consumer = AIOKafkaConsumer(**s.kafka_options(), isolation_level="read_committed",
                                 enable_auto_commit=False)
     await consumer.start()
     try:
@@ -215,7 +215,7 @@ async def naive(s: Settings, total: int, budget_s: float, log_dir: Path) -> dict
 
 async def ceiling(s: Settings, total: int, budget_s: float) -> dict[str, Any]:
     """A plain aiokafka consumer that reads and decodes the same input topics."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_list, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**s.kafka_options(), enable_auto_commit=False,
                                 max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024)
     await consumer.start()
     stats = ProcStats([os.getpid()])
@@ -257,7 +257,7 @@ async def latency(s: Settings, messages: list[Message], rate: float, log_dir: Pa
     pending: dict[bytes, tuple[str, str, int]] = {}
     with ExitStack() as stack:
         pids = [p.pid for p in start_workers(stack, s, 1, log_dir)]
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_list, isolation_level="read_committed",
+        consumer = AIOKafkaConsumer(**s.kafka_options(), isolation_level="read_committed",
                                     enable_auto_commit=False, fetch_max_wait_ms=5)
         await consumer.start()
         tps = [TopicPartition(s.topic(topics.OUTCOMES), p) for p in range(s.partitions)]

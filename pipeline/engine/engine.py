@@ -66,7 +66,7 @@ class Engine:
     async def start(self) -> None:
         s = self.settings
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_list,
+            **s.kafka_options(),
             group_id=s.group_id,
             enable_auto_commit=False,
             isolation_level="read_committed",
@@ -299,7 +299,7 @@ class Engine:
             for stage in task.stages:
                 owners[TopicPartition(self.settings.topic(stage.changelog_topic), task.partition)] = stage
         restorer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_list,
+            **self.settings.kafka_options(),
             enable_auto_commit=False,
             isolation_level="read_committed",
             max_partition_fetch_bytes=8 * 1024 * 1024,

@@ -74,7 +74,7 @@ class PartitionTask:
     async def start_producer(self) -> None:
         """Create the producer and fence any previous owner of this partition."""
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap_list,
+            **self.settings.kafka_options(),
             transactional_id=self.transactional_id,
             transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
             max_batch_size=1_048_576,

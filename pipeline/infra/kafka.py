@@ -48,9 +48,14 @@ class LocalKafka(LocalServer):
     setting = SETTING
     marker = "kafka.Kafka"  # what our broker's command line contains
 
-    def __init__(self, data_dir: Path, host: str, port: int, controller_port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, host: str, port: int, controller_port: int | None = None,
+                 sasl_port: int | None = None, scram_users: dict[str, str] | None = None) -> None:
         super().__init__(data_dir, host, port)
         self.controller_port = port + 1 if controller_port is None else controller_port
+        # An extra SASL_PLAINTEXT listener with SCRAM-SHA-512 users, created with the
+        # storage at its first start (the tests of the pipeline's Kafka credentials).
+        self.sasl_port = sasl_port
+        self.scram_users = dict(scram_users or {})
         self.log_dir = self.dir / "logs"
         self.properties_file = self.dir / "server.properties"
         self.log4j_file = self.dir / "log4j.properties"
@@ -155,6 +160,17 @@ class LocalKafka(LocalServer):
             "broker.heartbeat.interval.ms": "1000",
             "auto.create.topics.enable": "false",
         }
+        if self.sasl_port is not None:
+            sasl = f"SASL_PLAINTEXT://{self.host}:{self.sasl_port}"
+            props.update({
+                "listeners": f"PLAINTEXT://{self.host}:{self.port},{sasl},CONTROLLER://{self.host}:{self.controller_port}",
+                "advertised.listeners": f"PLAINTEXT://{self.address},{sasl}",
+                "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name": "PLAINTEXT",
+                "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+                "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config":
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            })
         text = "# Written by pipeline/infra/kafka.py on every start; edits are lost.\n"
         text += "".join(f"{k}={v}\n" for k, v in props.items())
         self.properties_file.write_text(text)
@@ -165,6 +181,8 @@ class LocalKafka(LocalServer):
         cmd = [java, "-cp", classpath, f"-Dlog4j.configuration=file:{self.log4j_file}",
                "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(self.properties_file),
                "--ignore-formatted"]
+        for user, password in self.scram_users.items():
+            cmd += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=_FORMAT_TIMEOUT_S)
         except subprocess.TimeoutExpired:

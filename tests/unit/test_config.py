@@ -165,3 +165,14 @@ def test_secrets_stay_out_of_the_settings_repr() -> None:
                        "PIPELINE_HTTP_TOKEN": "tok-" + "s" * 30})
     assert s.http_token == "tok-" + "s" * 30 and "hunter2-secret" in s.redis_url
     assert "hunter2" not in repr(s) and "sss" not in repr(s)
+
+
+def test_sasl_needs_both_credentials_and_keeps_the_password_out_of_the_repr() -> None:
+    with pytest.raises(ConfigError, match="PIPELINE_KAFKA_USERNAME and PIPELINE_KAFKA_PASSWORD"):
+        settings.load({"PIPELINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "PIPELINE_KAFKA_USERNAME": "u"})
+    s = settings.load({"PIPELINE_KAFKA_SECURITY_PROTOCOL": "sasl_plaintext", "PIPELINE_KAFKA_USERNAME": "u",
+                       "PIPELINE_KAFKA_PASSWORD": "pw-secret-1"})
+    options = s.kafka_options()
+    assert (options["security_protocol"], options["sasl_mechanism"], options["sasl_plain_password"]) == (
+        "SASL_PLAINTEXT", "SCRAM-SHA-512", "pw-secret-1")
+    assert "pw-secret-1" not in repr(s)
