@@ -49,8 +49,14 @@ class LocalKafka(LocalServer):
     marker = "kafka.Kafka"  # what our broker's command line contains
 
     def __init__(self, data_dir: Path, host: str, port: int, controller_port: int | None = None,
-                 sasl_port: int | None = None, scram_users: dict[str, str] | None = None) -> None:
+                 sasl_port: int | None = None, scram_users: dict[str, str] | None = None,
+                 node_id: int = 1, quorum: dict[int, int] | None = None, cluster_id: str | None = None) -> None:
         super().__init__(data_dir, host, port)
+        # A node of a local multi-broker cluster (fault tests): its id, every node's
+        # controller port by id, and the cluster id they share.
+        self.node_id = node_id
+        self.quorum = quorum
+        self.cluster_id = cluster_id
         self.controller_port = port + 1 if controller_port is None else controller_port
         # An extra SASL_PLAINTEXT listener with SCRAM-SHA-512 users, created with the
         # storage at its first start (the tests of the pipeline's Kafka credentials).
@@ -141,8 +147,9 @@ class LocalKafka(LocalServer):
         # Rewritten on every start so a changed PIPELINE_BOOTSTRAP_SERVERS takes effect.
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": ",".join(
+                f"{i}@{self.host}:{p}" for i, p in sorted((self.quorum or {self.node_id: self.controller_port}).items())),
             "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://{self.address}",
             "controller.listener.names": "CONTROLLER",
@@ -160,6 +167,9 @@ class LocalKafka(LocalServer):
             "broker.heartbeat.interval.ms": "1000",
             "auto.create.topics.enable": "false",
         }
+        if self.quorum and len(self.quorum) >= 3:
+            props.update({"offsets.topic.replication.factor": "3", "transaction.state.log.replication.factor": "3",
+                          "transaction.state.log.min.isr": "2", "min.insync.replicas": "2"})
         if self.sasl_port is not None:
             sasl = f"SASL_PLAINTEXT://{self.host}:{self.sasl_port}"
             props.update({
@@ -179,7 +189,7 @@ class LocalKafka(LocalServer):
     def _format(self, java: str, classpath: str) -> None:
         """First start only: KRaft refuses to run on an unformatted log dir."""
         cmd = [java, "-cp", classpath, f"-Dlog4j.configuration=file:{self.log4j_file}",
-               "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(self.properties_file),
+               "kafka.tools.StorageTool", "format", "-t", self.cluster_id or new_cluster_id(), "-c", str(self.properties_file),
                "--ignore-formatted"]
         for user, password in self.scram_users.items():
             cmd += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
@@ -219,7 +229,7 @@ def _java() -> str:
     return java
 
 
-def _cluster_id() -> str:
+def new_cluster_id() -> str:
     """Same format as `StorageTool random-uuid` without paying for a JVM start."""
     while True:
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

@@ -1,18 +1,20 @@
-"""The single broker SIGKILLed mid-stream and restarted: the worker reconnects by
-itself (its transactions fail, the partitions are rebuilt from Kafka with backoff) and
-the outcomes, balances and diamonds come out exact. A broker of its own: the session's
-is shared by the other tests."""
+"""Brokers SIGKILLed mid-stream and restarted: the single broker (the worker reconnects
+by itself: its transactions fail, the partitions are rebuilt from Kafka with backoff),
+and one of a three-node cluster (replication 3, min ISR 2, acks=all). Outcomes,
+balances and diamonds come out exact. Brokers of their own: the session's is shared by
+the other tests."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from pipeline.infra.kafka import LocalKafka
+from pipeline.infra.kafka import LocalKafka, new_cluster_id
 from tests.conftest import Cluster
 from tests.integration.test_ledger_e2e import (
     CREATORS, DONE_TIMEOUT_S, EVENTS, _assert_same_outcomes, _backlog, _check_state, _eventually, _users_of,
@@ -53,4 +55,41 @@ def test_broker_sigkill_and_restart_the_worker_reconnects_and_loses_nothing(
     assert worker.proc.poll() is None  # reconnected, never restarted
     print(f"\nbroker killed with {before} of {len(model.outcomes)} outcomes committed; all exact "
           f"{time.monotonic() - kill_seen:.1f} s after the kill")
+    _eventually(lambda: _check_state(worker, model, _users_of(stream), CREATORS), timeout_s=60)
+
+
+@pytest.fixture
+def kafka_trio(tmp_path: Path) -> Iterator[list[LocalKafka]]:
+    """Three KRaft nodes (each broker and controller), replication 3, min ISR 2."""
+    ports = {i: (free_port(), free_port()) for i in (1, 2, 3)}
+    cid = new_cluster_id()
+    nodes = [LocalKafka(tmp_path / f"node{i}", "127.0.0.1", port, ctl, node_id=i,
+                        quorum={j: c for j, (_, c) in ports.items()}, cluster_id=cid) for i, (port, ctl) in ports.items()]
+    with ThreadPoolExecutor(3) as pool:  # a node is ready only once a quorum of controllers runs
+        list(pool.map(lambda n: n.start(timeout_s=180), nodes))
+    yield nodes
+    for n in nodes:
+        n.stop()
+
+
+def test_one_of_three_brokers_sigkilled_under_load_loses_nothing(
+    cluster: Cluster, kafka_trio: list[LocalKafka], tmp_path: Path, workers: list[Worker]
+) -> None:
+    bootstrap = ",".join(n.address for n in kafka_trio)
+    d = Deployment(bootstrap, cluster.redis_url, f"t{uuid.uuid4().hex[:10]}-", tmp_path)
+    d.extra_env.update({"PIPELINE_MAX_BATCH": "50", "PIPELINE_REPLICATION_FACTOR": "3"})
+    stream, model, _ = _backlog(d, seed=43, events=2 * EVENTS)  # produced with acks=all
+    worker = Worker(d, "w1")
+    workers.append(worker)
+    worker.start()
+    run(wait_end_offsets(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes) // 4, DONE_TIMEOUT_S))
+    before = len(run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), 0.5, settle_s=0)))
+    assert before < len(model.outcomes) * 3 // 4, "the backlog was nearly done before the kill: the test proves little"
+    victim = kafka_trio[1]
+    victim.kill()
+    time.sleep(BROKER_DOWN_S)
+    victim.start(timeout_s=180)
+    outcomes = run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), 3 * DONE_TIMEOUT_S))
+    _assert_same_outcomes(outcomes, model.outcomes)
+    assert worker.proc is not None and worker.proc.poll() is None
     _eventually(lambda: _check_state(worker, model, _users_of(stream), CREATORS), timeout_s=60)
