@@ -1,5 +1,6 @@
 """`python -m pipeline soak --minutes N`: a simulated live event against several
-workers, one of them SIGKILLed and restarted every `--kill-every` seconds and the local
+workers, one of them SIGKILLed and restarted, or removed and added back, every
+`--kill-every` seconds (alternately), and the local
 Redis stopped for `--redis-outage` seconds halfway (restarted empty), then the
 invariants checked on everything the pipeline published.
 
@@ -91,6 +92,11 @@ class Fleet:
         self.procs[i].send_signal(signal.SIGKILL)
         self.procs[i].wait()
 
+    def stop_one(self, i: int) -> None:
+        """A graceful scale-down: SIGTERM, the worker leaves the group."""
+        self.procs[i].terminate()
+        self.procs[i].wait(timeout=60)
+
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs.values()]
 
@@ -156,9 +162,17 @@ async def run(s: Settings, args: argparse.Namespace, log_dir: Path, base: Settin
                 if producing.done() and done >= ends:
                     break
                 if not producing.done() and now >= next_kill:
+                    # Alternately a crash (SIGKILL, back at once) and a scale-down and up
+                    # (SIGTERM, a third of the interval with one worker fewer, then added).
                     victim = rng.randrange(args.workers)
-                    fleet.kill(victim)
-                    kills.append({"t": round(now - started, 1), "worker": victim})
+                    graceful = len(kills) % 2 == 1
+                    if graceful:
+                        fleet.stop_one(victim)
+                    else:
+                        fleet.kill(victim)
+                    kills.append({"t": round(now - started, 1), "worker": victim, "how": "removed" if graceful else "SIGKILL"})
+                    if graceful:
+                        await asyncio.sleep(args.kill_every / 3)
                     fleet.start(victim)
                     await fleet.healthy(victim)
                     next_kill = time.monotonic() + args.kill_every
@@ -271,7 +285,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Soak, {result['date']}", "",
              f"{result['workers']} workers, {result['minutes']} min at {result['offered_rate']:.0f} events/s offered; "
              f"{sum(result['produced'].values()):,} messages ({result['produced'].get('malformed', 0)} malformed); "
-             f"{len(result['kills'])} SIGKILLs; Redis down {next((e['down_s'] for e in result['redis_outage'] if 'down_s' in e), 0)} s "
+             f"{sum(k['how'] == 'SIGKILL' for k in result['kills'])} SIGKILLs and "
+             f"{sum(k['how'] == 'removed' for k in result['kills'])} workers removed and added back; Redis down {next((e['down_s'] for e in result['redis_outage'] if 'down_s' in e), 0)} s "
              f"(restarted empty); max lag {result['max_lag']:,}; worker RSS MB start {result['rss_mb_start']}, "
              f"end {result['rss_mb_end']}, peak {result['rss_mb_peak']}; done in {result['elapsed_s']} s.", "",
              "| check | ok |", "|---|---|"]
