@@ -97,9 +97,11 @@ def decode(topic: str, key: bytes | None, value: bytes | None) -> Event | Malfor
     try:
         try:
             data = parse_json(value)
-        except ValueError:
+        except ValueError as exc:
             # orjson refuses numbers beyond a double (1e999) even in fields the contract
-            # ignores; the stdlib reads them, and refuses what is not JSON at all.
+            # ignores: only then the stdlib reads it (orjson's other refusals stand).
+            if "number is infinity" not in str(exc):
+                raise
             data = parse_json(value, exact=True)
         else:
             if isinstance(data, dict) and any(type(data.get(name)) is float for name in INT_FIELDS[topic]):

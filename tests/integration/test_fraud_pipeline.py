@@ -140,10 +140,12 @@ def fraud_run(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     d.create_topics()
     ev = Events()
     expected, held = scenarios(ev)
+    # A backlog, produced before the worker starts: produced while it reads, a gift
+    # could be read before its sender's recharge (README, "Limits") and be refused.
+    messages = ev.messages(d.prefix)
+    run(produce(d.bootstrap, messages))
     worker = Worker(d, "fraud-worker").start()
     try:
-        messages = ev.messages(d.prefix)
-        run(produce(d.bootstrap, messages))
         outcomes = run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(messages), timeout_s=120))
         alerts = run(read_all(d.bootstrap, d.topic("fraud-alerts"), len(expected), timeout_s=30, settle_s=3.0))
         deadline = time.monotonic() + 10
