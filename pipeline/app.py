@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +22,9 @@ import faust
 import redis.asyncio as aioredis
 from faust.app.base import BootStrategy
 from mode import Service
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.credit.agent import CreatorLedger
 from agents.ledger.agent import UserLedger
@@ -137,16 +140,33 @@ async def _preflight(settings: Settings) -> None:
         await topics.ensure_topics(settings)
     finally:
         kafka_log.setLevel(level)
+    await _check_redis(settings)
+
+
+async def _check_redis(settings: Settings) -> None:
+    """A wrong URL or password stops the worker; Redis merely down does not: the ledger
+    does not depend on it (the read model is written when it is back), so a worker
+    restarted during a Redis outage must start."""
     client = aioredis.from_url(settings.redis_url, socket_timeout=5)
     try:
         await client.ping()
-    except RedisError as exc:
-        raise ConfigError(
-            f"cannot use Redis at PIPELINE_REDIS_URL ({exc.__class__.__name__}: {exc}); "
-            "start it with `python -m pipeline dev up` or fix the URL (host, port, password)"
-        ) from None
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        if isinstance(exc, AuthenticationError) or "Name or service not known" in str(exc):
+            raise _redis_config_error(exc) from None
+        # Logging is not set up yet (Faust does it when the worker starts): say it plainly.
+        print(f"warning: Redis at PIPELINE_REDIS_URL is unreachable ({exc.__class__.__name__}); starting anyway, "
+              "the read model is written when it is back", file=sys.stderr)
+    except RedisError as exc:  # WRONGPASS, NOAUTH, ...: configuration
+        raise _redis_config_error(exc) from None
     finally:
         await client.aclose()
+
+
+def _redis_config_error(exc: Exception) -> ConfigError:
+    return ConfigError(
+        f"cannot use Redis at PIPELINE_REDIS_URL ({exc.__class__.__name__}: {exc}); "
+        "start it with `python -m pipeline dev up` or fix the URL (host, port, password)"
+    )
 
 
 def state_root(settings: Settings) -> Path:

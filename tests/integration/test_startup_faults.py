@@ -55,3 +55,28 @@ def test_the_right_password_works_end_to_end(deployment: Deployment, locked_redi
         time.sleep(0.2)
     assert (status, body["coins"]) == (200, 500)
     assert SECRET not in worker.log_path.read_text()
+
+
+def test_a_worker_starts_while_redis_is_down_and_fills_it_when_it_is_back(
+    deployment: Deployment, tmp_path: Path, workers: list[Worker]
+) -> None:
+    """The ledger does not depend on Redis: a worker (re)started during an outage runs,
+    and writes the read model once Redis is back."""
+    later = LocalRedis(tmp_path / "later", "127.0.0.1", free_port())
+    deployment.extra_env["PIPELINE_REDIS_URL"] = f"redis://{later.address}/0"
+    deployment.create_topics()
+    value = {"event_id": "r1", "user_id": "u1", "coins": 500, "amount_cents": 500, "currency": "USD", "ts": 1}
+    run(produce(deployment.bootstrap, [(deployment.topic("recharges"), b"u1", json.dumps(value).encode())]))
+    worker = Worker(deployment, "worker")
+    workers.append(worker.start())
+    assert len(run(read_all(deployment.bootstrap, deployment.topic("ledger-outcomes"), 1, timeout_s=60))) == 1
+    later.start()
+    try:
+        for _ in range(100):
+            status, body = worker.get("/users/u1")
+            if status == 200 and body.get("coins") == 500:
+                break
+            time.sleep(0.2)
+        assert (status, body.get("coins")) == (200, 500)
+    finally:
+        later.stop()
