@@ -33,6 +33,7 @@ from typing import Any, Iterator
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 
 from agents.ingest.decode import Malformed, decode
 from pipeline import economics, settings, topics
@@ -200,7 +201,7 @@ async def _read_topic(s: Settings, topic: str) -> list[dict[str, Any]]:
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        tps = [tp for tp in await _partitions(consumer, s.topic(topic))]
+        tps = [TopicPartition(s.topic(topic), p) for p in range(s.partitions)]  # created with that count
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -211,13 +212,6 @@ async def _read_topic(s: Settings, topic: str) -> list[dict[str, Any]]:
         return out
     finally:
         await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Any]:
-    from aiokafka.structs import TopicPartition
-
-    parts = await consumer._client.fetch_all_metadata()  # aiokafka has no public refresh
-    return [TopicPartition(topic, p) for p in sorted(parts.partitions_for_topic(topic) or ())]
 
 
 async def _read_model_sums(s: Settings) -> dict[str, int]:

@@ -14,10 +14,10 @@ from tests.support.harness import Worker
 pytestmark = pytest.mark.integration
 
 
-def request(worker: Worker, method: str, path: str) -> tuple[int, bytes, dict[str, str]]:
+def request(worker: Worker, method: str, path: str, auth: str | None = None) -> tuple[int, bytes, dict[str, str]]:
     conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=5)
     try:
-        conn.request(method, path)
+        conn.request(method, path, headers={"Authorization": auth} if auth else {})
         resp = conn.getresponse()
         return resp.status, resp.read(), dict(resp.getheaders())
     finally:
@@ -68,13 +68,7 @@ def test_a_bearer_token_guards_every_endpoint_but_health_and_metrics(deployment,
     workers.append(worker.start())  # its health check carries no token
 
     def status(path: str, auth: str | None) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=5)
-        try:
-            conn.request("GET", path, headers={"Authorization": auth} if auth else {})
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
+        return request(worker, "GET", path, auth)[:2]
 
     for path in ("/users/u1", "/creators/c1", "/alerts", "/leaderboards/creators", "/nope"):
         for auth in (None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x"):

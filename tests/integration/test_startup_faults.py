@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -16,10 +15,16 @@ import pytest
 
 from pipeline.infra.redis import LocalRedis
 from pipeline.settings import PROJECT_ROOT
+from tests.integration.test_ledger_e2e import _eventually
 from tests.support.harness import Deployment, Worker, free_port, produce, read_all, run
 
 pytestmark = pytest.mark.integration
 SECRET = "s3cret-Pa55"
+
+
+def _shows_coins(worker: Worker, user: str, coins: int) -> None:
+    status, body = worker.get(f"/users/{user}")
+    assert (status, body.get("coins")) == (200, coins)
 
 
 @pytest.fixture
@@ -48,12 +53,7 @@ def test_the_right_password_works_end_to_end(deployment: Deployment, locked_redi
     value = {"event_id": "r1", "user_id": "u1", "coins": 500, "amount_cents": 500, "currency": "USD", "ts": 1}
     run(produce(deployment.bootstrap, [(deployment.topic("recharges"), b"u1", json.dumps(value).encode())]))
     assert len(run(read_all(deployment.bootstrap, deployment.topic("ledger-outcomes"), 1, timeout_s=60))) == 1
-    for _ in range(50):
-        status, body = worker.get("/users/u1")
-        if body.get("coins") == 500:
-            break
-        time.sleep(0.2)
-    assert (status, body["coins"]) == (200, 500)
+    _eventually(lambda: _shows_coins(worker, "u1", 500))
     assert SECRET not in worker.log_path.read_text()
 
 
@@ -72,11 +72,6 @@ def test_a_worker_starts_while_redis_is_down_and_fills_it_when_it_is_back(
     assert len(run(read_all(deployment.bootstrap, deployment.topic("ledger-outcomes"), 1, timeout_s=60))) == 1
     later.start()
     try:
-        for _ in range(100):
-            status, body = worker.get("/users/u1")
-            if status == 200 and body.get("coins") == 500:
-                break
-            time.sleep(0.2)
-        assert (status, body.get("coins")) == (200, 500)
+        _eventually(lambda: _shows_coins(worker, "u1", 500), timeout_s=20)
     finally:
         later.stop()
