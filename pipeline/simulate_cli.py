@@ -60,6 +60,8 @@ def main(args: argparse.Namespace) -> int:
         events=events, users=args.users, creators=args.creators, seed=args.seed, zipf_s=args.zipf,
         mega_live_share=args.mega_live, malformed_share=args.malformed, duplicate_share=args.duplicates,
         id_prefix=args.id_prefix,
+        # Paced: event time keeps to the wall clock, so windows and charts look live.
+        tick_ms=max(1, round(1000 / args.rate)) if args.rate else 1,
     )
     cfg = dataclasses.replace(cfg, start_ts=int(time.time() * 1000))
     messages = generate(cfg, economics.load(s.economics_file))
