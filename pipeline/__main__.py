@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=200, help="distinct viewers (default 200)")
     p.add_argument("--creators", type=int, default=20, help="distinct creators (default 20)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    p.add_argument("--watch", action="store_true",
+                   help="keep the worker running afterwards, for the live dashboard, until Ctrl-C")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("simulate", help="produce a seeded simulated live event to Kafka (rate, size, mega-live, bad input)")

@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from agents.credit.agent import CreatorLedger
 from agents.ledger.agent import UserLedger
 from agents.readmodel.redis_sink import RedisReadModel
-from pipeline import topics
+from pipeline import fleet, topics
 from pipeline.economics import Economics
 from pipeline.engine.engine import Engine
 from pipeline.engine.kv import RocksKV
@@ -59,6 +59,7 @@ class LedgerService(Service):
         self.settings = settings
         self.read_model = RedisReadModel(settings)
         self.engine = Engine(settings, stage_factory(settings, econ), self.read_model.write)
+        self.fleet = fleet.Publisher(settings, lambda: self.engine.processed_total, lambda: len(self.engine.tasks))
 
     async def on_start(self) -> None:
         await self.engine.start()
@@ -66,6 +67,7 @@ class LedgerService(Service):
         self.add_future(self.read_model.retry_forever())
         self.add_future(self._keep_read_model_filled())
         self.add_future(self._return_free_memory())
+        self.add_future(self.fleet.run())
 
     async def _run(self) -> None:
         try:
@@ -99,6 +101,7 @@ class LedgerService(Service):
     async def on_stop(self) -> None:
         await self.engine.stop()
         await self.read_model.close()
+        await self.fleet.close()
 
 
 TRIM_INTERVAL_S = 10.0

@@ -38,6 +38,17 @@ def main(args: argparse.Namespace) -> int:
         print(f"producing {len(messages)} events of a simulated live event (ids demo{tag}-*)")
         counts, elapsed = asyncio.run(_produce_and_wait(s, messages))
         _report(s, cfg, counts, elapsed)
+        dashboard = f"http://127.0.0.1:{s.web_port}/dashboard?stream={cfg.id_prefix}c0-s0"
+        if args.watch:
+            print(f"\nlive dashboard: {dashboard}\n(`python -m pipeline simulate --rate 200 --duration 300` "
+                  "in another shell feeds it; Ctrl-C stops the worker)")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+        else:
+            print("\n`python -m pipeline run --watch` keeps the worker running for the live dashboard")
     print("Kafka and Redis keep running: `python -m pipeline dev down` stops them.")
     return 0
 

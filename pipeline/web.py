@@ -23,6 +23,7 @@ from agents.credit.state import WINDOWS
 from agents.readmodel import alerts, leaderboards
 from agents.readmodel.redis_sink import hash_key
 from pipeline import metrics
+from pipeline.dashboard import routes as dashboard
 from pipeline.engine.kv import block_cache_bytes
 from pipeline.settings import Settings
 
@@ -55,14 +56,18 @@ async def json_errors(request: aioweb.Request, handler: Any) -> aioweb.StreamRes
 OPEN_PATHS = ("/health", "/metrics")  # for probes and scrapers, which carry no token
 
 
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or dashboard.is_open(path)
+
+
 def bearer_auth(token: str) -> Any:
-    """Every path but OPEN_PATHS needs `Authorization: Bearer <token>`; compared in
+    """Every path but the open ones needs `Authorization: Bearer <token>`; compared in
     constant time, and never logged."""
     expected = f"Bearer {token}".encode()
 
     @aioweb.middleware
     async def check(request: aioweb.Request, handler: Any) -> aioweb.StreamResponse:
-        if request.path not in OPEN_PATHS:
+        if not is_open(request.path):
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 return aioweb.json_response({"error": "missing or wrong bearer token", "status": 401}, status=401,
@@ -91,6 +96,7 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
     if settings.http_token is not None:
         app.web.web_app.middlewares.append(bearer_auth(settings.http_token))
     logging.getLogger("aiohttp.server").addFilter(_OneLineBadRequests())
+    dashboard.register(app.web.web_app, client, settings.redis_prefix)
 
     async def read_hash(kind: str, id_: str) -> dict[str, str]:
         return await client.hgetall(hash_key(settings, kind, id_))

@@ -1,0 +1,102 @@
+"""`/dashboard` (the page and its assets) and `/dashboard/events` (its live data).
+
+The page and assets hold no data and are open, so a browser can load them; the event
+stream needs the bearer token when PIPELINE_HTTP_TOKEN is set (the page asks for it and
+sends it in a header: fetch, not EventSource, which cannot). Limits: MAX_STREAMS open
+streams per worker, each polling Redis every PUSH_INTERVAL_S and closed after
+MAX_STREAM_S (the page reconnects), or at once when the worker shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from agents.ingest.decode import ID_RE
+from agents.readmodel.redis_sink import REDIS_DOWN
+from pipeline.dashboard.snapshot import Selection, snapshot
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+PAGE = "/dashboard"
+ASSETS = "/dashboard/static/"
+MAX_STREAMS = 64
+PUSH_INTERVAL_S = 1.0
+KEEPALIVE_S = 15.0
+MAX_STREAM_S = 3600.0
+RECONNECT_MS = 2000
+
+
+def is_open(path: str) -> bool:
+    """The page and its assets: no token needed (they hold no data)."""
+    return path == PAGE or path.startswith(ASSETS)
+
+
+def register(web_app: web.Application, redis: Redis, prefix: str) -> None:
+    open_streams: set[asyncio.Task[object]] = set()
+    closing = asyncio.Event()
+
+    async def page(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        chosen = Selection(request.query.get("stream", ""), request.query.get("creator", ""))
+        for name, value in (("stream", chosen.stream_id), ("creator", chosen.creator_id)):
+            if value and not ID_RE.fullmatch(value):
+                raise web.HTTPBadRequest(reason=f"{name} must match ^[A-Za-z0-9_.:-]{{1,64}}$")
+        if len(open_streams) >= MAX_STREAMS:
+            raise web.HTTPServiceUnavailable(reason=f"dashboard streams are limited to {MAX_STREAMS} per worker")
+        me = asyncio.current_task()
+        assert me is not None
+        open_streams.add(me)
+        try:
+            return await _stream(request, redis, prefix, chosen, closing)
+        finally:
+            open_streams.discard(me)
+
+    async def on_shutdown(_: web.Application) -> None:
+        closing.set()
+
+    web_app.router.add_get(PAGE, page)
+    web_app.router.add_get("/dashboard/events", events)
+    web_app.router.add_static(ASSETS, STATIC)
+    web_app.on_shutdown.append(on_shutdown)
+
+
+async def _stream(request: web.Request, redis: Redis, prefix: str, chosen: Selection,
+                  closing: asyncio.Event) -> web.StreamResponse:
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+    })
+    await response.prepare(request)
+    await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
+    started = last_write = time.monotonic()
+    last = ""
+    try:
+        while not closing.is_set() and time.monotonic() - started < MAX_STREAM_S:
+            try:
+                body = await snapshot(redis, prefix, chosen, int(time.time() * 1000))
+                data, event = json.dumps(body, separators=(",", ":")), "snapshot"
+            except REDIS_DOWN:
+                data, event = json.dumps({"error": "read model unavailable (Redis)"}), "unavailable"
+            now = time.monotonic()
+            if data != last:
+                await response.write(f"event: {event}\ndata: {data}\n\n".encode())
+                last, last_write = data, now
+            elif now - last_write >= KEEPALIVE_S:
+                await response.write(b": keepalive\n\n")
+                last_write = now
+            try:
+                await asyncio.wait_for(closing.wait(), PUSH_INTERVAL_S)
+            except asyncio.TimeoutError:
+                pass
+    except ConnectionResetError:
+        pass  # the viewer left
+    return response

@@ -1,0 +1,60 @@
+"""What the dashboard shows, read from Redis in one place.
+
+Everything comes from the read model that every worker writes (leaderboards, windows,
+alerts, fleet reports), so any worker's dashboard shows the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from agents.readmodel import alerts, leaderboards
+from pipeline import fleet
+
+TOP_N = 10
+ALERTS_SHOWN = 20
+CHART_MINUTES = 30
+MINUTE_MS = 60_000
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The stream and creator the viewer chose; an empty creator follows the day's top one."""
+
+    stream_id: str
+    creator_id: str
+
+
+def per_minute(windows: list[tuple[int, int]], now_ms: int, minutes: int = CHART_MINUTES) -> list[dict[str, int]]:
+    """The last `minutes` one-minute windows up to the newest of now and the newest
+    window, quiet minutes as zero, oldest first: a chart with gaps would hide a pause."""
+    assert minutes >= 1
+    newest = max([now_ms - now_ms % MINUTE_MS] + [start for start, _ in windows])
+    by_start = dict(windows)
+    starts = range(newest - (minutes - 1) * MINUTE_MS, newest + 1, MINUTE_MS)
+    return [{"start": s, "diamonds": by_start.get(s, 0)} for s in starts]
+
+
+async def snapshot(redis: Redis, prefix: str, chosen: Selection, now_ms: int) -> dict[str, Any]:
+    day = now_ms // DAY_MS
+    creators = await leaderboards.top(redis, prefix + leaderboards.creators_day_key(day), TOP_N)
+    gifters = (
+        await leaderboards.top(redis, prefix + leaderboards.stream_key(chosen.stream_id), TOP_N)
+        if chosen.stream_id else []
+    )
+    creator = chosen.creator_id or (creators[0][0] if creators else "")
+    windows = await leaderboards.windows(redis, creator, "1m", prefix) if creator else []
+    return {
+        "day": leaderboards.day_name(day),
+        "stream_id": chosen.stream_id,
+        "gifters": [{"rank": i + 1, "user_id": u, "coins": c} for i, (u, c) in enumerate(gifters)],
+        "creators": [{"rank": i + 1, "creator_id": c, "diamonds": d} for i, (c, d) in enumerate(creators)],
+        "creator_id": creator,
+        "diamonds_per_minute": per_minute(windows, now_ms) if creator else [],
+        "alerts": await alerts.latest(redis, prefix, ALERTS_SHOWN),
+        "fleet": await fleet.summary(redis, prefix, now_ms),
+    }
