@@ -32,6 +32,8 @@ PUSH_INTERVAL_S = 1.0
 KEEPALIVE_S = 15.0
 MAX_STREAM_S = 3600.0
 RECONNECT_MS = 2000
+# Only our own assets and stream: an injected script could read the token from the tab.
+CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 
 
 def is_open(path: str) -> bool:
@@ -44,7 +46,7 @@ def register(web_app: web.Application, redis: Redis, prefix: str) -> None:
     closing = asyncio.Event()
 
     async def page(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP})
 
     async def events(request: web.Request) -> web.StreamResponse:
         chosen = Selection(request.query.get("stream", ""), request.query.get("creator", ""))

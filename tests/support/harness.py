@@ -119,8 +119,11 @@ class Worker:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def get(self, path: str, timeout_s: float = 5.0) -> tuple[int, Any]:
+        """GET as a client of this deployment: with its bearer token, if it has one."""
+        token = self.deployment.extra_env.get("PIPELINE_HTTP_TOKEN")
+        request = urllib.request.Request(self.url(path), headers={"Authorization": f"Bearer {token}"} if token else {})
         try:
-            with urllib.request.urlopen(self.url(path), timeout=timeout_s) as resp:
+            with urllib.request.urlopen(request, timeout=timeout_s) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
