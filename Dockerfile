@@ -5,7 +5,10 @@ COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY agents ./agents
 COPY schemas ./schemas
-RUN pip install --no-cache-dir -e .
+RUN pip install --no-cache-dir -e . \
+    && useradd --uid 10001 --user-group --no-create-home --home-dir /tmp ledger \
+    && mkdir /data && chown ledger:ledger /data
+USER 10001
 ENV PIPELINE_WEB_PORT=6066 PIPELINE_DATA_DIR=/data
 EXPOSE 6066
 CMD ["python", "-m", "pipeline", "worker"]
