@@ -23,8 +23,8 @@ STOP_TIMEOUT_S = 30.0
 def get(s: Settings, path: str, raw: bool = False) -> Any:
     """A worker's JSON answer (or its text, `raw`), with the bearer token if one is set."""
     request = urllib.request.Request(f"http://127.0.0.1:{s.web_port}{path}")
-    if s.http_token is not None:
-        request.add_header("Authorization", f"Bearer {s.http_token}")
+    if s.http_tokens:
+        request.add_header("Authorization", f"Bearer {s.http_tokens[0]}")
     with urllib.request.urlopen(request, timeout=5) as resp:
         body = resp.read()
     return body.decode() if raw else json.loads(body)

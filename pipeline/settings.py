@@ -23,6 +23,7 @@ class ConfigError(Exception):
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
+MAX_HTTP_TOKENS = 2  # the new and the old one, during a rotation
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
 
@@ -50,8 +51,10 @@ class Settings:
     leaderboard_retention_days: int = 7
     # payout_concentration holds the payout (outcome rejected, `held_for_review`).
     hold_suspicious_payouts: bool = True
-    # Bearer token every HTTP endpoint but /health and /metrics requires (None: open).
-    http_token: str | None = field(default=None, repr=False)
+    # Bearer tokens every HTTP endpoint but /health, /metrics and the dashboard page
+    # accepts (empty: open). Two during a rotation: the new one first, which our own
+    # clients send.
+    http_tokens: tuple[str, ...] = field(default=(), repr=False)
     # Kafka security: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL mechanism and
     # credentials; a CA file for TLS (None: the system's).
     kafka_security_protocol: str = "PLAINTEXT"
@@ -139,10 +142,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if economics is not None and not Path(economics).is_file():
         raise ConfigError(f"PIPELINE_ECONOMICS_FILE={economics!r} does not exist; point it at a TOML file like pipeline/economics.toml")
     data_dir = Path(env.get("PIPELINE_DATA_DIR") or d.data_dir)
-    token = env.get("PIPELINE_HTTP_TOKEN") or None
-    if token is not None and not _TOKEN_RE.fullmatch(token):
-        raise ConfigError("PIPELINE_HTTP_TOKEN must be 16 to 256 characters of letters, digits and -._~+/= "
-                          "(e.g. `openssl rand -hex 32`)")
+    raw_tokens = env.get("PIPELINE_HTTP_TOKEN") or ""
+    tokens = tuple(t.strip() for t in raw_tokens.split(",")) if raw_tokens else ()
+    if len(tokens) > MAX_HTTP_TOKENS or not all(_TOKEN_RE.fullmatch(t) for t in tokens):
+        raise ConfigError(f"PIPELINE_HTTP_TOKEN must be one token, or {MAX_HTTP_TOKENS} separated by a comma while "
+                          "rotating, each 16 to 256 characters of letters, digits and -._~+/= (e.g. `openssl rand -hex 32`)")
     protocol = env.get("PIPELINE_KAFKA_SECURITY_PROTOCOL", d.kafka_security_protocol).strip().upper()
     if protocol not in _PROTOCOLS:
         raise ConfigError(f"PIPELINE_KAFKA_SECURITY_PROTOCOL={protocol!r}; use one of {', '.join(_PROTOCOLS)}")
@@ -179,7 +183,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             env, "PIPELINE_LEADERBOARD_RETENTION_DAYS", d.leaderboard_retention_days, 1, 3650
         ),
         hold_suspicious_payouts=hold == "1",
-        http_token=token,
+        http_tokens=tokens,
         kafka_security_protocol=protocol,
         kafka_sasl_mechanism=mechanism,
         kafka_username=username,

@@ -60,16 +60,17 @@ def is_open(path: str) -> bool:
     return path in OPEN_PATHS or dashboard.is_open(path)
 
 
-def bearer_auth(token: str) -> Any:
-    """Every path but the open ones needs `Authorization: Bearer <token>`; compared in
-    constant time, and never logged."""
-    expected = f"Bearer {token}".encode()
+def bearer_auth(tokens: tuple[str, ...]) -> Any:
+    """Every path but the open ones needs `Authorization: Bearer <token>` with one of
+    `tokens` (two while rotating); compared in constant time with each, and never logged."""
+    assert tokens
+    expected = [f"Bearer {token}".encode() for token in tokens]
 
     @aioweb.middleware
     async def check(request: aioweb.Request, handler: Any) -> aioweb.StreamResponse:
         if not is_open(request.path):
             given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
+            if not sum(hmac.compare_digest(given, e) for e in expected):  # no early exit
                 return aioweb.json_response({"error": "missing or wrong bearer token", "status": 401}, status=401,
                                             headers={"WWW-Authenticate": "Bearer"})
         return await handler(request)
@@ -93,8 +94,8 @@ class _OneLineBadRequests(logging.Filter):
 def register_views(app: Any, settings: Settings, service: Any) -> None:
     client = aioredis.from_url(settings.redis_url, socket_timeout=READ_TIMEOUT_S, decode_responses=True)
     app.web.web_app.middlewares.append(json_errors)
-    if settings.http_token is not None:
-        app.web.web_app.middlewares.append(bearer_auth(settings.http_token))
+    if settings.http_tokens:
+        app.web.web_app.middlewares.append(bearer_auth(settings.http_tokens))
     logging.getLogger("aiohttp.server").addFilter(_OneLineBadRequests())
     dashboard.register(app.web.web_app, client, settings.redis_prefix)
 

@@ -43,8 +43,10 @@ def test_any_workers_stream_shows_the_fleet(deployment: Deployment, workers: lis
     deployment.create_topics()
     workers += [Worker(deployment, f"w{i}").start() for i in (1, 2)]
     url = workers[0].url("/dashboard/events?stream=s1")
-    body = asyncio.run(snapshots(url, lambda b: len(b["fleet"]["workers"]) == 2))
-    assert sum(w["partitions"] for w in body["fleet"]["workers"]) == deployment.partitions
+    # Both workers, sharing the partitions once the rebalance has settled.
+    body = asyncio.run(snapshots(url, lambda b: len(b["fleet"]["workers"]) == 2 and all(
+        w["partitions"] for w in b["fleet"]["workers"]) and sum(
+        w["partitions"] for w in b["fleet"]["workers"]) == deployment.partitions))
     assert body["stream_id"] == "s1" and body["gifters"] == [] and body["alerts"] == []
 
     async def statuses() -> list[int]:

@@ -59,10 +59,11 @@ def test_refusals_are_json_4xx_and_never_a_traceback(deployment, workers: list[W
 
 
 TOKEN = "t0ken-" + "x" * 26
+OLD_TOKEN = "old-t0ken-" + "y" * 22  # still accepted while rotating
 
 
 def test_a_bearer_token_guards_every_endpoint_but_health_and_metrics(deployment, workers: list[Worker]) -> None:  # type: ignore[no-untyped-def]
-    deployment.extra_env["PIPELINE_HTTP_TOKEN"] = TOKEN
+    deployment.extra_env["PIPELINE_HTTP_TOKEN"] = f"{TOKEN},{OLD_TOKEN}"
     deployment.create_topics()
     worker = Worker(deployment, "worker")
     workers.append(worker.start())  # its health check carries no token
@@ -71,10 +72,11 @@ def test_a_bearer_token_guards_every_endpoint_but_health_and_metrics(deployment,
         return request(worker, "GET", path, auth)[:2]
 
     for path in ("/users/u1", "/creators/c1", "/alerts", "/leaderboards/creators", "/nope"):
-        for auth in (None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x"):
+        for auth in (None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x", f"Bearer {TOKEN},{OLD_TOKEN}"):
             got, body = status(path, auth)
             assert got == 401 and json.loads(body)["status"] == 401, (path, auth, got)
     assert status("/users/u1", f"Bearer {TOKEN}")[0] == 200
+    assert status("/users/u1", f"Bearer {OLD_TOKEN}")[0] == 200
     assert status("/nope", f"Bearer {TOKEN}")[0] == 404
     assert status("/health", None)[0] == 200 and status("/metrics", None)[0] == 200
-    assert TOKEN not in worker.log_path.read_text()
+    assert TOKEN not in worker.log_path.read_text() and OLD_TOKEN not in worker.log_path.read_text()

@@ -120,7 +120,7 @@ class Worker:
 
     def get(self, path: str, timeout_s: float = 5.0) -> tuple[int, Any]:
         """GET as a client of this deployment: with its bearer token, if it has one."""
-        token = self.deployment.extra_env.get("PIPELINE_HTTP_TOKEN")
+        token = self.deployment.extra_env.get("PIPELINE_HTTP_TOKEN", "").split(",")[0]
         request = urllib.request.Request(self.url(path), headers={"Authorization": f"Bearer {token}"} if token else {})
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as resp:

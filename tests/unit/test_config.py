@@ -160,10 +160,19 @@ def test_economics_file_must_exist(tmp_path: Path) -> None:
         settings.load({"PIPELINE_ECONOMICS_FILE": str(tmp_path / "missing.toml")})
 
 
+def test_two_http_tokens_while_rotating_but_not_three_nor_an_empty_one() -> None:
+    new, old = "new-" + "n" * 20, "old-" + "o" * 20
+    assert settings.load({"PIPELINE_HTTP_TOKEN": f"{new}, {old}"}).http_tokens == (new, old)
+    assert settings.load({"PIPELINE_HTTP_TOKEN": ""}).http_tokens == ()
+    for bad in (f"{new},{old},{'x' * 20}", f"{new},", f"{new},short"):
+        with pytest.raises(ConfigError, match="PIPELINE_HTTP_TOKEN"):
+            settings.load({"PIPELINE_HTTP_TOKEN": bad})
+
+
 def test_secrets_stay_out_of_the_settings_repr() -> None:
     s = settings.load({"PIPELINE_REDIS_URL": "redis://:hunter2-secret@127.0.0.1:6379/0",
                        "PIPELINE_HTTP_TOKEN": "tok-" + "s" * 30})
-    assert s.http_token == "tok-" + "s" * 30 and "hunter2-secret" in s.redis_url
+    assert s.http_tokens == ("tok-" + "s" * 30,) and "hunter2-secret" in s.redis_url
     assert "hunter2" not in repr(s) and "sss" not in repr(s)
 
 
