@@ -79,6 +79,12 @@ def _soak(args: argparse.Namespace) -> int:
     return soak.main(args)
 
 
+def _redrive(args: argparse.Namespace) -> int:
+    from pipeline import redrive
+
+    return redrive.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
@@ -136,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     soak_arguments(p)
     p.set_defaults(func=_soak)
+
+    p = sub.add_parser("redrive", help="send dead letters back to their source topic after a fix (dry run unless "
+                       "--apply; safe to repeat)")
+    from pipeline.redrive import add_arguments as redrive_arguments
+
+    redrive_arguments(p)
+    p.set_defaults(func=_redrive)
     return parser
 
 

@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
 
 from agents.ingest.decode import Malformed, decode
 from pipeline import economics, settings, topics
@@ -196,24 +194,6 @@ async def run(s: Settings, args: argparse.Namespace, log_dir: Path, base: Settin
             "checks": checks, "ok": all(c["ok"] for c in checks.values()), "timeline": timeline}
 
 
-async def _read_topic(s: Settings, topic: str) -> list[dict[str, Any]]:
-    consumer = AIOKafkaConsumer(**s.kafka_options(), isolation_level="read_committed",
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(s.topic(topic), p) for p in range(s.partitions)]  # created with that count
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[dict[str, Any]] = []
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            for records in (await consumer.getmany(timeout_ms=500, max_records=50_000)).values():
-                out.extend(json.loads(r.value) for r in records)
-        return out
-    finally:
-        await consumer.stop()
-
-
 async def _read_model_sums(s: Settings) -> dict[str, int]:
     client = aioredis.from_url(s.redis_url, decode_responses=True)
     sums: Counter[str] = Counter()
@@ -234,8 +214,8 @@ async def _read_model_sums(s: Settings) -> dict[str, int]:
 
 
 async def check(s: Settings, expected: Counter[str], econ: economics.Economics) -> dict[str, dict[str, Any]]:
-    outcomes = await _read_topic(s, topics.OUTCOMES)
-    dead = await _read_topic(s, topics.DEAD_LETTERS)
+    outcomes = [v for _, v in await topics.read_to_end(s, topics.OUTCOMES)]
+    dead = [v for _, v in await topics.read_to_end(s, topics.DEAD_LETTERS)]
     decided: Counter[str] = Counter(o["event_id"] for o in outcomes if o["status"] != "duplicate")
     seen: Counter[str] = Counter(o["event_id"] for o in outcomes)
     total = Counter()

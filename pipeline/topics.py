@@ -1,4 +1,5 @@
-"""Every topic the pipeline uses, and their creation with one partition count.
+"""Every topic the pipeline uses, their creation with one partition count, and reading
+one to its end (tools: soak, redrive).
 
 Topics are created explicitly (never auto-created by the broker) so that all
 co-partitioned inputs, the internal credit topic and the changelogs share one partition
@@ -8,10 +9,14 @@ count: the engine relies on partition p of each holding the same keys.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import TopicPartition
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipeline.settings import ConfigError, Settings
@@ -115,3 +120,24 @@ async def delete_topics(settings: Settings) -> None:
             await admin.delete_topics(ours)
     finally:
         await admin.close()
+
+
+async def read_to_end(settings: Settings, name: str) -> list[tuple[bytes | None, Any]]:
+    """Every committed record of a topic (created with PIPELINE_PARTITIONS partitions)
+    up to its end when called, as (key, decoded JSON value): bounded, never waits for
+    new records."""
+    consumer = AIOKafkaConsumer(**settings.kafka_options(), isolation_level="read_committed",
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(settings.topic(name), p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[tuple[bytes | None, Any]] = []
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=50_000)).values():
+                out.extend((r.key, json.loads(r.value)) for r in records)
+        return out
+    finally:
+        await consumer.stop()

@@ -12,7 +12,7 @@ import pytest
 from pipeline.__main__ import build_parser
 from pipeline.settings import PROJECT_ROOT
 
-COMMANDS = ["worker", "dev", "topics", "run", "simulate", "bench", "fraud-eval"]
+COMMANDS = ["worker", "dev", "topics", "run", "simulate", "bench", "fraud-eval", "soak", "redrive"]
 
 
 @pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
