@@ -31,7 +31,7 @@ from agents.ledger.agent import UserLedger
 from agents.readmodel.redis_sink import RedisReadModel
 from pipeline import fleet, topics
 from pipeline.economics import Economics
-from pipeline.engine.engine import Engine
+from pipeline.engine.engine import Engine, PartitionMoved
 from pipeline.engine.kv import RocksKV
 from pipeline.engine.stage import Stage
 from pipeline.settings import ConfigError, Settings
@@ -86,7 +86,10 @@ class LedgerService(Service):
             await asyncio.sleep(REFILL_CHECK_S)
             for partition in list(self.engine.tasks):
                 force = partition in self.engine.needs_refill
-                done = await self.read_model.refill(partition, lambda p=partition: self.engine.snapshot(p), force)
+                try:
+                    done = await self.read_model.refill(partition, lambda p=partition: self.engine.snapshot(p), force)
+                except PartitionMoved:
+                    continue  # revoked, rebuilt or stopping: its next task is refilled in full
                 if done or not force:
                     self.engine.needs_refill.discard(partition)
 

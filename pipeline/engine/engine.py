@@ -93,9 +93,10 @@ class Engine:
         async with self.lock:
             unsunk, self._unsunk = self._unsunk, []
             await self._write_read_model(unsunk)
-            for task in self.tasks.values():
+            stopping = list(self.tasks.values())
+            self.tasks.clear()  # first: nothing reads a task being stopped (snapshot, /metrics)
+            for task in stopping:
                 await task.stop()
-            self.tasks.clear()
             if self.consumer is not None:
                 await self.consumer.stop()
 
@@ -201,8 +202,8 @@ class Engine:
         but a failed transaction is a bug (an invariant assertion, say): stop."""
         if not isinstance(error, TransactionFailed):
             raise error
+        self.tasks.pop(task.partition, None)  # first: nothing reads a task being stopped
         await task.stop()
-        self.tasks.pop(task.partition, None)
         self._rebuild_later(task.partition, error)
 
     def _rebuild_later(self, partition: int, reason: BaseException) -> None:
@@ -331,12 +332,15 @@ class Engine:
     def snapshot(self, partition: int) -> Iterator[list[ReadModelUpdate]]:
         """The committed state of a partition as read-model updates, in chunks (nothing
         if not ours): a caller awaits between chunks, so a large state does not stall
-        the worker (heartbeats, processing)."""
+        the worker (heartbeats, processing). PartitionMoved if the partition was revoked,
+        rebuilt or stopped meanwhile."""
         task = self.tasks.get(partition)
         if task is not None:
             updates = (u for s in task.stages for u in s.snapshot())
             while chunk := list(itertools.islice(updates, SNAPSHOT_CHUNK)):
                 yield chunk
+                if self.tasks.get(partition) is not task:  # its stores may be closed now
+                    raise PartitionMoved(partition)
 
     def table_sizes(self) -> dict[str, int]:
         return self._summed(lambda stage: stage.sizes())
@@ -352,6 +356,11 @@ class Engine:
                 for name, n in per_stage(stage).items():
                     total[name] = total.get(name, 0) + n
         return total
+
+
+class PartitionMoved(Exception):
+    """A partition's task went away while its snapshot was being read: its next owner
+    (or its rebuild) writes the read model in full."""
 
 
 class _Listener(ConsumerRebalanceListener):
