@@ -88,6 +88,19 @@ def hash_key(settings: Settings, kind: str, id_: str) -> str:
     return settings.redis_key(f"{kind}:{id_}")
 
 
+def merged(a: ReadModelUpdate, b: ReadModelUpdate) -> ReadModelUpdate:
+    """Two pending updates of one key as one: the fields of the newer (higher seq) and
+    the union of both updates' board entries, the newer's winning. Board scores are
+    totals that only grow, so an older entry is never wrong to keep; dropping one loses
+    it (a refill's full update carries boards that a live update of the same seq,
+    pending beside it, did not touch: seen after a SIGKILL, a stream board missing a
+    gifter)."""
+    assert (a.kind, a.id) == (b.kind, b.id)
+    older, newer = (a, b) if a.seq <= b.seq else (b, a)
+    scores = {z[:2]: z for z in older.scores} | {z[:2]: z for z in newer.scores}
+    return ReadModelUpdate(newer.kind, newer.id, newer.fields, newer.seq, tuple(scores.values()))
+
+
 class RedisReadModel:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
@@ -101,11 +114,7 @@ class RedisReadModel:
     async def write(self, updates: list[ReadModelUpdate]) -> None:
         for u in updates:
             old = self.pending.get((u.kind, u.id))
-            if old is None or old.seq < u.seq:
-                if old is not None and old.scores:  # keep the older update's boards too
-                    merged = {z[:2]: z for z in old.scores} | {z[:2]: z for z in u.scores}
-                    u = ReadModelUpdate(u.kind, u.id, u.fields, u.seq, tuple(merged.values()))
-                self.pending[(u.kind, u.id)] = u
+            self.pending[(u.kind, u.id)] = u if old is None else merged(old, u)
         if self.healthy:
             await self.flush()
         # else: Redis failed lately; the retry loop writes, the ledger does not wait
