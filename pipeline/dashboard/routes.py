@@ -42,26 +42,25 @@ def is_open(path: str) -> bool:
 
 
 def register(web_app: web.Application, redis: Redis, prefix: str) -> None:
-    open_streams: set[asyncio.Task[object]] = set()
+    open_streams = 0
     closing = asyncio.Event()
 
     async def page(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP})
 
     async def events(request: web.Request) -> web.StreamResponse:
+        nonlocal open_streams
         chosen = Selection(request.query.get("stream", ""), request.query.get("creator", ""))
         for name, value in (("stream", chosen.stream_id), ("creator", chosen.creator_id)):
             if value and not ID_RE.fullmatch(value):
-                raise web.HTTPBadRequest(reason=f"{name} must match ^[A-Za-z0-9_.:-]{{1,64}}$")
-        if len(open_streams) >= MAX_STREAMS:
-            raise web.HTTPServiceUnavailable(reason=f"dashboard streams are limited to {MAX_STREAMS} per worker")
-        me = asyncio.current_task()
-        assert me is not None
-        open_streams.add(me)
+                return _error(400, f"{name} must match ^[A-Za-z0-9_.:-]{{1,64}}$")
+        if open_streams >= MAX_STREAMS:
+            return _error(503, f"dashboard streams are limited to {MAX_STREAMS} per worker")
+        open_streams += 1
         try:
             return await _stream(request, redis, prefix, chosen, closing)
         finally:
-            open_streams.discard(me)
+            open_streams -= 1
 
     async def on_shutdown(_: web.Application) -> None:
         closing.set()
@@ -70,6 +69,10 @@ def register(web_app: web.Application, redis: Redis, prefix: str) -> None:
     web_app.router.add_get("/dashboard/events", events)
     web_app.router.add_static(ASSETS, STATIC)
     web_app.on_shutdown.append(on_shutdown)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message, "status": status}, status=status)
 
 
 async def _stream(request: web.Request, redis: Redis, prefix: str, chosen: Selection,

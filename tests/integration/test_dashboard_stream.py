@@ -57,6 +57,8 @@ def test_any_workers_stream_shows_the_fleet(deployment: Deployment, workers: lis
                                   ("/dashboard/static/app.js", {})):
                 async with session.get(workers[1].url(path), headers=headers) as resp:
                     out.append(resp.status)
+                    if resp.status == 400:
+                        assert "^[A-Za-z0-9_.:-]{1,64}$" in (await resp.json())["error"]
             return out
 
     assert asyncio.run(statuses()) == [401, 400, 400, 200, 200]
