@@ -1,11 +1,15 @@
 """`python -m pipeline redrive`: send dead letters back to their source topic.
 
 For after a fix that makes them acceptable (a decoder or economics change; a producer
-that repairs its own messages sends them anew instead). Safe to repeat: the ledger drops an event
-id it has decided before (README, "Operations"), and a message still malformed goes
-to `dead-letters` again. A dry run (the default) shows what would be sent, grouped by
-source topic and error; `--apply` sends. Bounded: the topic is read up to its end at
-the start, at most `--max` messages are sent.
+that repairs its own messages sends them anew instead). Each distinct message is sent
+back at most once, however often this runs: a message is known by its fingerprint
+(source topic, key, payload), and `--apply` writes the fingerprints it sends to the
+compacted topic `ledger-redrive-log` in the same Kafka transaction as the messages. So
+the copy that comes back to `dead-letters` when a message is still malformed, or a
+letter accepted long ago (beyond the ledger's duplicate window), is never sent again.
+A dry run (the default) shows what would be sent, grouped by source topic and error.
+Bounded: the topics are read up to their ends at the start, one fetch at a time, and at
+most `--max` messages are sent.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import hashlib
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -25,6 +30,8 @@ from pipeline import settings, topics
 from pipeline.settings import Settings
 
 MAX_DEFAULT = 100_000
+MAX_LOGGED = 10_000_000  # fingerprints held in memory (16 bytes each)
+TX_LETTERS = 10_000  # per transaction, well within the transaction timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +41,14 @@ class Letter:
     payload: bytes
     error: str
 
+    @property
+    def fingerprint(self) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        for part in (self.source_topic.encode(), self.key or b"", self.payload):
+            h.update(len(part).to_bytes(8, "big"))
+            h.update(part)
+        return h.hexdigest()
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-topic", choices=topics.INPUTS, help="only dead letters of this input topic")
@@ -42,25 +57,55 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--apply", action="store_true", help="send them (default: a dry run that only counts)")
 
 
-def select(record: dict[str, Any], key: bytes | None, s: Settings, source: str | None, error: str) -> Letter | None:
-    """The dead letter to send again if it matches the filters; None otherwise. Only
-    to this deployment's own input topics: a dead letter is data, not an address."""
-    inputs = {s.topic(t) for t in ([source] if source else topics.INPUTS)}
-    if record.get("source_topic") not in inputs or error not in str(record.get("error", "")):
+def letter(record: Any, key: bytes | None, s: Settings) -> Letter | None:
+    """The dead letter as a message to send back; None if it is not one of this
+    deployment's inputs (a dead letter is data, not an address) or is unreadable."""
+    if not isinstance(record, dict) or record.get("source_topic") not in {s.topic(t) for t in topics.INPUTS}:
         return None
     try:
         payload = base64.b64decode(str(record.get("payload_b64", "")), validate=True)
     except binascii.Error:
         return None
-    return Letter(record["source_topic"], key, payload, str(record["error"]))
+    return Letter(record["source_topic"], key, payload, str(record.get("error", "")))
+
+
+async def plan(s: Settings, source: str | None, error: str, limit: int) -> tuple[list[Letter], Counter[str]]:
+    """The letters to send, and counts of what was read and skipped."""
+    sent = set()
+    async for r in topics.read_to_end(s, topics.REDRIVE_LOG):
+        sent.add(r.key.decode() if r.key else "")
+        if len(sent) > MAX_LOGGED:
+            raise RuntimeError(f"over {MAX_LOGGED} fingerprints in {topics.REDRIVE_LOG}")
+    counts: Counter[str] = Counter()
+    chosen: dict[str, Letter] = {}
+    async for r in topics.read_to_end(s, topics.DEAD_LETTERS):
+        counts["read"] += 1
+        x = letter(r.value, r.key, s)
+        if x is None or (source and x.source_topic != s.topic(source)) or error not in x.error:
+            continue
+        counts["match"] += 1
+        fp = x.fingerprint
+        if fp in sent or fp in chosen:
+            counts["sent before or repeated"] += 1
+        elif len(chosen) < limit:
+            chosen[fp] = x
+        else:
+            counts["over --max"] += 1
+    return list(chosen.values()), counts
 
 
 async def send(s: Settings, letters: list[Letter]) -> None:
-    producer = AIOKafkaProducer(**s.kafka_options(), acks="all", enable_idempotence=True)
+    """Messages and their fingerprints in the same transactions: both or neither. One
+    transactional id: a second redrive running at once fences this one."""
+    producer = AIOKafkaProducer(**s.kafka_options(), acks="all", enable_idempotence=True,
+                                transactional_id=s.topic("ledger-redrive"))
     await producer.start()
     try:
-        for future in [await producer.send(x.source_topic, x.payload, key=x.key) for x in letters]:
-            await future
+        for start in range(0, len(letters), TX_LETTERS):
+            async with producer.transaction():
+                for x in letters[start:start + TX_LETTERS]:
+                    await producer.send(x.source_topic, x.payload, key=x.key)
+                    await producer.send(s.topic(topics.REDRIVE_LOG), b"1", key=x.fingerprint.encode())
     finally:
         await producer.stop()
 
@@ -70,12 +115,12 @@ def main(args: argparse.Namespace) -> int:
         print("error: --max must be at least 1", file=sys.stderr)
         return 2
     s = settings.load()
-    found = asyncio.run(topics.read_to_end(s, topics.DEAD_LETTERS))
-    letters = [x for key, record in found if (x := select(record, key, s, args.source_topic, args.error))]
-    chosen = letters[:args.max]
-    print(f"{len(found)} dead letters; {len(letters)} match" + (f", the first {len(chosen)} taken" if len(chosen) < len(letters) else ""))
-    for (topic, error), n in Counter((x.source_topic, x.error) for x in chosen).most_common(20):
-        print(f"  {n:7d}  {topic}: {error}")
+    asyncio.run(topics.ensure_topics(s))  # the log topic of a deployment created before it existed
+    chosen, counts = asyncio.run(plan(s, args.source_topic, args.error, args.max))
+    print(f"{counts['read']} dead letters; {counts['match']} match; {len(chosen)} to send"
+          + "".join(f"; {n} {why}" for why, n in counts.items() if why not in ("read", "match")))
+    for (topic, err), n in Counter((x.source_topic, x.error) for x in chosen).most_common(20):
+        print(f"  {n:7d}  {topic}: {err}")
     if not args.apply:
         print("dry run: nothing sent; add --apply to send them to their source topics")
         return 0

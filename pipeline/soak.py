@@ -214,8 +214,8 @@ async def _read_model_sums(s: Settings) -> dict[str, int]:
 
 
 async def check(s: Settings, expected: Counter[str], econ: economics.Economics) -> dict[str, dict[str, Any]]:
-    outcomes = [v for _, v in await topics.read_to_end(s, topics.OUTCOMES)]
-    dead = [v for _, v in await topics.read_to_end(s, topics.DEAD_LETTERS)]
+    outcomes = await topics.read_values(s, topics.OUTCOMES)
+    dead = await topics.read_values(s, topics.DEAD_LETTERS)
     decided: Counter[str] = Counter(o["event_id"] for o in outcomes if o["status"] != "duplicate")
     seen: Counter[str] = Counter(o["event_id"] for o in outcomes)
     total = Counter()

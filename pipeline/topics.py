@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AsyncIterator
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -39,13 +39,16 @@ OUTPUTS = (OUTCOMES, DEAD_LETTERS, FRAUD_ALERTS)
 CREATOR_OPS = "ledger-creator-ops"
 USERS_CHANGELOG = "ledger-users-changelog"
 CREATORS_CHANGELOG = "ledger-creators-changelog"
-INTERNAL = (CREATOR_OPS, USERS_CHANGELOG, CREATORS_CHANGELOG)
-COMPACTED = (USERS_CHANGELOG, CREATORS_CHANGELOG)
+# What `redrive` has sent back, by fingerprint (pipeline/redrive.py).
+REDRIVE_LOG = "ledger-redrive-log"
+INTERNAL = (CREATOR_OPS, USERS_CHANGELOG, CREATORS_CHANGELOG, REDRIVE_LOG)
+COMPACTED = (USERS_CHANGELOG, CREATORS_CHANGELOG, REDRIVE_LOG)
 
 # Largest record the pipeline writes (a changelog record of a busy key); the topic
 # setting must allow it.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 CHANGELOG_SEGMENT_BYTES = 32 * 1024 * 1024
+FETCH_RECORDS = 50_000  # per fetch of read_to_end
 
 
 @dataclass(frozen=True)
@@ -122,10 +125,18 @@ async def delete_topics(settings: Settings) -> None:
         await admin.close()
 
 
-async def read_to_end(settings: Settings, name: str) -> list[tuple[bytes | None, Any]]:
+@dataclass(frozen=True, slots=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: Any  # decoded JSON
+
+
+async def read_to_end(settings: Settings, name: str) -> AsyncIterator[Record]:
     """Every committed record of a topic (created with PIPELINE_PARTITIONS partitions)
-    up to its end when called, as (key, decoded JSON value): bounded, never waits for
-    new records."""
+    below its end offsets when called: bounded, never waits for new records, and holds
+    one fetch at a time."""
     consumer = AIOKafkaConsumer(**settings.kafka_options(), isolation_level="read_committed",
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
@@ -134,10 +145,15 @@ async def read_to_end(settings: Settings, name: str) -> list[tuple[bytes | None,
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        out: list[tuple[bytes | None, Any]] = []
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            for records in (await consumer.getmany(timeout_ms=500, max_records=50_000)).values():
-                out.extend((r.key, json.loads(r.value)) for r in records)
-        return out
+        while reading := [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            consumer.pause(*(tp for tp in tps if tp not in reading))
+            for tp, records in (await consumer.getmany(timeout_ms=500, max_records=FETCH_RECORDS)).items():
+                for r in records:
+                    if r.offset < ends[tp]:
+                        yield Record(tp.partition, r.offset, r.key, json.loads(r.value))
     finally:
         await consumer.stop()
+
+
+async def read_values(settings: Settings, name: str) -> list[Any]:
+    return [r.value async for r in read_to_end(settings, name)]
