@@ -24,6 +24,7 @@ from pipeline.dashboard.snapshot import Selection, snapshot
 
 log = logging.getLogger(__name__)
 
+PAGE_FILE = Path(__file__).parent / "page.html"  # not under static/: served only with its headers
 STATIC = Path(__file__).parent / "static"
 PAGE = "/dashboard"
 ASSETS = "/dashboard/static/"
@@ -32,8 +33,13 @@ PUSH_INTERVAL_S = 1.0
 KEEPALIVE_S = 15.0
 MAX_STREAM_S = 3600.0
 RECONNECT_MS = 2000
-# Only our own assets and stream: an injected script could read the token from the tab.
-CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+HEADERS = {
+    # Only our own assets and stream: an injected script could read the token from the tab.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                               "base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",  # revalidated: a new page never runs an old app.js
+}
 
 
 def is_open(path: str) -> bool:
@@ -46,7 +52,7 @@ def register(web_app: web.Application, redis: Redis, prefix: str) -> None:
     closing = asyncio.Event()
 
     async def page(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP})
+        return web.FileResponse(PAGE_FILE)
 
     async def events(request: web.Request) -> web.StreamResponse:
         nonlocal open_streams
@@ -65,10 +71,16 @@ def register(web_app: web.Application, redis: Redis, prefix: str) -> None:
     async def on_shutdown(_: web.Application) -> None:
         closing.set()
 
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        if request.path == PAGE or request.path.startswith("/dashboard/"):
+            for name, value in HEADERS.items():
+                response.headers.setdefault(name, value)
+
     web_app.router.add_get(PAGE, page)
     web_app.router.add_get("/dashboard/events", events)
     web_app.router.add_static(ASSETS, STATIC)
     web_app.on_shutdown.append(on_shutdown)
+    web_app.on_response_prepare.append(add_headers)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -80,17 +92,22 @@ async def _stream(request: web.Request, redis: Redis, prefix: str, chosen: Selec
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
     })
-    await response.prepare(request)
-    await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
-    started = last_write = time.monotonic()
-    last = ""
     try:
+        await response.prepare(request)
+        await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
+        started = last_write = time.monotonic()
+        last, failed = "", False
         while not closing.is_set() and time.monotonic() - started < MAX_STREAM_S:
             try:
                 body = await snapshot(redis, prefix, chosen, int(time.time() * 1000))
                 data, event = json.dumps(body, separators=(",", ":")), "snapshot"
             except REDIS_DOWN:
                 data, event = json.dumps({"error": "read model unavailable (Redis)"}), "unavailable"
+            except Exception as exc:  # a bug or a foreign value in Redis: say so, log it once
+                if not failed:
+                    log.warning("dashboard snapshot failed: %r", exc, exc_info=exc)
+                failed = True
+                data, event = json.dumps({"error": "read model unreadable (see the worker log)"}), "unavailable"
             now = time.monotonic()
             if data != last:
                 await response.write(f"event: {event}\ndata: {data}\n\n".encode())
@@ -102,6 +119,6 @@ async def _stream(request: web.Request, redis: Redis, prefix: str, chosen: Selec
                 await asyncio.wait_for(closing.wait(), PUSH_INTERVAL_S)
             except asyncio.TimeoutError:
                 pass
-    except ConnectionResetError:
-        pass  # the viewer left
+    except ConnectionError:
+        pass  # the viewer left; the response has begun, so no JSON error can follow
     return response

@@ -56,5 +56,5 @@ async def snapshot(redis: Redis, prefix: str, chosen: Selection, now_ms: int) ->
         "creator_id": creator,
         "diamonds_per_minute": per_minute(windows, now_ms) if creator else [],
         "alerts": await alerts.latest(redis, prefix, ALERTS_SHOWN),
-        "fleet": await fleet.summary(redis, prefix, now_ms),
+        "fleet": await fleet.summary(redis, prefix),
     }

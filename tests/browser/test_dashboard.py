@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import time
 import json
+import tomllib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from pipeline import economics, simulate_fraud
+from pipeline.dashboard import routes
 from pipeline.infra.debian import require
 from pipeline.settings import PROJECT_ROOT
 from pipeline.simulate import Message, SimConfig, generate, message
@@ -173,8 +174,9 @@ def test_alert_appears_in_the_feed_with_its_evidence(browser: Browser, deploymen
 
 
 def test_dashboard_assets_are_shipped_in_the_package() -> None:
-    static = Path(__import__("pipeline.dashboard.routes", fromlist=["STATIC"]).STATIC)
-    assert {p.name for p in static.iterdir()} >= {"index.html", "app.js", "style.css"}
-    text = (static / "index.html").read_text()
+    assert {p.name for p in routes.STATIC.iterdir()} == {"app.js", "style.css"}  # the page is not a static file
+    text = routes.PAGE_FILE.read_text()
     for asset in ("/dashboard/static/app.js", "/dashboard/static/style.css"):
         assert asset in text
+    shipped = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert {"dashboard/page.html", "dashboard/static/*"} <= set(shipped["pipeline"])

@@ -10,7 +10,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
 
+from pipeline import fleet
 from pipeline.dashboard import routes
 from tests.support.harness import Deployment, Worker
 
@@ -54,14 +56,17 @@ def test_any_workers_stream_shows_the_fleet(deployment: Deployment, workers: lis
             out = []
             for path, headers in (("/dashboard/events", {}), ("/dashboard/events?stream=a%20b", AUTH),
                                   ("/dashboard/events?creator=" + "c" * 65, AUTH), ("/dashboard", {}),
-                                  ("/dashboard/static/app.js", {})):
+                                  ("/dashboard/static/app.js", {}), ("/dashboard/static/index.html", {})):
                 async with session.get(workers[1].url(path), headers=headers) as resp:
                     out.append(resp.status)
+                    if path.startswith("/dashboard/static/app") or path == "/dashboard":
+                        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"], path
+                        assert resp.headers["X-Content-Type-Options"] == "nosniff", path
                     if resp.status == 400:
                         assert "^[A-Za-z0-9_.:-]{1,64}$" in (await resp.json())["error"]
             return out
 
-    assert asyncio.run(statuses()) == [401, 400, 400, 200, 200]
+    assert asyncio.run(statuses()) == [401, 400, 400, 200, 200, 404]
 
     # A crashed worker drops out of the fleet within the report's time to live.
     workers[1].kill()
@@ -90,5 +95,12 @@ def test_streams_are_bounded_and_closed_at_shutdown(deployment: Deployment, work
 
     status, stop_s = asyncio.run(scenario())
     assert status == 503
+    # A stopped worker leaves the fleet at once (its partitions are another's now).
+    client = redis.Redis.from_url(deployment.redis_url)
+    try:
+        assert client.zcard(deployment.prefix + fleet.WORKERS) == 0
+        assert not client.keys(deployment.prefix + fleet.report_key("*"))
+    finally:
+        client.close()
     assert worker.proc is not None and worker.proc.returncode == 0
     assert stop_s < 15, f"shutdown took {stop_s:.1f}s with streams open"

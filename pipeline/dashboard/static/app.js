@@ -59,7 +59,8 @@ function hhmm(ms) {
 function drawChart(s) {
   const svg = $("chart"), points = s.diamonds_per_minute;
   $("chart-creator").textContent = s.creator_id || "–";
-  const max = Math.max(1, ...points.map((p) => p.diamonds));
+  const top = Math.max(0, ...points.map((p) => p.diamonds));
+  const max = Math.max(1, top);  // the scale; the label shows the real top
   const w = 600 / Math.max(1, points.length);
   svg.replaceChildren(...points.map((p, i) => {
     const h = (p.diamonds / max) * 190;
@@ -75,7 +76,7 @@ function drawChart(s) {
   }));
   $("chart-from").textContent = points.length ? hhmm(points[0].start) : "";
   $("chart-to").textContent = points.length ? hhmm(points[points.length - 1].start) : "";
-  $("chart-max").textContent = points.length ? `max ${fmt.format(max)} / min` : "no creator yet";
+  $("chart-max").textContent = points.length ? `max ${fmt.format(top)} / min` : "no creator yet";
 }
 
 // Evidence values named like times (window_start, first_ts, ...) are epoch ms: shown as times.
