@@ -5,8 +5,9 @@ A worker's Prometheus metrics describe that worker only (Prometheus sums them fo
 Grafana; the dashboard has no Prometheus to ask). Every PUBLISH_INTERVAL_S a worker
 writes its report, a hash `fleet:worker:{id}` that expires after STALE_S, and scores
 its id by report time in the sorted set `fleet:workers`; readers skip stale ids and
-writers trim them, so a crashed worker drops out within STALE_S. Bounded: at most
-MAX_WORKERS reports are read.
+writers trim them, so a crashed worker drops out within STALE_S, and a stopping one
+removes its report at once. Report times are Redis's clock (TIME), so a worker whose
+clock is off cannot hide the others. Bounded: at most MAX_WORKERS reports are read.
 """
 
 from __future__ import annotations
@@ -45,15 +46,14 @@ def report_key(worker: str) -> str:
 class Report:
     worker: str
     partitions: int
-    processed: int  # input events since the worker started
     events_per_s: float
     lag: int  # input messages behind, over the worker's partitions
     dead_letters: int  # since the worker started
     dead_letters_per_min: float
-    ts: int  # ms
+    ts: int  # ms, Redis's clock
 
     def __post_init__(self) -> None:
-        assert self.partitions >= 0 and self.processed >= 0 and self.lag >= 0 and self.dead_letters >= 0, self
+        assert self.partitions >= 0 and self.lag >= 0 and self.dead_letters >= 0, self
         assert self.events_per_s >= 0 and self.dead_letters_per_min >= 0, self
 
 
@@ -94,15 +94,16 @@ class Publisher:
         self.dead = Rate(DEAD_LETTER_RATE_WINDOW_S)
         self.client = aioredis.from_url(settings.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
         self.failing = False
+        self.stopped = False
+        self.lock = asyncio.Lock()  # a report is never written after close() removed it
 
-    def report(self, now: float) -> Report:
-        processed = self.processed()
+    def report(self, now: float, redis_ms: int) -> Report:
         dead = int(_sum_samples(metrics.DEAD_LETTERS, "_total"))
         return Report(
-            worker=self.worker, partitions=self.partitions(), processed=processed,
-            events_per_s=round(self.events.add(now, processed), 1),
+            worker=self.worker, partitions=self.partitions(),
+            events_per_s=round(self.events.add(now, self.processed()), 1),
             lag=int(_sum_samples(metrics.CONSUMER_LAG)), dead_letters=dead,
-            dead_letters_per_min=round(60 * self.dead.add(now, dead), 1), ts=int(now * 1000),
+            dead_letters_per_min=round(60 * self.dead.add(now, dead), 1), ts=redis_ms,
         )
 
     async def publish(self, report: Report) -> None:
@@ -115,9 +116,11 @@ class Publisher:
             await pipe.execute()
 
     async def run(self) -> None:
-        while True:
+        while not self.stopped:
             try:
-                await self.publish(self.report(time.time()))
+                async with self.lock:
+                    if not self.stopped:
+                        await self.publish(self.report(time.monotonic(), await redis_ms(self.client)))
                 self.failing = False
             except (aioredis.RedisError, OSError, asyncio.TimeoutError) as exc:
                 if not self.failing:
@@ -126,17 +129,35 @@ class Publisher:
             await asyncio.sleep(PUBLISH_INTERVAL_S)
 
     async def close(self) -> None:
-        await self.client.aclose()
+        """Leave the fleet now: the partitions move to the others, which must not be
+        counted twice for STALE_S."""
+        async with self.lock:
+            self.stopped = True
+            try:
+                key = self.settings.redis_key
+                await self.client.zrem(key(WORKERS), self.worker)
+                await self.client.delete(key(report_key(self.worker)))
+            except (aioredis.RedisError, OSError, asyncio.TimeoutError):
+                pass  # Redis away: the report expires by itself
+            await self.client.aclose()
 
 
-async def summary(redis: Redis, prefix: str, now_ms: int) -> dict[str, Any]:
-    """The live workers' reports and their totals."""
+async def redis_ms(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def summary(redis: Redis, prefix: str) -> dict[str, Any]:
+    """The live workers' reports (without their time: a snapshot changes only when a
+    number does) and their totals."""
+    now_ms = await redis_ms(redis)
     ids = await redis.zrevrangebyscore(prefix + WORKERS, "+inf", now_ms - int(STALE_S * 1000), start=0, num=MAX_WORKERS)
     async with redis.pipeline(transaction=False) as pipe:
         for worker in ids:
             pipe.hgetall(prefix + report_key(worker if isinstance(worker, str) else worker.decode()))
         found = [h for h in await pipe.execute() if h]  # expired meanwhile: skipped
-    reports = sorted((r for r in map(_parse, found) if r is not None), key=lambda r: r["worker"])
+    reports = sorted(({k: v for k, v in r.items() if k != "ts"} for r in map(_parse, found) if r is not None),
+                     key=lambda r: r["worker"])
     return {
         "workers": reports,
         "events_per_s": round(sum(r["events_per_s"] for r in reports), 1),
@@ -152,8 +173,7 @@ def _parse(h: dict[Any, Any]) -> dict[str, Any] | None:
     text = {(k if isinstance(k, str) else k.decode()): (v if isinstance(v, str) else v.decode()) for k, v in h.items()}
     try:
         report = Report(
-            worker=text["worker"], partitions=int(text["partitions"]), processed=int(text["processed"]),
-            events_per_s=float(text["events_per_s"]), lag=int(text["lag"]), dead_letters=int(text["dead_letters"]),
+            worker=text["worker"], partitions=int(text["partitions"]), events_per_s=float(text["events_per_s"]), lag=int(text["lag"]), dead_letters=int(text["dead_letters"]),
             dead_letters_per_min=float(text["dead_letters_per_min"]), ts=int(text["ts"]),
         )
     except (KeyError, ValueError, AssertionError):
