@@ -40,8 +40,9 @@ def main(args: argparse.Namespace) -> int:
         _report(s, cfg, counts, elapsed)
         dashboard = f"http://127.0.0.1:{s.web_port}/dashboard?stream={cfg.id_prefix}c0-s0"
         if args.watch:
-            print(f"\nlive dashboard: {dashboard}\n(`python -m pipeline simulate --rate 200 --duration 300` "
-                  "in another shell feeds it; Ctrl-C stops the worker)")
+            print(f"\nlive dashboard: {dashboard}\nfeed it from another shell (same ids, so the same stream):\n"
+                  f"  python -m pipeline simulate --rate 200 --duration 300 --users {args.users} "
+                  f"--creators {args.creators} --id-prefix {cfg.id_prefix}\nCtrl-C stops the worker")
             try:
                 while True:
                     time.sleep(3600)

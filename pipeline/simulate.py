@@ -42,7 +42,7 @@ class SimConfig:
     duplicate_share: float = 0.0
     mega_live_share: float = 0.0  # share of gifts to creator 0 on its stream 0
     start_ts: int | None = None  # event time of the first event (default: now)
-    tick_ms: int = 1  # event time advance per event
+    tick_ms: float = 1  # event time advance per event (fractions add up: 1000 / rate keeps to the clock)
     max_gift_coins: int = MAX_GIFT_COINS  # a larger gift is sent with quantity 1
     id_prefix: str = ""
 
@@ -75,10 +75,10 @@ def generate(cfg: SimConfig, econ: Economics) -> Iterator[Message]:
     packages = econ.recharge_packages
     coins: dict[int, int] = {}  # the simulator's own idea of each viewer's balance
     recent: list[Message] = []
-    ts = cfg.start_ts if cfg.start_ts is not None else int(time.time() * 1000)
+    start = cfg.start_ts if cfg.start_ts is not None else int(time.time() * 1000)
     p = cfg.id_prefix
     for n in range(cfg.events):
-        ts += cfg.tick_ms
+        ts = start + int((n + 1) * cfg.tick_ms)
         eid = f"{p}e{n}"
         roll = rng.random()
         if roll < cfg.malformed_share:

@@ -61,12 +61,12 @@ def main(args: argparse.Namespace) -> int:
         mega_live_share=args.mega_live, malformed_share=args.malformed, duplicate_share=args.duplicates,
         id_prefix=args.id_prefix,
         # Paced: event time keeps to the wall clock, so windows and charts look live.
-        tick_ms=max(1, round(1000 / args.rate)) if args.rate else 1,
+        tick_ms=1000 / args.rate if args.rate else 1,
     )
     cfg = dataclasses.replace(cfg, start_ts=int(time.time() * 1000))
     messages = generate(cfg, economics.load(s.economics_file))
     if args.fraud or args.near_misses:
-        extra = simulate_fraud.scripts(args.fraud, args.near_misses, cfg.start_ts, max(1, events * cfg.tick_ms),
+        extra = simulate_fraud.scripts(args.fraud, args.near_misses, cfg.start_ts, max(1, int(events * cfg.tick_ms)),
                                        args.seed, args.id_prefix)
         labels = args.labels or s.data_dir / f"sim-labels-{args.seed}.jsonl"
         labels.parent.mkdir(parents=True, exist_ok=True)

@@ -47,3 +47,11 @@ def test_viewers_recharge_before_they_gift() -> None:
         else:
             coins[ev["sender_id"]] -= ECON.gifts[ev["gift_id"]] * ev["quantity"]
             assert coins[ev["sender_id"]] >= 0
+
+
+def test_paced_event_time_keeps_to_the_clock_at_any_rate() -> None:
+    for rate in (3, 200, 5_000):
+        n = 3 * rate  # three seconds of events
+        cfg = SimConfig(events=n, start_ts=0, tick_ms=1000 / rate, payout_share=0, spend_limit_share=0)
+        stamps = [json.loads(v)["ts"] for _, _, v in generate(cfg, ECON)]
+        assert stamps == sorted(stamps) and stamps[-1] == 3_000, rate
