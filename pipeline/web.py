@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from typing import Any, Callable
 
 import redis.asyncio as aioredis
@@ -53,7 +54,11 @@ async def json_errors(request: aioweb.Request, handler: Any) -> aioweb.StreamRes
         return aioweb.json_response({"error": "internal error", "status": 500}, status=500)
 
 
-OPEN_PATHS = ("/health", "/metrics")  # for probes and scrapers, which carry no token
+OPEN_PATHS = ("/health", "/live", "/metrics")  # for probes and scrapers, which carry no token
+# No cycle and no restore progress for this long: the engine is wedged; /live says so
+# and an orchestrator restarts the worker. A cycle takes at most a poll and a commit;
+# a restore reports progress with every batch it reads.
+STUCK_AFTER_S = 300.0
 
 
 def is_open(path: str) -> bool:
@@ -224,6 +229,15 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
                 "read_model_pending": len(service.read_model.pending),
             }
             return self.json(body, status=200 if ready else 503)
+
+    @app.page("/live")
+    class LiveView(View):
+        async def get(self, request: Request) -> Response:
+            """Liveness, unlike /health: a rebalance or a restore is not a reason to restart."""
+            idle_s = round(time.monotonic() - service.engine.progress_at, 1)
+            alive = idle_s < STUCK_AFTER_S
+            return self.json({"status": "alive" if alive else "stuck", "since_progress_s": idle_s},
+                             status=200 if alive else 503)
 
     @app.page("/metrics")
     class MetricsView(View):

@@ -55,6 +55,8 @@ class Engine:
         self._seek_epoch = 0
         self.fatal: BaseException | None = None  # raised by the loop: see _Listener
         self.ready = asyncio.Event()
+        # Last time the loop finished a cycle or a restore read a batch (liveness).
+        self.progress_at = time.monotonic()
         self.processed_total = 0
         self._unsunk: list[ReadModelUpdate] = []  # committed, for Redis in the next cycle
         # Partitions taken on whose whole state must be written to the read model (a
@@ -116,6 +118,7 @@ class Engine:
                     self._seek_all()
                     batch = {}
                 await self._cycle(batch)
+                self.progress_at = time.monotonic()
 
     def _seek(self, task: PartitionTask, offsets: dict[str, int]) -> None:
         assert self.consumer is not None
@@ -319,6 +322,7 @@ class Engine:
                     for record in records:
                         stage.restore(record.key.decode(), record.value)
                     n += len(records)
+                    self.progress_at = time.monotonic()
                 remaining = {tp for tp in remaining if await restorer.position(tp) < ends[tp]}
             for stage in owners.values():
                 stage.end_restore()

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from pipeline.settings import load as load_settings
+from pipeline.web import OPEN_PATHS
 from tests.deploy.common import K8S_DIR, load_yaml, setting_names
 
 # The oldest Kubernetes still commonly run and the newest the validator ships.
@@ -60,14 +61,15 @@ def test_kustomization_lists_every_manifest_in_one_namespace() -> None:
     assert {d["kind"] for d in DOCS} == {"Namespace", "ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget"}
 
 
-def test_probes_hit_health_on_the_port_the_worker_serves() -> None:
+def test_probes_hit_open_worker_endpoints_on_the_port_the_worker_serves() -> None:
     container = _container()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     web_port = int(_data("ConfigMap")["PIPELINE_WEB_PORT"])
     assert ports == {"http": web_port}
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+    # Ready (and started) when processing; restarted only when wedged, not while restoring.
+    for probe, path in (("readinessProbe", "/health"), ("startupProbe", "/health"), ("livenessProbe", "/live")):
         get = container[probe]["httpGet"]
-        assert get["path"] == "/health", probe
+        assert get["path"] == path and path in OPEN_PATHS, probe
         assert ports.get(get["port"], get["port"]) == web_port, probe
     annotations = _one("Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"

@@ -79,4 +79,6 @@ def test_a_bearer_token_guards_every_endpoint_but_health_and_metrics(deployment,
     assert status("/users/u1", f"Bearer {OLD_TOKEN}")[0] == 200
     assert status("/nope", f"Bearer {TOKEN}")[0] == 404
     assert status("/health", None)[0] == 200 and status("/metrics", None)[0] == 200
+    got, body = status("/live", None)
+    assert got == 200 and json.loads(body)["status"] == "alive"
     assert TOKEN not in worker.log_path.read_text() and OLD_TOKEN not in worker.log_path.read_text()

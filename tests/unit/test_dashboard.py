@@ -47,7 +47,7 @@ def test_a_report_refuses_negative_numbers_and_a_foreign_hash_is_skipped() -> No
 
 
 def test_only_the_page_assets_and_probes_are_open() -> None:
-    for path in ("/dashboard", "/dashboard/static/app.js", "/health", "/metrics"):
+    for path in ("/dashboard", "/dashboard/static/app.js", "/health", "/live", "/metrics"):
         assert is_open(path), path
     for path in ("/dashboard/events", "/dashboard/", "/dashboardx", "/alerts", "/users/u1", "/metrics/x"):
         assert not is_open(path), path
