@@ -24,6 +24,7 @@ from typing import Any, Callable
 import redis.asyncio as aioredis
 from redis.asyncio import Redis
 
+from agents.readmodel.leaderboards import as_text
 from pipeline import metrics
 from pipeline.settings import Settings
 
@@ -154,7 +155,7 @@ async def summary(redis: Redis, prefix: str) -> dict[str, Any]:
     ids = await redis.zrevrangebyscore(prefix + WORKERS, "+inf", now_ms - int(STALE_S * 1000), start=0, num=MAX_WORKERS)
     async with redis.pipeline(transaction=False) as pipe:
         for worker in ids:
-            pipe.hgetall(prefix + report_key(worker if isinstance(worker, str) else worker.decode()))
+            pipe.hgetall(prefix + report_key(as_text(worker)))
         found = [h for h in await pipe.execute() if h]  # expired meanwhile: skipped
     reports = sorted(({k: v for k, v in r.items() if k != "ts"} for r in map(_parse, found) if r is not None),
                      key=lambda r: r["worker"])
@@ -170,10 +171,11 @@ async def summary(redis: Redis, prefix: str) -> dict[str, Any]:
 def _parse(h: dict[Any, Any]) -> dict[str, Any] | None:
     """A report as written by Publisher; None for anything else (another version's
     fields, a hand-edited key): the dashboard shows the others."""
-    text = {(k if isinstance(k, str) else k.decode()): (v if isinstance(v, str) else v.decode()) for k, v in h.items()}
+    text = {as_text(k): as_text(v) for k, v in h.items()}
     try:
         report = Report(
-            worker=text["worker"], partitions=int(text["partitions"]), events_per_s=float(text["events_per_s"]), lag=int(text["lag"]), dead_letters=int(text["dead_letters"]),
+            worker=text["worker"], partitions=int(text["partitions"]), events_per_s=float(text["events_per_s"]),
+            lag=int(text["lag"]), dead_letters=int(text["dead_letters"]),
             dead_letters_per_min=float(text["dead_letters_per_min"]), ts=int(text["ts"]),
         )
     except (KeyError, ValueError, AssertionError):

@@ -57,10 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--apply", action="store_true", help="send them (default: a dry run that only counts)")
 
 
-def letter(record: Any, key: bytes | None, s: Settings) -> Letter | None:
-    """The dead letter as a message to send back; None if it is not one of this
-    deployment's inputs (a dead letter is data, not an address) or is unreadable."""
-    if not isinstance(record, dict) or record.get("source_topic") not in {s.topic(t) for t in topics.INPUTS}:
+def letter(record: Any, key: bytes | None, inputs: set[str]) -> Letter | None:
+    """The dead letter as a message to send back; None if its source is not one of
+    `inputs`, this deployment's input topics (a dead letter is data, not an address), or
+    it is unreadable."""
+    if not isinstance(record, dict) or record.get("source_topic") not in inputs:
         return None
     try:
         payload = base64.b64decode(str(record.get("payload_b64", "")), validate=True)
@@ -69,8 +70,8 @@ def letter(record: Any, key: bytes | None, s: Settings) -> Letter | None:
     return Letter(record["source_topic"], key, payload, str(record.get("error", "")))
 
 
-async def plan(s: Settings, source: str | None, error: str, limit: int) -> tuple[list[Letter], Counter[str]]:
-    """The letters to send, and counts of what was read and skipped."""
+async def plan(s: Settings, source: str | None, error: str, limit: int) -> tuple[dict[str, Letter], Counter[str]]:
+    """The letters to send by fingerprint, and counts of what was read and skipped."""
     sent = set()
     async for r in topics.read_to_end(s, topics.REDRIVE_LOG):
         sent.add(r.key.decode() if r.key else "")
@@ -78,9 +79,10 @@ async def plan(s: Settings, source: str | None, error: str, limit: int) -> tuple
             raise RuntimeError(f"over {MAX_LOGGED} fingerprints in {topics.REDRIVE_LOG}")
     counts: Counter[str] = Counter()
     chosen: dict[str, Letter] = {}
+    inputs = {s.topic(t) for t in topics.INPUTS}
     async for r in topics.read_to_end(s, topics.DEAD_LETTERS):
         counts["read"] += 1
-        x = letter(r.value, r.key, s)
+        x = letter(r.value, r.key, inputs)
         if x is None or (source and x.source_topic != s.topic(source)) or error not in x.error:
             continue
         counts["match"] += 1
@@ -91,21 +93,22 @@ async def plan(s: Settings, source: str | None, error: str, limit: int) -> tuple
             chosen[fp] = x
         else:
             counts["over --max"] += 1
-    return list(chosen.values()), counts
+    return chosen, counts
 
 
-async def send(s: Settings, letters: list[Letter]) -> None:
+async def send(s: Settings, letters: dict[str, Letter]) -> None:
     """Messages and their fingerprints in the same transactions: both or neither. One
     transactional id: a second redrive running at once fences this one."""
     producer = AIOKafkaProducer(**s.kafka_options(), acks="all", enable_idempotence=True,
                                 transactional_id=s.topic("ledger-redrive"))
     await producer.start()
     try:
-        for start in range(0, len(letters), TX_LETTERS):
+        items = list(letters.items())
+        for start in range(0, len(items), TX_LETTERS):
             async with producer.transaction():
-                for x in letters[start:start + TX_LETTERS]:
+                for fingerprint, x in items[start:start + TX_LETTERS]:
                     await producer.send(x.source_topic, x.payload, key=x.key)
-                    await producer.send(s.topic(topics.REDRIVE_LOG), b"1", key=x.fingerprint.encode())
+                    await producer.send(s.topic(topics.REDRIVE_LOG), b"1", key=fingerprint.encode())
     finally:
         await producer.stop()
 
@@ -119,7 +122,7 @@ def main(args: argparse.Namespace) -> int:
     chosen, counts = asyncio.run(plan(s, args.source_topic, args.error, args.max))
     print(f"{counts['read']} dead letters; {counts['match']} match; {len(chosen)} to send"
           + "".join(f"; {n} {why}" for why, n in counts.items() if why not in ("read", "match")))
-    for (topic, err), n in Counter((x.source_topic, x.error) for x in chosen).most_common(20):
+    for (topic, err), n in Counter((x.source_topic, x.error) for x in chosen.values()).most_common(20):
         print(f"  {n:7d}  {topic}: {err}")
     if not args.apply:
         print("dry run: nothing sent; add --apply to send them to their source topics")

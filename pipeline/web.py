@@ -113,7 +113,7 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
     async def entity(view: View, kind: str, id_: str, fields: tuple[str, ...]) -> Response:
         """A user or creator hash as JSON: unknown ids read as zeros; -1 stands for null."""
         if not ID_RE.fullmatch(id_):
-            return error(view, 400, f"{kind}_id must match ^[A-Za-z0-9_.:-]{{1,64}}$")
+            return error(view, 400, f"{kind}_id must match {ID_RE.pattern}")
         try:
             h = await read_hash(kind, id_)
         except (RedisError, OSError):
@@ -164,7 +164,7 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
         async def get(self, request: Request, creator_id: str) -> Response:
             size = request.query.get("size", "1m")
             if not ID_RE.fullmatch(creator_id):
-                return error(self, 400, "creator_id must match ^[A-Za-z0-9_.:-]{1,64}$")
+                return error(self, 400, f"creator_id must match {ID_RE.pattern}")
             if size not in WINDOWS:
                 return error(self, 400, f"size must be one of {', '.join(WINDOWS)}")
             try:
@@ -180,7 +180,7 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
     class StreamGiftersView(View):
         async def get(self, request: Request, stream_id: str) -> Response:
             if not ID_RE.fullmatch(stream_id):
-                return error(self, 400, "stream_id must match ^[A-Za-z0-9_.:-]{1,64}$")
+                return error(self, 400, f"stream_id must match {ID_RE.pattern}")
             return await board(self, request, lambda: leaderboards.stream_key(stream_id), "user_id", "coins")
 
     @app.page("/leaderboards/gifters")

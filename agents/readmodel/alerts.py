@@ -14,6 +14,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from agents.readmodel.leaderboards import as_text
+
 FEED = "fraud:alerts"
 MAX_FEED = 10_000
 
@@ -30,6 +32,6 @@ async def latest(redis: Redis, prefix: str, limit: int) -> list[dict[str, Any]]:
         return []
     async with redis.pipeline(transaction=False) as pipe:
         for alert_id in ids:
-            pipe.hget(prefix + hash_name(alert_id if isinstance(alert_id, str) else alert_id.decode()), "json")
+            pipe.hget(prefix + hash_name(as_text(alert_id)), "json")
         raw = await pipe.execute()
     return [json.loads(r) for r in raw if r is not None]  # None: trimmed meanwhile

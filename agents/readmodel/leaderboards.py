@@ -76,10 +76,11 @@ async def top(redis: Redis, key: str, limit: int) -> list[tuple[str, int]]:
     if not head:
         return []
     cut = head[-1][1]
-    above = sorted(((_text(m), int(s)) for m, s in head if s > cut), key=lambda e: (-e[1], e[0]))
+    above = sorted(((as_text(m), int(s)) for m, s in head if s > cut), key=lambda e: (-e[1], e[0]))
     tied = await redis.zrangebyscore(key, cut, cut, start=0, num=limit - len(above))
-    return above + [(_text(m), int(cut)) for m in tied]
+    return above + [(as_text(m), int(cut)) for m in tied]
 
 
-def _text(member: Any) -> str:
-    return member.decode() if isinstance(member, bytes) else str(member)
+def as_text(value: Any) -> str:
+    """A Redis reply as text, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else str(value)

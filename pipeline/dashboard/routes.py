@@ -59,7 +59,7 @@ def register(web_app: web.Application, redis: Redis, prefix: str) -> None:
         chosen = Selection(request.query.get("stream", ""), request.query.get("creator", ""))
         for name, value in (("stream", chosen.stream_id), ("creator", chosen.creator_id)):
             if value and not ID_RE.fullmatch(value):
-                return _error(400, f"{name} must match ^[A-Za-z0-9_.:-]{{1,64}}$")
+                return _error(400, f"{name} must match {ID_RE.pattern}")
         if open_streams >= MAX_STREAMS:
             return _error(503, f"dashboard streams are limited to {MAX_STREAMS} per worker")
         open_streams += 1
@@ -89,9 +89,7 @@ def _error(status: int, message: str) -> web.Response:
 
 async def _stream(request: web.Request, redis: Redis, prefix: str, chosen: Selection,
                   closing: asyncio.Event) -> web.StreamResponse:
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-    })
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"})
     try:
         await response.prepare(request)
         await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
