@@ -14,12 +14,13 @@ import itertools
 import logging
 import os
 import shutil
+import ssl
 import sys
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import unquote, urlparse
 
 import faust
-import redis.asyncio as aioredis
 from faust.app.base import BootStrategy
 from mode import Service
 from redis.exceptions import AuthenticationError, RedisError
@@ -28,13 +29,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.credit.agent import CreatorLedger
 from agents.ledger.agent import UserLedger
-from agents.readmodel.redis_sink import RedisReadModel
-from pipeline import fleet, topics
+from agents.readmodel.redis_sink import WRITE_TIMEOUT_S, RedisReadModel
+from pipeline import fleet, redis_client, topics
 from pipeline.economics import Economics
 from pipeline.engine.engine import Engine, PartitionMoved
 from pipeline.engine.kv import RocksKV
 from pipeline.engine.stage import Stage
-from pipeline.settings import ConfigError, Settings
+from pipeline.http_guard import MAX_BODY_BYTES
+from pipeline.settings import ConfigError, Settings, redis_address
 
 log = logging.getLogger(__name__)
 EXIT_ENGINE_FAILED = 3
@@ -57,7 +59,7 @@ class LedgerService(Service):
     def __init__(self, settings: Settings, econ: Economics, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
-        self.read_model = RedisReadModel(settings)
+        self.read_model = RedisReadModel(settings, redis_client.connect(settings, socket_timeout=WRITE_TIMEOUT_S))
         self.engine = Engine(settings, stage_factory(settings, econ), self.read_model.write)
         self.fleet = fleet.Publisher(settings, lambda: self.engine.processed_total, lambda: len(self.engine.tasks))
 
@@ -150,29 +152,54 @@ async def _preflight(settings: Settings) -> None:
 
 
 async def _check_redis(settings: Settings) -> None:
-    """A wrong URL or password stops the worker; Redis merely down does not: the ledger
-    does not depend on it (the read model is written when it is back), so a worker
-    restarted during a Redis outage must start."""
-    client = aioredis.from_url(settings.redis_url, socket_timeout=5)
+    """A wrong URL or password, or a TLS certificate that does not verify, stops the
+    worker; Redis merely down does not: the ledger does not depend on it (the read model
+    is written when it is back), so a worker restarted during a Redis outage must start."""
+    client = redis_client.connect(settings, socket_timeout=5)
     try:
         await client.ping()
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        tls = redis_client.tls_failure(exc)
+        if tls is not None and not isinstance(tls, ssl.SSLEOFError):
+            raise _redis_tls_error(settings, tls) from None
         if isinstance(exc, AuthenticationError) or "Name or service not known" in str(exc):
-            raise _redis_config_error(exc) from None
+            raise _redis_config_error(settings, exc) from None
         # Logging is not set up yet (Faust does it when the worker starts): say it plainly.
         print(f"warning: Redis at PIPELINE_REDIS_URL is unreachable ({exc.__class__.__name__}); starting anyway, "
               "the read model is written when it is back", file=sys.stderr)
     except RedisError as exc:  # WRONGPASS, NOAUTH, ...: configuration
-        raise _redis_config_error(exc) from None
+        raise _redis_config_error(settings, exc) from None
     finally:
         await client.aclose()
 
 
-def _redis_config_error(exc: Exception) -> ConfigError:
+def _redis_config_error(settings: Settings, exc: Exception) -> ConfigError:
+    detail = _without_password(settings, f"{exc.__class__.__name__}: {exc}")
     return ConfigError(
-        f"cannot use Redis at PIPELINE_REDIS_URL ({exc.__class__.__name__}: {exc}); "
+        f"cannot use Redis at PIPELINE_REDIS_URL ({detail}); "
         "start it with `python -m pipeline dev up` or fix the URL (host, port, password)"
     )
+
+
+def _redis_tls_error(settings: Settings, exc: ssl.SSLError) -> ConfigError:
+    where = "{}:{}".format(*redis_address(settings))
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConfigError(
+            f"Redis at {where} failed TLS verification ({(exc.verify_message or str(exc)).rstrip('.')}); set "
+            "PIPELINE_REDIS_CA_FILE to the PEM file of the CA that signed Redis's certificate, and make "
+            "PIPELINE_REDIS_URL name a host that certificate is for"
+        )
+    return ConfigError(  # not TLS on that port, or a handshake the server refuses
+        f"TLS with Redis at {where} failed ({exc.reason or exc.__class__.__name__}); check that PIPELINE_REDIS_URL "
+        "(rediss://) names Redis's TLS port, and PIPELINE_REDIS_CA_FILE"
+    )
+
+
+def _without_password(settings: Settings, text: str) -> str:
+    password = urlparse(settings.redis_url).password
+    for form in {password, unquote(password)} if password else ():
+        text = text.replace(form, "***")
+    return text
 
 
 def state_root(settings: Settings) -> Path:
@@ -196,7 +223,8 @@ def stage_factory(settings: Settings, econ: Economics) -> Callable[[int], list[S
     def make(p: int) -> list[Stage]:
         n = next(generation)
         return [
-            UserLedger(econ, p, partitions, kv=RocksKV(root / f"users-{p}-{n}")),
+            UserLedger(econ, p, partitions, kv=RocksKV(root / f"users-{p}-{n}"),
+                       max_clock_skew_ms=settings.max_clock_skew_ms),
             CreatorLedger(econ, partitions, kv=RocksKV(root / f"creators-{p}-{n}"),
                           hold_suspicious=settings.hold_suspicious_payouts),
         ]
@@ -212,6 +240,7 @@ def create_app(settings: Settings, econ: Economics) -> LedgerApp:
         web_port=settings.web_port,
         web_bind=settings.web_host,
         web_enabled=True,
+        web_application_options={"client_max_size": MAX_BODY_BYTES},  # the API is GET-only
         datadir=str(settings.data_dir / "faust"),
         store="memory://",
     )

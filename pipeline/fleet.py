@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from redis.asyncio import Redis
 
 from agents.readmodel.leaderboards import as_text
-from pipeline import metrics
+from pipeline import metrics, redis_client
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Publisher:
         self.processed, self.partitions = processed, partitions
         self.events = Rate(EVENTS_RATE_WINDOW_S)
         self.dead = Rate(DEAD_LETTER_RATE_WINDOW_S)
-        self.client = aioredis.from_url(settings.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+        self.client = redis_client.connect(settings, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
         self.failing = False
         self.stopped = False
         self.lock = asyncio.Lock()  # a report is never written after close() removed it

@@ -21,9 +21,11 @@ class ConfigError(Exception):
     """A setting is missing or invalid; the message names it and the fix."""
 
 
+_INT_RE = re.compile(r"-?[0-9]{1,18}")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 MAX_HTTP_TOKENS = 2  # the new and the old one, during a rotation
+DEFAULT_MAX_CLOCK_SKEW_MS = 5 * 60_000  # CONTRACT.md, Economics: "at most 5 minutes ahead"
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
 
@@ -47,6 +49,8 @@ class Settings:
     # Longest a partition waits for a lagging co-partitioned input before it is
     # processed anyway (event-time merge; see agents/engine/merge.py).
     max_idle_ms: int = 500
+    # An event dated further ahead of the worker's clock is rejected `invalid_ts`.
+    max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
     # Day and stream leaderboards expire this long after their last update.
     leaderboard_retention_days: int = 7
     # payout_concentration holds the payout (outcome rejected, `held_for_review`).
@@ -55,6 +59,14 @@ class Settings:
     # accepts (empty: open). Two during a rotation: the new one first, which our own
     # clients send.
     http_tokens: tuple[str, ...] = field(default=(), repr=False)
+    # HTTP limits (pipeline/http_guard.py): a request head must be complete within
+    # http_head_timeout_s of its first byte (an unneeded body is drained for as long at
+    # most); a keep-alive connection idle for http_idle_timeout_s is closed (keep it
+    # above the idle timeout of a proxy in front); connections beyond
+    # http_max_connections are closed at once.
+    http_head_timeout_s: int = 10
+    http_idle_timeout_s: int = 30
+    http_max_connections: int = 1000
     # Kafka security: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL mechanism and
     # credentials; a CA file for TLS (None: the system's).
     kafka_security_protocol: str = "PLAINTEXT"
@@ -62,6 +74,8 @@ class Settings:
     kafka_username: str | None = None
     kafka_password: str | None = field(default=None, repr=False)
     kafka_ca_file: Path | None = None
+    # CA file that verifies Redis's certificate with rediss:// (None: the system's).
+    redis_ca_file: Path | None = None
 
     def kafka_options(self) -> dict[str, Any]:
         """Connection options of every Kafka client of the pipeline and its commands."""
@@ -96,10 +110,9 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> i
     raw = env.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number; set it to an integer from {lo} to {hi}") from None
+    if not _INT_RE.fullmatch(raw):  # int() also takes "５", " 5" and "5_000"
+        raise ConfigError(f"{name}={raw!r} is not a whole number; set it to an integer from {lo} to {hi}")
+    value = int(raw)
     if not lo <= value <= hi:
         raise ConfigError(f"{name}={value} is out of range; set it to an integer from {lo} to {hi}")
     return value
@@ -130,8 +143,16 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         valid = False
     if not valid:
         raise ConfigError(
-            f"PIPELINE_REDIS_URL={redis_url!r} is not a Redis URL; use redis://[:password@]host:port/db"
+            f"PIPELINE_REDIS_URL={redacted_url(redis_url)!r} is not a Redis URL; use redis://[:password@]host:port/db"
         )
+    redis_ca_file = env.get("PIPELINE_REDIS_CA_FILE") or None
+    if redis_ca_file is not None and not Path(redis_ca_file).is_file():
+        raise ConfigError(f"PIPELINE_REDIS_CA_FILE={redis_ca_file!r} does not exist; point it at the PEM file of the "
+                          "certificate authority of Redis's TLS certificate")
+    if redis_ca_file is not None and parsed.scheme != "rediss":
+        raise ConfigError("PIPELINE_REDIS_CA_FILE is set but PIPELINE_REDIS_URL does not use TLS; use "
+                          "rediss://[:password@]host:port/db, or unset PIPELINE_REDIS_CA_FILE")
+    _check_ca_file("PIPELINE_REDIS_CA_FILE", redis_ca_file)
     for var, default in (("PIPELINE_TOPIC_PREFIX", d.topic_prefix), ("PIPELINE_REDIS_PREFIX", d.redis_prefix)):
         if not _PREFIX_RE.match(env.get(var, default)):
             raise ConfigError(f"{var} may hold only letters, digits, '.', '_' and '-' (at most 100)")
@@ -161,6 +182,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if ca_file is not None and not Path(ca_file).is_file():
         raise ConfigError(f"PIPELINE_KAFKA_CA_FILE={ca_file!r} does not exist; point it at the PEM file of the "
                           "brokers' certificate authority")
+    _check_ca_file("PIPELINE_KAFKA_CA_FILE", ca_file)
     hold = env.get("PIPELINE_HOLD_SUSPICIOUS_PAYOUTS", "1").strip()
     if hold not in ("0", "1"):
         raise ConfigError(f"PIPELINE_HOLD_SUSPICIOUS_PAYOUTS={hold!r}; use 1 to hold payouts the fraud rules "
@@ -179,17 +201,52 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         max_batch=_int(env, "PIPELINE_MAX_BATCH", d.max_batch, 1, 100_000),
         max_idle_ms=_int(env, "PIPELINE_MAX_IDLE_MS", d.max_idle_ms, 0, 60_000),
+        max_clock_skew_ms=_int(env, "PIPELINE_MAX_CLOCK_SKEW_MS", d.max_clock_skew_ms, 0, 3_600_000),
         leaderboard_retention_days=_int(
             env, "PIPELINE_LEADERBOARD_RETENTION_DAYS", d.leaderboard_retention_days, 1, 3650
         ),
         hold_suspicious_payouts=hold == "1",
         http_tokens=tokens,
+        http_head_timeout_s=_int(env, "PIPELINE_HTTP_HEAD_TIMEOUT_S", d.http_head_timeout_s, 1, 300),
+        http_idle_timeout_s=_int(env, "PIPELINE_HTTP_IDLE_TIMEOUT_S", d.http_idle_timeout_s, 1, 3600),
+        http_max_connections=_int(env, "PIPELINE_HTTP_MAX_CONNECTIONS", d.http_max_connections, 1, 100_000),
         kafka_security_protocol=protocol,
         kafka_sasl_mechanism=mechanism,
         kafka_username=username,
         kafka_password=password,
         kafka_ca_file=Path(ca_file) if ca_file else None,
+        redis_ca_file=Path(redis_ca_file) if redis_ca_file else None,
     )
+
+
+def _check_ca_file(name: str, path: str | None) -> None:
+    """A CA file must hold PEM certificates: caught here in one line, not as a
+    traceback from inside the Kafka or Redis client."""
+    if path is None:
+        return
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError(f"{name}={path!r} is not a PEM file of CA certificates ({exc.__class__.__name__}); "
+                          "point it at the PEM file of the certificate authority") from None
+
+
+_USERINFO_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>.*)@")
+_SECRET_QUERY_RE = re.compile(r"(?i)([?&](?:password|passwd|pass|pwd)=)[^&#]*")
+
+
+def redacted_url(url: str) -> str:
+    """The URL fit for an error or a log line: its password (user info, or a
+    `password=` query argument) replaced by ***; the user name stays. Forgiving of
+    malformed URLs, which are the ones that end up in error messages: everything up to
+    the last '@' counts as user info."""
+    def userinfo(m: re.Match[str]) -> str:
+        user, sep, _ = m["userinfo"].partition(":")
+        return f"{m['scheme']}{user}:***@" if sep else f"{m['scheme']}***@"
+
+    return _SECRET_QUERY_RE.sub(r"\1***", _USERINFO_RE.sub(userinfo, url, count=1))
 
 
 def kafka_address(settings: Settings) -> tuple[str, int]:

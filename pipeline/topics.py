@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -77,9 +78,18 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0, extra: tupl
     """Create missing topics (the contract's, the internal ones and `extra`); refuse to
     run on topics with another partition count."""
     admin = AIOKafkaAdminClient(**settings.kafka_options(), request_timeout_ms=10_000)
+    # aiokafka logs each failed bootstrap connection itself (to stderr, before logging is
+    # set up, in commands): the one line of the ConfigError below says it all.
+    kafka_log = logging.getLogger("aiokafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
     except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+        if settings.kafka_security_protocol.endswith("SSL"):
+            tls = await tls_failure(settings)
+            if tls is not None:
+                raise ConfigError(tls) from None
         secured = settings.kafka_security_protocol != "PLAINTEXT"
         raise ConfigError(
             f"cannot reach Kafka at PIPELINE_BOOTSTRAP_SERVERS={settings.bootstrap_servers} ({exc.__class__.__name__}); "
@@ -88,6 +98,8 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0, extra: tupl
                if secured else
                "start it with `python -m pipeline dev up` or point the setting at a running broker")
         ) from None
+    finally:
+        kafka_log.setLevel(level)
     try:
         wanted = specs(settings, extra)
         existing = await admin.describe_topics([s.name for s in wanted])
@@ -109,6 +121,26 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0, extra: tupl
             )
     finally:
         await admin.close()
+
+
+async def tls_failure(settings: Settings, timeout_s: float = 5.0) -> str | None:
+    """Why a TLS handshake with a bootstrap server fails certificate verification (a
+    CA that did not sign its certificate, or a certificate for another host name), as
+    the one line of a ConfigError; None if none does. aiokafka only logs that reason and
+    reports "Unable to bootstrap", so the worker and the commands ask again here."""
+    context = settings.kafka_options()["ssl_context"]
+    for server in settings.bootstrap_list:
+        host, _, port = server.rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port), ssl=context), timeout_s)
+        except ssl.SSLCertVerificationError as exc:
+            return (f"Kafka at {server} failed TLS verification ({exc.verify_message.rstrip('.')}); set PIPELINE_KAFKA_CA_FILE "
+                    "to the PEM file of the CA that signed the brokers' certificates, and make "
+                    "PIPELINE_BOOTSTRAP_SERVERS name hosts those certificates are for")
+        except (OSError, asyncio.TimeoutError):
+            continue  # down, or not TLS: the caller's message says so
+        writer.close()
+    return None
 
 
 async def delete_topics(settings: Settings) -> None:

@@ -31,7 +31,7 @@ import aiokafka
 import faust
 import redis
 
-from pipeline import economics, settings, topics
+from pipeline import economics, redis_client, settings, topics
 from pipeline.benchmark import readbench, report, runs
 from pipeline.infra import dev
 from pipeline.infra.kafka import KAFKA_VERSION
@@ -80,7 +80,7 @@ def deployment(base: Settings, tag: str) -> Settings:
 
 def cleanup(s: Settings) -> None:
     asyncio.run(topics.delete_topics(s))  # a broker full of old runs' partitions is slower
-    client = redis.Redis.from_url(s.redis_url)
+    client = redis_client.connect_sync(s)
     for keys in _batched(client.scan_iter(match=f"{s.redis_prefix}*", count=10_000), 10_000):
         client.unlink(*keys)
 

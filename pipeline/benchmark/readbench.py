@@ -11,10 +11,8 @@ import random
 import time
 from typing import Any
 
-import redis
-import redis.asyncio as aioredis
-
 from agents.readmodel import leaderboards
+from pipeline import redis_client
 from pipeline.benchmark.runs import percentiles
 from pipeline.settings import Settings
 
@@ -23,7 +21,7 @@ STREAM = "bench-stream"
 
 def leaderboard_read(s: Settings, gifters: int, requests: int, seed: int) -> dict[str, Any]:
     key = s.redis_key(leaderboards.stream_key(STREAM))
-    client = redis.Redis.from_url(s.redis_url)
+    client = redis_client.connect_sync(s)
     rng = random.Random(seed)
     client.delete(key)
     for start in range(0, gifters, 10_000):  # Zipf-like coins: a few whales, many ties
@@ -44,7 +42,7 @@ def leaderboard_read(s: Settings, gifters: int, requests: int, seed: int) -> dic
         results[f"http_limit_{limit}"] = percentiles(samples, digits=3)
 
     async def redis_only() -> dict[str, float]:
-        a = aioredis.Redis.from_url(s.redis_url)
+        a = redis_client.connect(s)
         samples = []
         for _ in range(requests):
             started = time.perf_counter()

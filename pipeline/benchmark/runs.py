@@ -17,14 +17,13 @@ from pathlib import Path
 from collections import Counter
 from typing import Any, Iterable, Iterator
 
-import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from agents.ingest.decode import decode
 from agents.readmodel import leaderboards
-from pipeline import topics
+from pipeline import redis_client, topics
 from pipeline.benchmark.probes import Lag, ProcStats, board_total
 from pipeline.local_worker import get, running_worker
 from pipeline.settings import PROJECT_ROOT, Settings
@@ -166,7 +165,7 @@ async def ours(s: Settings, messages: list[Message], workers: int, log_dir: Path
     board: list[tuple[float, int]] = []  # (seconds since the start, board total)
     with ExitStack() as stack:
         pids = [p.pid for p in start_workers(stack, s, workers, log_dir)]
-        client = aioredis.from_url(s.redis_url)
+        client = redis_client.connect(s)
         started = time.perf_counter()
         expected: int | None = None
 
@@ -265,7 +264,7 @@ async def latency(s: Settings, messages: list[Message], rate: float, log_dir: Pa
         await consumer.seek_to_end(*tps)
         for tp in tps:
             await consumer.position(tp)
-        client = aioredis.from_url(s.redis_url)
+        client = redis_client.connect(s)
         started = time.perf_counter()
         done = asyncio.Event()
 

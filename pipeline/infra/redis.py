@@ -25,9 +25,17 @@ class LocalRedis(LocalServer):
     setting = SETTING
     marker = "redis-server"  # survives Redis rewriting its process title
 
-    def __init__(self, data_dir: Path, host: str, port: int, password: str | None = None) -> None:
+    def __init__(self, data_dir: Path, host: str, port: int, password: str | None = None,
+                 tls_cert_file: Path | None = None, tls_key_file: Path | None = None,
+                 tls_ca_file: Path | None = None) -> None:
         super().__init__(data_dir, host, port)
         self.password = password or None
+        # TLS only on `port` (the tests of the pipeline's rediss://): the server's PEM
+        # certificate and key, and the CA it trusts (and our ready probe verifies with);
+        # clients are not asked for a certificate.
+        self.tls = (tls_cert_file, tls_key_file, tls_ca_file) if tls_cert_file else None
+        if self.tls is not None and not (tls_key_file and tls_ca_file):
+            raise ValueError("TLS needs tls_cert_file, tls_key_file and tls_ca_file")
 
     def ensure_installed(self) -> str:
         """Path of redis-server, installing Debian's package when root (fresh CI images)."""
@@ -44,9 +52,14 @@ class LocalRedis(LocalServer):
                 self._wait_ready(pid, self._ping, time.monotonic() + timeout_s)
                 return
             check_port_free(self.host, self.port, "Redis", SETTING)
+            ports = ["--port", str(self.port)]
+            if self.tls is not None:
+                cert, key, ca = self.tls
+                ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                         "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
             argv = [
                 self.ensure_installed(),
-                "--port", str(self.port),
+                *ports,
                 "--bind", self.host,
                 "--dir", str(self.dir),
                 "--save", "",
@@ -62,6 +75,7 @@ class LocalRedis(LocalServer):
         client = redis_py.Redis(
             host=self.host, port=self.port, password=self.password,
             socket_connect_timeout=1, socket_timeout=1,
+            **({"ssl": True, "ssl_ca_certs": str(self.tls[2])} if self.tls else {}),
         )
         try:
             return bool(client.ping())

@@ -185,3 +185,67 @@ def test_sasl_needs_both_credentials_and_keeps_the_password_out_of_the_repr() ->
     assert (options["security_protocol"], options["sasl_mechanism"], options["sasl_plain_password"]) == (
         "SASL_PLAINTEXT", "SCRAM-SHA-512", "pw-secret-1")
     assert "pw-secret-1" not in repr(s)
+
+
+@pytest.mark.parametrize("url", ["redis://:s3cret-pw@host:notaport/0", "rediss://ledger:s3cret-pw@host:99999/0",
+                                 "redis://s3cret-pw@:6379/0", "redis://:s3cret@pw@host:x/0",
+                                 "ftp://:s3cret-pw@host/0", "redis://host:x/0?password=s3cret-pw"])
+def test_a_bad_redis_url_is_named_without_its_password(url: str) -> None:
+    with pytest.raises(ConfigError, match="PIPELINE_REDIS_URL") as err:
+        settings.load({"PIPELINE_REDIS_URL": url})
+    assert "s3cret" not in str(err.value) and "***" in str(err.value)
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+    ("rediss://user:pw@h:6380/1", "rediss://user:***@h:6380/1"),
+    ("redis://pw@h/0", "redis://***@h/0"),
+    ("redis://:p@ss:w/rd@h/0", "redis://:***@h/0"),  # malformed: up to the last '@' is user info
+    ("redis://h:6379/0?db=1&password=pw", "redis://h:6379/0?db=1&password=***"),
+    ("redis://h:6379/0", "redis://h:6379/0"),
+    ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+])
+def test_redacted_url_hides_the_password_and_keeps_the_rest(url: str, shown: str) -> None:
+    assert settings.redacted_url(url) == shown
+
+
+def test_redis_ca_file_must_exist_hold_pem_and_come_with_rediss(tmp_path: Path) -> None:
+    import trustme
+
+    ca = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca))
+    s = settings.load({"PIPELINE_REDIS_URL": "rediss://127.0.0.1:6380/0", "PIPELINE_REDIS_CA_FILE": str(ca)})
+    assert s.redis_ca_file == ca
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n")
+    for env in ({"PIPELINE_REDIS_URL": "rediss://127.0.0.1:6380/0", "PIPELINE_REDIS_CA_FILE": str(tmp_path / "no.pem")},
+                {"PIPELINE_REDIS_URL": "rediss://127.0.0.1:6380/0", "PIPELINE_REDIS_CA_FILE": str(not_pem)},
+                {"PIPELINE_REDIS_URL": "redis://127.0.0.1:6379/0", "PIPELINE_REDIS_CA_FILE": str(ca)}):
+        with pytest.raises(ConfigError, match="PIPELINE_REDIS_CA_FILE"):
+            settings.load(env)
+    with pytest.raises(ConfigError, match="PIPELINE_KAFKA_CA_FILE"):
+        settings.load({"PIPELINE_KAFKA_SECURITY_PROTOCOL": "SSL", "PIPELINE_KAFKA_CA_FILE": str(not_pem)})
+
+
+def test_every_redis_client_gets_the_ca_file_with_rediss(tmp_path: Path) -> None:
+    from pipeline import redis_client
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    tls = settings.Settings(redis_url="rediss://:pw@127.0.0.1:6380/0", redis_ca_file=ca)
+    assert redis_client.options(tls)["ssl_ca_certs"] == str(ca)
+    kwargs = redis_client.connect(tls).connection_pool.connection_kwargs
+    assert kwargs["ssl_ca_certs"] == str(ca) and kwargs["ssl_check_hostname"] is True
+    assert redis_client.connect_sync(tls).connection_pool.connection_kwargs["ssl_ca_certs"] == str(ca)
+    assert redis_client.options(settings.Settings(redis_url="redis://127.0.0.1:6379/0")) == {}
+
+
+def test_no_redis_client_is_built_around_the_helper() -> None:
+    """Every Redis client of the pipeline comes from pipeline/redis_client.py, which
+    applies PIPELINE_REDIS_CA_FILE; a `from_url(...redis_url...)` elsewhere would not.
+    (RedisReadModel's own fallback client is for tests; the worker passes it one.)"""
+    root = Path(settings.PROJECT_ROOT)
+    allowed = {"pipeline/redis_client.py", "agents/readmodel/redis_sink.py"}
+    offenders = [str(p.relative_to(root)) for d in ("pipeline", "agents") for p in (root / d).rglob("*.py")
+                 if str(p.relative_to(root)) not in allowed and "from_url(" in p.read_text()]
+    assert offenders == []
