@@ -85,6 +85,12 @@ def _redrive(args: argparse.Namespace) -> int:
     return redrive.main(args)
 
 
+def _acls(args: argparse.Namespace) -> int:
+    from pipeline import acls
+
+    return acls.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
@@ -149,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     redrive_arguments(p)
     p.set_defaults(func=_redrive)
+
+    p = sub.add_parser("acls", help="print the Kafka ACLs of a deployment (pipeline, producing services, readers); "
+                       "--apply creates the missing ones (safe to repeat)")
+    from pipeline.acls import add_arguments as acls_arguments
+
+    acls_arguments(p)
+    p.set_defaults(func=_acls)
     return parser
 
 

@@ -50,7 +50,10 @@ class LocalKafka(LocalServer):
 
     def __init__(self, data_dir: Path, host: str, port: int, controller_port: int | None = None,
                  sasl_port: int | None = None, scram_users: dict[str, str] | None = None,
-                 node_id: int = 1, quorum: dict[int, int] | None = None, cluster_id: str | None = None) -> None:
+                 node_id: int = 1, quorum: dict[int, int] | None = None, cluster_id: str | None = None,
+                 super_users: list[str] | None = None, ssl_port: int | None = None,
+                 ssl_cert_chain: str | None = None, ssl_key: str | None = None,
+                 ssl_truststore: str | None = None) -> None:
         super().__init__(data_dir, host, port)
         # A node of a local multi-broker cluster (fault tests): its id, every node's
         # controller port by id, and the cluster id they share.
@@ -62,6 +65,18 @@ class LocalKafka(LocalServer):
         # storage at its first start (the tests of the pipeline's Kafka credentials).
         self.sasl_port = sasl_port
         self.scram_users = dict(scram_users or {})
+        # An extra SSL listener (the tests of the pipeline's TLS): the broker's
+        # certificate chain and unencrypted PKCS#8 key, PEM text; a CA's PEM to trust
+        # client certificates with (optional: clients are not asked for one).
+        self.ssl_port = ssl_port
+        self.ssl_cert_chain, self.ssl_key, self.ssl_truststore = ssl_cert_chain, ssl_key, ssl_truststore
+        if ssl_port is not None and not (ssl_cert_chain and ssl_key):
+            raise ValueError("an SSL listener needs ssl_cert_chain and ssl_key (PEM text)")
+        # None: no authorizer (any client may do anything). A list: KRaft's
+        # StandardAuthorizer, denying what no ACL allows; these principals are super users,
+        # and so is User:ANONYMOUS, the plain listener's, which the broker and controller
+        # use themselves: secured clients connect to the SASL listener (tests of ACLs).
+        self.super_users = None if super_users is None else list(super_users)
         self.log_dir = self.dir / "logs"
         self.properties_file = self.dir / "server.properties"
         self.log4j_file = self.dir / "log4j.properties"
@@ -181,6 +196,23 @@ class LocalKafka(LocalServer):
                 "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config":
                     "org.apache.kafka.common.security.scram.ScramLoginModule required;",
             })
+        if self.super_users is not None:
+            props.update({
+                "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                "allow.everyone.if.no.acl.found": "false",
+                "super.users": ";".join(["User:ANONYMOUS", *self.super_users]),
+            })
+        if self.ssl_port is not None:
+            tls = f"SSL://{self.host}:{self.ssl_port}"
+            props["listeners"] += f",{tls}"
+            props["advertised.listeners"] += f",{tls}"
+            props["listener.security.protocol.map"] += ",SSL:SSL"
+            props["inter.broker.listener.name"] = "PLAINTEXT"
+            props.update({"ssl.keystore.type": "PEM", "ssl.keystore.certificate.chain": _one_line(self.ssl_cert_chain),
+                          "ssl.keystore.key": _one_line(self.ssl_key)})
+            if self.ssl_truststore:
+                props.update({"ssl.truststore.type": "PEM",
+                              "ssl.truststore.certificates": _one_line(self.ssl_truststore)})
         text = "# Written by pipeline/infra/kafka.py on every start; edits are lost.\n"
         text += "".join(f"{k}={v}\n" for k, v in props.items())
         self.properties_file.write_text(text)
@@ -205,6 +237,11 @@ class LocalKafka(LocalServer):
 
     def _ready(self) -> bool:
         return port_open(self.host, self.port) and _run(_serves_metadata(self.address, 5.0))
+
+
+def _one_line(pem: str | None) -> str:
+    """PEM text as one properties-file value (Java reads `\\n` as a line break)."""
+    return (pem or "").strip().replace("\r", "").replace("\n", "\\n")
 
 
 def _jars_complete(libs: Path) -> bool:
