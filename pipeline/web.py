@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from typing import Any, Callable
 
-import redis.asyncio as aioredis
 from aiohttp import web as aioweb
 from aiohttp.http_exceptions import HttpProcessingError
 from faust.web import Request, Response, View
@@ -23,9 +23,10 @@ from agents.ingest.decode import ID_RE
 from agents.credit.state import WINDOWS
 from agents.readmodel import alerts, leaderboards
 from agents.readmodel.redis_sink import hash_key
-from pipeline import metrics
+from pipeline import metrics, redis_client
 from pipeline.dashboard import routes as dashboard
 from pipeline.engine.kv import block_cache_bytes
+from pipeline.http_guard import install as guard_http
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,10 @@ USER_FIELDS = (
 )
 CREATOR_FIELDS = ("diamonds", "lifetime_diamonds", "paid_out_diamonds")
 NULLABLE = {"daily_coin_limit", "last_spend_day"}  # stored as -1 when null
+# Query numbers are ASCII digits only: int() and str.isdigit() also take '５' or '٥', and
+# date.fromisoformat() takes '2026-W01-1' and '20260102xx'.
+LIMIT_RE = re.compile(r"[0-9]{1,9}")
+DAY_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 @aioweb.middleware
@@ -97,7 +102,8 @@ class _OneLineBadRequests(logging.Filter):
 
 
 def register_views(app: Any, settings: Settings, service: Any) -> None:
-    client = aioredis.from_url(settings.redis_url, socket_timeout=READ_TIMEOUT_S, decode_responses=True)
+    client = redis_client.connect(settings, socket_timeout=READ_TIMEOUT_S, decode_responses=True)
+    guard_http(app.web, settings)  # timeouts, connection cap, headers (pipeline/http_guard.py)
     app.web.web_app.middlewares.append(json_errors)
     if settings.http_tokens:
         app.web.web_app.middlewares.append(bearer_auth(settings.http_tokens))
@@ -136,13 +142,16 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
 
     def limit_of(request: Request, default: int = 10) -> int:
         raw = request.query.get("limit", str(default))
-        if not raw.isdigit() or not 1 <= int(raw) <= leaderboards.MAX_LIMIT:
+        if not LIMIT_RE.fullmatch(raw) or not 1 <= int(raw) <= leaderboards.MAX_LIMIT:
             raise ValueError(f"limit must be an integer from 1 to {leaderboards.MAX_LIMIT}")
         return int(raw)
 
     def day_of(request: Request) -> int:
+        raw = request.query.get("day", "")
         try:
-            return leaderboards.parse_day(request.query.get("day", ""))
+            if not DAY_RE.fullmatch(raw):
+                raise ValueError(raw)
+            return leaderboards.parse_day(raw)
         except ValueError:
             raise ValueError("day must be a date YYYY-MM-DD") from None
 
