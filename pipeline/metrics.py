@@ -17,7 +17,19 @@ EVENTS = Counter(
     "ledger_events_total", "Ledger outcomes published, by event type, status and rejection reason.",
     ["type", "status", "reason"],
 )
-DEAD_LETTERS = Counter("ledger_dead_letters_total", "Malformed input messages sent to dead-letters.", ["topic"])
+DEAD_LETTERS = Counter("ledger_dead_letters_total", "Records of any topic sent to dead-letters.", ["topic"])
+MISROUTED = Counter(
+    "ledger_misrouted_records_total", "Records on another partition than their key's (a producer without Kafka's "
+    "default murmur2 partitioner), dead-lettered.", ["topic"],
+)
+POISON = Counter(
+    "ledger_poison_records_total", "Records that could not be applied or committed (a broken invariant, a refused "
+    "output, a decoder failure), dead-lettered after the partition was rebuilt without them.", ["topic"],
+)
+FETCH_ERRORS = Counter(
+    "ledger_fetch_errors_total", "Fetched data that could not be decoded (corrupt or unsupported batches), by "
+    "topic; the partition waits while the others go on.", ["topic"],
+)
 COINS_RECHARGED = Counter("ledger_coins_recharged_total", "Coins added by accepted recharges.")
 COINS_SPENT = Counter("ledger_coins_spent_total", "Coins spent on accepted gifts.")
 DIAMONDS_CREDITED = Counter("ledger_diamonds_credited_total", "Diamonds credited to creators.")
@@ -31,7 +43,8 @@ BATCH_SECONDS = Histogram(
 )
 CYCLE_SECONDS = Histogram(
     "ledger_cycle_phase_seconds", "Time of each phase of the engine's cycle: fetch (waiting for input), process "
-    "(rules, all partitions), commit (the partitions' transactions, in parallel), read_model (Redis).",
+    "(rules, all partitions), commit (the partitions' transactions, in parallel), read_model (Redis), end_offsets "
+    "(the ListOffsets round trip of causal order).",
     ["phase"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 OUTCOME_LATENCY = Histogram(
@@ -69,6 +82,15 @@ def count_outcomes(outcomes: list[Outcome], now_s: float) -> None:
     COINS_SPENT.inc(sums["gift"])
     DIAMONDS_PAID_OUT.inc(sums["payout"])
     USD_CENTS_PAID.inc(sums["usd"])
+
+
+def count_dead_letters(letters: list[tuple[str, str]]) -> None:
+    for (topic, kind), n in collections.Counter(letters).items():
+        DEAD_LETTERS.labels(topic).inc(n)
+        if kind == "misrouted":
+            MISROUTED.labels(topic).inc(n)
+        elif kind == "poison":
+            POISON.labels(topic).inc(n)
 
 
 def count_alerts(alerts: list[Alert]) -> None:

@@ -59,13 +59,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def letter(record: Any, key: bytes | None, inputs: set[str]) -> Letter | None:
     """The dead letter as a message to send back; None if its source is not one of
-    `inputs`, this deployment's input topics (a dead letter is data, not an address), or
-    it is unreadable."""
+    `inputs`, this deployment's input topics (a dead letter is data, not an address), it
+    is unreadable, or it holds only the start of its payload (over 64 KiB: gone for good,
+    its producer must send it anew)."""
     if not isinstance(record, dict) or record.get("source_topic") not in inputs:
         return None
     try:
         payload = base64.b64decode(str(record.get("payload_b64", "")), validate=True)
     except binascii.Error:
+        return None
+    if record.get("payload_bytes", len(payload)) != len(payload):
         return None
     return Letter(record["source_topic"], key, payload, str(record.get("error", "")))
 
@@ -107,6 +110,8 @@ async def send(s: Settings, letters: dict[str, Letter]) -> None:
         for start in range(0, len(items), TX_LETTERS):
             async with producer.transaction():
                 for fingerprint, x in items[start:start + TX_LETTERS]:
+                    # By key with the Java client's partitioner (murmur2): a letter dead
+                    # for being on the wrong partition goes to the right one.
                     await producer.send(x.source_topic, x.payload, key=x.key)
                     await producer.send(s.topic(topics.REDRIVE_LOG), b"1", key=fingerprint.encode())
     finally:

@@ -41,7 +41,7 @@ class SimConfig:
     malformed_share: float = 0.0
     duplicate_share: float = 0.0
     mega_live_share: float = 0.0  # share of gifts to creator 0 on its stream 0
-    start_ts: int | None = None  # event time of the first event (default: now)
+    start_ts: int | None = None  # event time of the first event (default: the last one is dated now)
     tick_ms: float = 1  # event time advance per event (fractions add up: 1000 / rate keeps to the clock)
     max_gift_coins: int = MAX_GIFT_COINS  # a larger gift is sent with quantity 1
     id_prefix: str = ""
@@ -51,6 +51,20 @@ class SimConfig:
         for share in (self.spend_limit_share, self.payout_share, self.malformed_share,
                       self.duplicate_share, self.mega_live_share):
             assert 0.0 <= share <= 1.0
+
+
+# Event times stay inside the pipeline's bounds (CONTRACT.md: at most 7 days behind the
+# clock, at most 5 minutes ahead): a backlog is dated up to now, at most this far back.
+MAX_BACKLOG_SPAN_MS = 6 * 86_400_000
+
+
+def start_of(cfg: SimConfig) -> int:
+    """The first event's time: as configured, or such that the last event is dated now
+    (a backlog that just happened), never more than MAX_BACKLOG_SPAN_MS ago."""
+    if cfg.start_ts is not None:
+        return cfg.start_ts
+    now = int(time.time() * 1000)
+    return now - min(int(cfg.events * cfg.tick_ms), MAX_BACKLOG_SPAN_MS)
 
 
 class _Zipf:
@@ -75,7 +89,7 @@ def generate(cfg: SimConfig, econ: Economics) -> Iterator[Message]:
     packages = econ.recharge_packages
     coins: dict[int, int] = {}  # the simulator's own idea of each viewer's balance
     recent: list[Message] = []
-    start = cfg.start_ts if cfg.start_ts is not None else int(time.time() * 1000)
+    start = start_of(cfg)
     p = cfg.id_prefix
     for n in range(cfg.events):
         ts = start + int((n + 1) * cfg.tick_ms)

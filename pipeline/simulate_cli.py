@@ -18,7 +18,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from pipeline import economics, settings, simulate_fraud, topics
-from pipeline.simulate import Message, SimConfig, generate
+from pipeline.simulate import Message, SimConfig, generate, start_of
 
 PROGRESS_EVERY_S = 1.0
 MAX_EVENTS = 1_000_000_000
@@ -63,7 +63,8 @@ def main(args: argparse.Namespace) -> int:
         # Paced: event time keeps to the wall clock, so windows and charts look live.
         tick_ms=1000 / args.rate if args.rate else 1,
     )
-    cfg = dataclasses.replace(cfg, start_ts=int(time.time() * 1000))
+    # Paced, event time starts now; unpaced (a backlog), it ends now (simulate.start_of).
+    cfg = dataclasses.replace(cfg, start_ts=int(time.time() * 1000) if args.rate else start_of(cfg))
     messages = generate(cfg, economics.load(s.economics_file))
     if args.fraud or args.near_misses:
         extra = simulate_fraud.scripts(args.fraud, args.near_misses, cfg.start_ts, max(1, int(events * cfg.tick_ms)),

@@ -31,10 +31,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
-import redis.asyncio as aioredis
-
 from agents.ingest.decode import Malformed, decode
-from pipeline import economics, settings, topics
+from pipeline import economics, redis_client, settings, topics
 from pipeline.benchmark import RESULTS, cleanup, deployment, machine, runs
 from pipeline.benchmark.probes import Lag, ProcStats
 from pipeline.infra import dev
@@ -114,7 +112,9 @@ def traffic(args: argparse.Namespace, econ: economics.Economics, expected: Count
     """The simulator's live event with 1 % producer-retry duplicates and 0.1 % malformed
     messages; counts what it yields (well-formed by decoding, as the worker will)."""
     cfg = SimConfig(events=int(args.rate * args.minutes * 60), users=50_000, creators=2_000, seed=args.seed,
-                    duplicate_share=0.01, malformed_share=0.001, payout_share=0.002, id_prefix="s")
+                    duplicate_share=0.01, malformed_share=0.001, payout_share=0.002, id_prefix="s",
+                    # Live: event time keeps to the clock from the first message on.
+                    start_ts=int(time.time() * 1000), tick_ms=1000 / args.rate)
     for topic, key, value in generate(cfg, econ):
         expected["malformed" if isinstance(decode(topic, key, value), Malformed) else "well_formed"] += 1
         yield topic, key, value
@@ -195,7 +195,7 @@ async def run(s: Settings, args: argparse.Namespace, log_dir: Path, base: Settin
 
 
 async def _read_model_sums(s: Settings) -> dict[str, int]:
-    client = aioredis.from_url(s.redis_url, decode_responses=True)
+    client = redis_client.connect(s, decode_responses=True)
     sums: Counter[str] = Counter()
     try:
         for kind, fields in (("user", ("coins", "recharged_coins", "spent_coins")),

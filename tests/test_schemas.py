@@ -142,6 +142,10 @@ def shape_cases(topic: str) -> list[tuple[str, bytes]]:
         ("extra fields ignored", encode({**BASE[topic], **extra})),
         ("extra field NaN", changed(topic, extra=Raw("NaN"))),
         ("duplicate field, last valid", encode(BASE[topic])[:-1] + b', "ts": 1}'),
+        ("duplicate field spelt with an escape", encode(BASE[topic])[:-1] + b', "t\\u0073": 1}'),
+        ("duplicate field in a nested extra", encode({**BASE[topic], "x": {"a": 1}})[:-2] + b', "a": 2}}'),
+        ("a field's name inside a string value", encode({**BASE[topic], "note": '"ts": 5, "event_id"'})),
+        ("escaped names, none repeated", encode({**BASE[topic], "n\u00f6te": 1})),
         ("whitespace around", b" \n" + encode(BASE[topic]) + b"\n "),
         ("array", b"[" + encode(BASE[topic]) + b"]"),
         ("string", b'"hello"'),
@@ -195,10 +199,17 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _no_repeated_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise ValueError("a name is repeated")  # CONTRACT.md: a value that repeats a field name is malformed
+    return dict(pairs)
+
+
 def schema_accepts(topic: str, raw: bytes) -> bool:
-    """Strict UTF-8 (no BOM) JSON (no NaN/Infinity) parsed by json.loads, then the schema."""
+    """Strict UTF-8 (no BOM) JSON (no NaN/Infinity, no repeated name at any depth) parsed
+    by json.loads, then the schema."""
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_no_repeated_names)
     except (ValueError, RecursionError):
         return False
     return validator(topic).is_valid(data)
@@ -290,8 +301,10 @@ OUTPUT_SAMPLES: dict[str, tuple[dict[str, Any], list[tuple[str, Any]]]] = {
     ),
     "dead-letters": (
         {"source_topic": "gifts", "partition": 3, "offset": 1234, "error": "missing field ts",
-         "payload_b64": "eyJldmVudF9pZCI6ICJlMSJ9"},
-        [("payload_b64", "not base64!"), ("partition", -1), ("offset", "12"), ("error", None)],
+         "payload_b64": "eyJldmVudF9pZCI6ICJlMSJ9", "payload_bytes": 17,
+         "payload_sha256": "0b6c1e6d1b8e4a5f1d2c3b4a59687766554433221100ffeeddccbbaa99887766"},
+        [("payload_b64", "not base64!"), ("partition", -1), ("offset", "12"), ("error", None),
+         ("payload_bytes", -1), ("payload_sha256", "ABC")],
     ),
     "fraud-alerts": (
         {"alert_id": "a-1", "rule": "gift_burst", "severity": "high", "subject_type": "user",

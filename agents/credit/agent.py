@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from agents.credit.ops import Mark, parse_op, payout_op
+from agents.credit.ops import Mark, Op, Refused, decode_op, parse_op, payout_op
 from agents.credit.progress import Progress
-from agents.credit.rules import HELD, CreditBatch, apply_credit, apply_payout, duplicate_payout
+from agents.credit.rules import HELD, CreditBatch, apply_credit, apply_payout, duplicate_payout, refused_payout
+from agents.ingest.decode import Malformed
 from agents.fraud import concentration, loop
 from agents.fraud.loop import Pairs
 from agents.fraud.sender import Leg
@@ -38,6 +37,7 @@ MAX_HOLD_MS = 30_000
 
 class CreatorLedger(Stage):
     inputs = (topics.CREATOR_OPS,)
+    keyed_inputs = frozenset(inputs)  # by creator (marks are unkeyed, sent to each partition)
     changelog_topic = topics.CREATORS_CHANGELOG
     table_name = "creators"
     index_name = "payout_event_ids"
@@ -59,10 +59,9 @@ class CreatorLedger(Stage):
         self._now_ms = 0.0
         self._started_ms: float | None = None  # first tick of this instance
 
-    def decode(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[CreditBatch | Payout | Mark | Leg, int | None]:
-        assert value is not None, "creator-ops records are written by the pipeline and never empty"
-        item = parse_op(orjson.loads(value))  # our own records: integers within 64 bits
-        return item, item.ts
+    def decode(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[Op | Malformed, int | None]:
+        item = decode_op(key, value, self.econ, self.sources)  # untrusted, though our own
+        return item, None if isinstance(item, Malformed) else item.ts
 
     def handle(self, topic: str, item: Any, out: Output) -> None:
         if isinstance(item, Mark):
@@ -70,6 +69,8 @@ class CreatorLedger(Stage):
             self._release_all(out)
         elif isinstance(item, CreditBatch):
             self._credit(item, out)
+        elif isinstance(item, Refused):
+            out.outcome(refused_payout(self.table.get(item.creator_id) or CreatorState(), item.payout, item.reason))
         elif isinstance(item, Leg):
             pairs = self.pairs.for_update(item.meeting_key)
             for alert in loop.meet(pairs, item, self.rules.gift_loop):

@@ -2,7 +2,11 @@
 
 `c`: the combined credit of a batch's accepted gifts to one creator; `p`: a validated
 payout request; `m`: a progress mark of a user-ledger partition (key none, sent to every
-partition); `l`: a gift_loop leg (agents/fraud/loop.py; key: the pair's smaller account). Written and read only by this pipeline, so they are compact and trusted.
+partition); `l`: a gift_loop leg (agents/fraud/loop.py; key: the pair's smaller account).
+Written only by this pipeline (Kafka ACLs enforce it: `python -m pipeline acls`), yet
+read as untrusted (CONTRACT.md, Trust): `decode_op` checks every field's type and range
+and what a record can be checked against (a credit never exceeds what its gifts could
+give), and anything else is a dead letter, never a crash.
 """
 
 from __future__ import annotations
@@ -10,12 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from agents.credit.rules import CreditBatch
+from agents.ingest.decode import ID_RE, MAX_QUANTITY, MAX_REASON_CHARS, MAX_VALUE_BYTES, Malformed
 from agents.fraud.concentration import hour
 from agents.fraud.sender import Leg
 from agents.fraud.loop import parse_leg
 from agents.ingest.records import Payout
 from agents.ledger.rules import Credit
+from pipeline.economics import Economics
 
 
 def credit_op(creator_id: str, credits: list[Credit], new_sender_ms: int) -> dict[str, Any]:
@@ -42,8 +50,29 @@ def batch_op(batch: CreditBatch) -> dict[str, Any]:
     }
 
 
-def payout_op(ev: Payout) -> dict[str, Any]:
-    return {"op": "p", "event_id": ev.event_id, "creator_id": ev.creator_id, "diamonds": ev.diamonds, "ts": ev.ts}
+def payout_op(ev: Payout, refused: str | None = None) -> dict[str, Any]:
+    """`refused`: the user ledger's reason to reject it before any other check
+    (invalid_ts); the creator ledger answers it with the creator's balance."""
+    op = {"op": "p", "event_id": ev.event_id, "creator_id": ev.creator_id, "diamonds": ev.diamonds, "ts": ev.ts}
+    if refused is not None:
+        op["r"] = refused
+    return op
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A payout rejected before its creator's ledger looks at it (invalid_ts)."""
+
+    payout: Payout
+    reason: str
+
+    @property
+    def ts(self) -> int:
+        return self.payout.ts
+
+    @property
+    def creator_id(self) -> str:
+        return self.payout.creator_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +86,118 @@ class Mark:
 
 def mark_op(source: int, ts: int, idle: bool) -> dict[str, Any]:
     return {"op": "m", "source": source, "ts": ts, "idle": idle}
+
+
+# Bounds of a well-formed record. A batch of the user ledger holds at most 100,000 input
+# records (PIPELINE_MAX_BATCH's highest value), so no credit combines more gifts.
+MAX_OP_GIFTS = 100_000
+MAX_OP_IDS = 100
+MAX_TS = 253_402_300_799_999
+MAX_PAYOUT_DIAMONDS = 10**12
+MAX_PARTITIONS = 256
+Op = CreditBatch | Payout | Refused | Mark | Leg
+REFUSALS = ("invalid_ts",)
+
+
+class BadOp(ValueError):
+    """A creator-ops record that this pipeline could not have written."""
+
+
+def _id(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if type(value) is not str or not ID_RE.fullmatch(value):
+        raise BadOp(f"{name} must be an id")
+    return value
+
+
+def _int(value: Any, name: str, lo: int, hi: int) -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise BadOp(f"{name} must be an integer from {lo} to {hi}")
+    return value
+
+
+def _list(value: Any, name: str, most: int) -> list[Any]:
+    if type(value) is not list or len(value) > most:
+        raise BadOp(f"{name} must be a list of at most {most}")
+    return value
+
+
+def decode_op(key: bytes | None, value: bytes | None, econ: Economics, partitions: int) -> Op | Malformed:
+    """A creator-ops record as an op, or Malformed with the reason."""
+    if not value:
+        return Malformed("empty value")
+    if len(value) > MAX_VALUE_BYTES:
+        return Malformed(f"value of {len(value)} bytes exceeds {MAX_VALUE_BYTES}")
+    try:
+        data = orjson.loads(value)  # integers beyond 64 bits are refused
+        if type(data) is not dict:
+            raise BadOp("value must be a JSON object")
+        op = _checked(data, econ, partitions)
+    except BadOp as exc:
+        return Malformed(f"creator-ops record: {exc}")
+    except (ValueError, RecursionError) as exc:
+        return Malformed(f"not JSON: {str(exc)[:MAX_REASON_CHARS]}")
+    want = None if isinstance(op, Mark) else (op.meeting_key if isinstance(op, Leg) else op.creator_id)
+    if (None if key is None else key.decode("utf-8", "replace")) != want:
+        return Malformed(f"creator-ops record: key must be {want!r}")
+    return op
+
+
+def _checked(data: dict[str, Any], econ: Economics, partitions: int) -> Op:
+    kind = data.get("op")
+    if kind == "m":
+        idle = data.get("idle")
+        if type(idle) is not bool:
+            raise BadOp("idle must be true or false")
+        return Mark(_int(data.get("source"), "source", 0, partitions - 1), _int(data.get("ts"), "ts", 0, MAX_TS), idle)
+    if kind == "p":
+        payout = Payout(_id(data, "event_id"), _id(data, "creator_id"),
+                        _int(data.get("diamonds"), "diamonds", 1, MAX_PAYOUT_DIAMONDS), _int(data.get("ts"), "ts", 0, MAX_TS))
+        if "r" not in data:
+            return payout
+        if data["r"] not in REFUSALS:
+            raise BadOp(f"r must be one of {', '.join(REFUSALS)}")
+        return Refused(payout, data["r"])
+    if kind == "l":
+        ids = _list(data.get("ids"), "ids", MAX_OP_IDS)
+        if not all(type(i) is str and ID_RE.fullmatch(i) for i in ids):
+            raise BadOp("ids must be event ids")
+        start, end = _int(data.get("s"), "s", 0, MAX_TS), _int(data.get("t"), "t", 0, MAX_TS)
+        if start > end:
+            raise BadOp("s must not be after t")
+        return Leg(_id(data, "a"), _id(data, "b"), start, end, _int(data.get("c"), "c", 1, 10**18), tuple(ids))
+    if kind == "c":
+        return _credit(data, econ)
+    raise BadOp("op must be one of c, p, m, l")
+
+
+def _credit(data: dict[str, Any], econ: Economics) -> CreditBatch:
+    """A credit can never exceed what its gifts could give: each gift costs at most the
+    dearest gift times 10,000 and at most the platform's daily limit, and credits
+    floor(coins * share / 100) diamonds, so the credit is at most that of its coins."""
+    gifts = _int(data.get("gifts"), "gifts", 1, MAX_OP_GIFTS)
+    most_per_gift = min(max(econ.gifts.values()) * MAX_QUANTITY, econ.platform_daily_coin_limit)
+    coins = _int(data.get("coins"), "coins", 1, gifts * most_per_gift)
+    items: list[tuple[int, int]] = []
+    for item in _list(data.get("items"), "items", gifts):
+        if type(item) is not list or len(item) != 2:
+            raise BadOp("items must be [ts, diamonds] pairs")
+        items.append((_int(item[0], "item ts", 0, MAX_TS), _int(item[1], "item diamonds", 0, coins)))
+    if not items or any(a[0] >= b[0] for a, b in zip(items, items[1:])):
+        raise BadOp("items must be one or more, by rising ts")
+    diamonds = sum(d for _, d in items)
+    if diamonds > econ.creator_diamonds(coins):
+        raise BadOp(f"credits {diamonds} diamonds for {coins} coins, over the creator share")
+    new: list[tuple[Any, ...]] = []
+    for e in _list(data.get("n", []), "n", gifts):
+        if type(e) is not list or len(e) != 5:
+            raise BadOp("n must be [sender, first ts, ts, diamonds, event id] entries")
+        sender = _id({"s": e[0]}, "s")
+        _int(e[1], "first ts", 0, MAX_TS), _int(e[2], "ts", 0, MAX_TS), _int(e[3], "diamonds", 1, diamonds)
+        new.append((sender, e[1], e[2], e[3], _id({"e": e[4]}, "e")))
+    if sum(e[3] for e in new) > diamonds:
+        raise BadOp("new senders' diamonds exceed the credit")
+    return CreditBatch(_id(data, "creator_id"), coins, gifts, tuple(items), tuple(new))
 
 
 def parse_op(data: dict[str, Any]) -> CreditBatch | Payout | Mark | Leg:

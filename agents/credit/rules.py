@@ -102,6 +102,11 @@ def apply_payout(state: CreatorState, ev: Payout, econ: Economics, hold: bool = 
     )
 
 
+def refused_payout(state: CreatorState, ev: Payout, reason: str) -> Outcome:
+    """Rejected before every other check (invalid_ts): nothing changes."""
+    return Outcome(ev.event_id, "payout", "rejected", reason, ev.creator_id, None, ev.diamonds, None, state.available, ev.ts)
+
+
 def duplicate_payout(state: CreatorState, ev: Payout) -> Outcome:
     available = state.available_at(ev.ts)
     return Outcome(ev.event_id, "payout", "duplicate", None, ev.creator_id, None, ev.diamonds, None, available, ev.ts)

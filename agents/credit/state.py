@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.fraud.concentration import NewSenders
+from pipeline.invariants import require
 
 MAX_DAYS = 40
 # Tumbling windows of credited diamonds: size name -> (size in ms, windows kept).
@@ -61,12 +62,16 @@ class CreatorState:
             del self.recent[: len(self.recent) - MAX_RECENT]
 
     def check(self) -> None:
-        assert self.available >= 0, self
-        assert self.lifetime == self.available + self.paid_out, self
-        assert len(self.day_diamonds) <= MAX_DAYS, self
-        assert len(self.held) <= MAX_HELD and all(op["op"] == "p" for op in self.held), self
-        assert len(self.recent) <= MAX_RECENT and all(a <= b for a, b in zip(self.recent, self.recent[1:])), self
-        assert all(len(self.windows.get(name, ())) <= kept for name, (_, kept) in WINDOWS.items()), self
+        require(self.available >= 0, "available diamonds >= 0")
+        require(self.paid_out >= 0, "paid-out diamonds >= 0")
+        require(self.lifetime == self.available + self.paid_out, "lifetime == available + paid out")
+        require(len(self.day_diamonds) <= MAX_DAYS, "credited days <= MAX_DAYS")
+        require(len(self.held) <= MAX_HELD, "held payouts <= MAX_HELD")
+        require(all(op["op"] == "p" for op in self.held), "held records are payouts")
+        require(len(self.recent) <= MAX_RECENT, "recent credits <= MAX_RECENT")
+        require(all(a <= b for a, b in zip(self.recent, self.recent[1:])), "recent credits by event time")
+        require(all(len(self.windows.get(name, ())) <= kept for name, (_, kept) in WINDOWS.items()),
+                "windows within their bounds")
         self.senders.check()
 
     def add_to_windows(self, ts: int, diamonds: int) -> None:

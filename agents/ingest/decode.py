@@ -21,11 +21,15 @@ CURRENCY_RE = re.compile(r"^[A-Za-z]{3}$")
 MAX_TS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 MAX_VALUE_BYTES = 1_048_576
 MAX_REASON_CHARS = 300
+MAX_QUANTITY = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class Malformed:
     error: str
+    # "malformed" (its content), "misrouted" (on another partition than its key's) or
+    # "poison" (applying or committing it failed): each is counted in its own metric.
+    kind: str = "malformed"
 
 
 # (field, kind, low, high): kinds are "id", "int", "int?" (int or null), "str", "currency".
@@ -38,7 +42,7 @@ SPECS: dict[str, tuple[str, tuple[FieldSpec, ...], Callable[..., Event]]] = {
     ), Recharge),
     "gifts": ("sender_id", (
         ("event_id", "id", *_ID), ("sender_id", "id", *_ID), ("creator_id", "id", *_ID),
-        ("stream_id", "id", *_ID), ("gift_id", "str", *_ID), ("quantity", "int", 1, 10_000),
+        ("stream_id", "id", *_ID), ("gift_id", "str", *_ID), ("quantity", "int", 1, MAX_QUANTITY),
         ("ts", "int", 0, MAX_TS),
     ), Gift),
     "payouts": ("creator_id", (
@@ -59,12 +63,38 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"field {repeated[:64]!r} is repeated")
+    return data
+
+
 def parse_json(raw: bytes, exact: bool = False) -> Any:
-    """Strict JSON (no NaN or Infinity). orjson for speed; `exact` re-reads with the
-    stdlib, whose integers have no 64-bit limit (orjson turns larger ones into floats)."""
+    """Strict JSON (no NaN or Infinity, no repeated field name at any depth). orjson for
+    speed; `exact` re-reads with the stdlib, whose integers have no 64-bit limit (orjson
+    turns larger ones into floats) and which sees every repeated name."""
     if exact:
-        return json.loads(raw, parse_constant=_reject_constant)
-    return orjson.loads(raw)
+        return json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=_unique_pairs)
+    data = orjson.loads(raw)
+    if _may_repeat_a_name(raw, data):
+        return json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=_unique_pairs)
+    return data
+
+
+def _may_repeat_a_name(raw: bytes, data: Any) -> bool:
+    """orjson keeps the last of repeated names (`"coins": 5, "coins": 1000000`), so the
+    stdlib re-reads whatever could hide one: nested containers, escapes (a name can be
+    spelt two ways), or a name whose quoted form occurs twice in the bytes. A flat
+    object without escapes whose names each occur once cannot repeat one."""
+    if not isinstance(data, dict) or b"\\" in raw:
+        return True
+    for name, value in data.items():
+        if isinstance(value, (dict, list)) or raw.count(b'"%s"' % name.encode()) != 1:
+            return True
+    return False
 
 
 def _check(spec: FieldSpec, value: Any) -> str | None:

@@ -8,7 +8,6 @@ creator whatever partitioner the producers of `payouts` used.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from agents.credit.ops import credit_op, mark_op, payout_op
@@ -17,15 +16,17 @@ from agents.ingest.decode import Malformed, decode
 from agents.fraud import sender
 from agents.fraud.sender import Leg
 from agents.ingest.records import Event, Payout, UserEvent
-from agents.ledger.rules import Credit, apply_user_event, duplicate_outcome
+from agents.ledger.rules import INVALID_TS, Credit, TimeBounds, apply_user_event, duplicate_outcome, out_of_time
 from agents.ledger.state import UserState
 from agents.outcomes import Outcome
 from agents.readmodel import leaderboards
 from pipeline import topics
-from pipeline.economics import Economics
+from pipeline.economics import DAY_MS, Economics
 from pipeline.engine.kv import KV
 from pipeline.engine.stage import Output, ReadModelUpdate, Stage
-from pipeline.engine.store import Store, cap_to_clock
+from pipeline.engine.store import Store
+from pipeline.invariants import require
+from pipeline.settings import DEFAULT_MAX_CLOCK_SKEW_MS
 
 _TOPIC_CODE = {topics.RECHARGES: "r", topics.GIFTS: "g", topics.SPEND_LIMITS: "l"}
 
@@ -53,13 +54,17 @@ class CreditCombiner:
 
 class UserLedger(Stage):
     inputs = (topics.RECHARGES, topics.GIFTS, topics.SPEND_LIMITS, topics.PAYOUTS)
+    keyed_inputs = frozenset((topics.RECHARGES, topics.GIFTS, topics.SPEND_LIMITS))  # payouts: re-keyed here
     changelog_topic = topics.USERS_CHANGELOG
     table_name = "users"
     index_name = "user_event_ids"
 
-    def __init__(self, econ: Economics, partition: int, partitions: int, kv: KV | None = None) -> None:
+    def __init__(self, econ: Economics, partition: int, partitions: int, kv: KV | None = None,
+                 max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS) -> None:
         super().__init__(Store(UserState, UserState.from_json), econ.dedupe_keep_ms, kv=kv)
         self.econ = econ
+        self.in_time = TimeBounds(max_clock_skew_ms, econ.dedupe_window_days * DAY_MS)
+        self.now_ms: float | None = None  # the clock of this batch, given by tick()
         self.rules = econ.fraud
         self.partition = partition
         self.partitions = partitions
@@ -74,10 +79,21 @@ class UserLedger(Stage):
         item = decode(topic, key, value)
         return item, None if isinstance(item, Malformed) else item.ts
 
+    def tick(self, out: Output, now_ms: float) -> None:
+        self.now_ms = now_ms
+
     def handle(self, topic: str, item: Any, out: Output) -> None:
-        # Progress is capped a day past the clock: an event dated in the far future must
-        # not make this partition look past every payout for good.
-        self.progress_ts = max(self.progress_ts, cap_to_clock(item.ts, time.time()))
+        now_ms = self.now_ms
+        require(now_ms is not None, "tick() gave the batch its clock before handle()")
+        assert now_ms is not None
+        if not self.in_time.admits(item.ts, now_ms):
+            # Nothing moves: no balance, limit, duplicate window or payout progress.
+            if isinstance(item, Payout):  # answered by the creator's ledger, with its balance
+                out.send(topics.CREATOR_OPS, item.creator_id, payout_op(item, refused=INVALID_TS))
+            else:
+                out.outcome(out_of_time(self.table.get(item.key) or UserState(), item, self.econ))
+            return
+        self.progress_ts = max(self.progress_ts, item.ts)
         if isinstance(item, Payout):
             self.credits.pop(item.creator_id, out)
             out.send(topics.CREATOR_OPS, item.creator_id, payout_op(item))

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from agents.ingest.records import Gift, Recharge, SpendLimit, UserEvent
 from agents.ledger.state import UserState, utc_day
 from agents.outcomes import Outcome
-from pipeline.economics import Economics
+from pipeline.economics import DAY_MS, Economics
+from pipeline.invariants import require
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,37 @@ class Credit:
     ts: int
     event_id: str = ""
     sender_first_ts: int | None = None  # the sender's first event (payout_concentration)
+
+
+INVALID_TS = "invalid_ts"
+
+
+@dataclass(frozen=True, slots=True)
+class TimeBounds:
+    """When an event is in time (CONTRACT.md, Economics): at most `ahead_ms` past the
+    deciding worker's clock, so no one dates a gift into a fresh day's limit, and at
+    most `behind_ms` before it, since its event id is remembered only that long."""
+
+    ahead_ms: int
+    behind_ms: int
+
+    def __post_init__(self) -> None:
+        require(0 <= self.ahead_ms <= DAY_MS, "clock skew allowance is within a day")
+        require(self.behind_ms >= DAY_MS, "the past bound covers at least the duplicate window")
+
+    def admits(self, ts: int, now_ms: float) -> bool:
+        return now_ms - self.behind_ms <= ts <= now_ms + self.ahead_ms
+
+
+def out_of_time(state: UserState, ev: UserEvent, econ: Economics) -> Outcome:
+    """`invalid_ts`, checked before everything (duplicates included): nothing changes."""
+    if isinstance(ev, Recharge):
+        return Outcome(ev.event_id, "recharge", "rejected", INVALID_TS, ev.user_id, ev.coins, None, None,
+                       state.balance, ev.ts)
+    if isinstance(ev, Gift):
+        return Outcome(ev.event_id, "gift", "rejected", INVALID_TS, ev.sender_id, gift_coins(ev, econ), None, None,
+                       state.balance, ev.ts)
+    return Outcome(ev.event_id, "spend_limit", "rejected", INVALID_TS, ev.user_id, None, None, None, None, ev.ts)
 
 
 def effective_limit(state: UserState, econ: Economics) -> int:

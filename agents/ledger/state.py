@@ -12,6 +12,7 @@ from typing import Any
 
 from agents.fraud.sender import SenderWatch
 from pipeline.economics import DAY_MS
+from pipeline.invariants import require
 
 # Spend is kept for the user's newest MAX_SPEND_DAYS spend days; a gift dated before
 # all of them once that many are kept is refused (its day's total is unknown).
@@ -44,12 +45,13 @@ class UserState:
     watch: SenderWatch = field(default_factory=SenderWatch)
 
     def check(self) -> None:
-        assert self.balance >= 0, self
-        assert self.recharged == self.balance + self.spent, self
-        assert self.own_limit is None or self.own_limit >= 0, self
-        assert len(self.day_spend) <= MAX_SPEND_DAYS, self
-        assert all(v > 0 for v in self.day_spend.values()), self
-        assert len(self.streams) <= MAX_STREAMS, self
+        require(self.balance >= 0, "balance >= 0")
+        require(self.spent >= 0, "spent >= 0")
+        require(self.recharged == self.balance + self.spent, "recharged == balance + spent")
+        require(self.own_limit is None or self.own_limit >= 0, "own daily limit >= 0")
+        require(len(self.day_spend) <= MAX_SPEND_DAYS, "spend days <= MAX_SPEND_DAYS")
+        require(all(v > 0 for v in self.day_spend.values()), "each day's spend > 0")
+        require(len(self.streams) <= MAX_STREAMS, "streams <= MAX_STREAMS")
 
     def add_stream_spend(self, stream_id: str, day: int, coins: int) -> None:
         entry = self.streams.setdefault(stream_id, [0, day])

@@ -14,6 +14,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+from pipeline.engine.partitioning import partition_for
+from pipeline.invariants import require
+
 _partitioner = DefaultPartitioner()
 
 
@@ -34,14 +37,16 @@ class RecordBatches:
             # Full: ship it and start the next one (a first record always fits).
             await self._ship(topic, partition, builder)
             builder = self._open[topic, partition] = self.producer.create_batch()
-            assert builder.append(timestamp=None, key=key, value=value) is not None
+            require(builder.append(timestamp=None, key=key, value=value) is not None, "a first record fits a batch")
 
     async def _partition_for(self, topic: str, key: bytes | None) -> int:
         parts = self._partitions.get(topic)
         if parts is None:
             parts = self._partitions[topic] = sorted(await self.producer.partitions_for(topic))
-        partition: int = _partitioner(key, parts, parts)
-        return partition
+        if key is None:
+            partition: int = _partitioner(key, parts, parts)
+            return partition
+        return parts[partition_for(key, len(parts))]
 
     async def _ship(self, topic: str, partition: int, builder: Any) -> None:
         self._sent.append(await self.producer.send_batch(builder, topic, partition=partition))

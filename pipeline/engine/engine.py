@@ -22,7 +22,7 @@ from aiokafka.structs import TopicPartition
 
 from pipeline import metrics
 from pipeline.engine.stage import ReadModelUpdate, Stage
-from pipeline.engine.task import MAX_BUFFERED, PartitionTask, TransactionFailed
+from pipeline.engine.task import MAX_BUFFERED, PartitionTask, PoisonRecord, Quarantine, TransactionFailed
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ POLL_TIMEOUT_MS = 50
 RESTORE_POLL_MS = 200
 RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 SNAPSHOT_CHUNK = 2_000
+END_OFFSETS_TIMEOUT_S = 5.0  # then the cycle goes on with every empty input lagging
 
 
 class Engine:
@@ -52,6 +53,7 @@ class Engine:
         self._stopping = False
         self._failures: dict[int, int] = {}  # partition -> transactions failed in a row
         self._broken: dict[int, float] = {}  # partition -> when to rebuild it (monotonic)
+        self._quarantines: dict[int, Quarantine] = {}  # partition -> records to dead-letter (task.py)
         self._seek_epoch = 0
         self.fatal: BaseException | None = None  # raised by the loop: see _Listener
         self.ready = asyncio.Event()
@@ -107,6 +109,9 @@ class Engine:
         while not self._stopping:
             if self.fatal is not None:
                 raise self.fatal
+            if self._broken:
+                async with self.lock:  # before the fetch: a rebuild seeks
+                    await self._rebuild_broken()
             epoch = self._seek_epoch
             with metrics.CYCLE_SECONDS.labels("fetch").time():
                 batch = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.max_batch)
@@ -135,25 +140,31 @@ class Engine:
     async def _cycle(self, batch: dict[TopicPartition, list]) -> None:
         consumer = self.consumer
         assert consumer is not None
-        if self._broken:
-            await self._rebuild_broken()
         prefix_len = len(self.settings.topic_prefix)
         for tp, records in batch.items():
             task = self.tasks.get(tp.partition)
             if task is not None:  # else revoked meanwhile: the new owner re-reads it
                 task.add(tp.topic[prefix_len:], records)
+        ends = await self._fresh_ends()
         now_ms = time.time() * 1000
         started = time.perf_counter()
+        poisoned: list[tuple[PartitionTask, PoisonRecord]] = []
         for task in self.tasks.values():
             positions = {t: await consumer.position(task.tp(t)) for t in task.input_topics}
             self._report_lag(task, positions)
 
-            def caught_up(topic: str, task: PartitionTask = task, positions: dict[str, int] = positions) -> bool | None:
-                lso = consumer.last_stable_offset(task.tp(topic))
-                return None if lso is None else positions[topic] >= lso
+            def caught_up(topic: str, task: PartitionTask = task, positions: dict[str, int] = positions) -> bool:
+                end = ends.get(task.tp(topic))
+                return end is not None and positions[topic] >= end
 
-            self.processed_total += task.process(caught_up, now_ms)
+            try:
+                self.processed_total += task.process(caught_up, now_ms)
+            except PoisonRecord as exc:
+                poisoned.append((task, exc))
+        for task, exc in poisoned:
+            await self._quarantine(task, exc)
         busy = [t for t in self.tasks.values() if t.has_work]
+        before = {t.partition: t.committed_offsets for t in busy}
         metrics.CYCLE_SECONDS.labels("process").observe(time.perf_counter() - started)
         # The previous cycle's committed changes go to Redis while this cycle's
         # transactions commit: both wait on the network, and Redis stays one cycle behind.
@@ -166,8 +177,30 @@ class Engine:
                 await self._recover(task, result)
             else:
                 self._unsunk.extend(result)
-                self._failures.pop(task.partition, None)
+                if task.committed_offsets != before[task.partition]:  # input moved on: healthy
+                    self._failures.pop(task.partition, None)
         self._flow_control()
+
+    async def _fresh_ends(self) -> dict[TopicPartition, int]:
+        """Causal order (CONTRACT.md): the end offsets, asked after this cycle's fetch
+        returned, of every input with nothing buffered. Only these say an empty input
+        is caught up: a fetch response's last stable offset can predate a write that was
+        acknowledged before a record of another input was produced and fetched, and
+        letting that record pass would apply it first. One ListOffsets round trip per
+        cycle (a request per leader). If the broker does not answer, every empty input
+        counts as lagging this cycle: the merge waits rather than guess."""
+        assert self.consumer is not None
+        empty = [task.tp(t) for task in self.tasks.values() for t in task.input_topics if not task.buffered(t)]
+        if not empty:
+            return {}
+        try:
+            with metrics.CYCLE_SECONDS.labels("end_offsets").time():
+                ends: dict[TopicPartition, int] = await asyncio.wait_for(self.consumer.end_offsets(empty),
+                                                                         END_OFFSETS_TIMEOUT_S)
+            return ends
+        except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+            log.warning("end offsets unknown this cycle (%s): empty inputs count as lagging", exc.__class__.__name__)
+            return {}
 
     async def _write_read_model(self, updates: list[ReadModelUpdate]) -> None:
         if updates:
@@ -207,10 +240,28 @@ class Engine:
             raise error
         self.tasks.pop(task.partition, None)  # first: nothing reads a task being stopped
         await task.stop()
-        self._rebuild_later(task.partition, error)
+        if error.for_content and error.records:
+            task.quarantine.refused(error)  # retried with half the records, down to the culprit
+            log.warning("partition %d: %s; retrying with at most %d records", task.partition, error,
+                        task.quarantine.batch_limit)
+            self._broken[task.partition] = time.monotonic() + RETRY_BACKOFF_S[0]
+        else:
+            self._rebuild_later(task.partition, error)
+
+    async def _quarantine(self, task: PartitionTask, exc: PoisonRecord) -> None:
+        """A record could not be applied: the partition is rebuilt from its last commit,
+        and the record goes to dead-letters then (nothing of it took effect)."""
+        log.error("partition %d: a record cannot be applied, it goes to dead-letters: %s", task.partition, exc)
+        task.quarantine.add(exc.topic, exc.offset, f"cannot be applied: {exc.cause.__class__.__name__}: {exc.cause}")
+        self.tasks.pop(task.partition, None)
+        for stage in task.stages:
+            stage.abort()
+        await task.stop()
+        self._broken[task.partition] = time.monotonic()
 
     def _rebuild_later(self, partition: int, reason: BaseException) -> None:
-        """Schedule a partition's rebuild, backing off with its failures in a row."""
+        """Schedule a partition's rebuild, backing off with its failures in a row (reset
+        only once a commit moved its input on)."""
         failures = self._failures[partition] = self._failures.get(partition, 0) + 1
         delay = RETRY_BACKOFF_S[min(failures - 1, len(RETRY_BACKOFF_S) - 1)]
         log.warning("partition %d: %s; rebuilding it in %.1fs (failure %d)", partition, reason, delay, failures)
@@ -228,7 +279,7 @@ class Engine:
             del self._broken[p]
             if p not in assigned or p in self.tasks:
                 continue  # moved away, or rebuilt by a rebalance meanwhile
-            task = PartitionTask(p, self.make_stages(p), self.settings)
+            task = self._new_task(p)
             try:
                 await self._build([task])
             except (KafkaError, OSError, asyncio.TimeoutError) as exc:
@@ -236,6 +287,10 @@ class Engine:
                 self._rebuild_later(p, exc)
                 continue
             log.info("partition %d rebuilt", p)
+
+    def _new_task(self, partition: int) -> PartitionTask:
+        quarantine = self._quarantines.setdefault(partition, Quarantine(self.settings.max_batch))
+        return PartitionTask(partition, self.make_stages(partition), self.settings, quarantine)
 
     async def _build(self, tasks: list[PartitionTask]) -> None:
         """Take partitions on: fence with a new producer, restore state, seek to the
@@ -271,7 +326,7 @@ class Engine:
                 task = self.tasks.pop(p)
                 await task.stop()
                 metrics.forget_partition(p, task.input_topics)
-            new = [PartitionTask(p, self.make_stages(p), self.settings) for p in sorted(by_partition) if p not in self.tasks]
+            new = [self._new_task(p) for p in sorted(by_partition) if p not in self.tasks]
             self._broken.clear()  # every partition of ours is (re)built here
             for task in self.tasks.values():  # kept: back to the last commit
                 await self._seek_committed(task)
@@ -298,10 +353,10 @@ class Engine:
         if not tasks:
             return
         started = time.monotonic()
-        owners: dict[TopicPartition, Stage] = {}
+        owners: dict[TopicPartition, tuple[PartitionTask, Stage]] = {}
         for task in tasks:
             for stage in task.stages:
-                owners[TopicPartition(self.settings.topic(stage.changelog_topic), task.partition)] = stage
+                owners[TopicPartition(self.settings.topic(stage.changelog_topic), task.partition)] = task, stage
         restorer = AIOKafkaConsumer(
             **self.settings.kafka_options(),
             enable_auto_commit=False,
@@ -318,13 +373,19 @@ class Engine:
             while remaining:
                 batch = await restorer.getmany(*remaining, timeout_ms=RESTORE_POLL_MS, max_records=10_000)
                 for tp, records in batch.items():
-                    stage = owners[tp]
+                    task, stage = owners[tp]
                     for record in records:
-                        stage.restore(record.key.decode(), record.value)
+                        try:
+                            stage.restore(record.key.decode(), record.value)
+                        except Exception as exc:  # noqa: BLE001 - untrusted, like every record
+                            log.error("partition %d: %s offset %d is not a state record: %r; left out",
+                                      task.partition, tp.topic, record.offset, exc)
+                            task.dead_letter_record(tp.topic, record.offset, record.key, record.value,
+                                                    f"not a state record: {exc.__class__.__name__}: {exc}", "poison")
                     n += len(records)
                     self.progress_at = time.monotonic()
                 remaining = {tp for tp in remaining if await restorer.position(tp) < ends[tp]}
-            for stage in owners.values():
+            for _, stage in owners.values():
                 stage.end_restore()
             log.info(
                 "restored partitions %s from %d changelog records in %.2fs",

@@ -51,7 +51,7 @@ class Output:
         self.messages: list[Message] = []
         self.outcomes: list[Outcome] = []
         self.diamonds_credited = 0
-        self.dead_letters: list[str] = []  # source topic of each
+        self.dead_letters: list[tuple[str, str]] = []  # (source topic, Malformed.kind) of each
         self.alerts: list[Alert] = []
 
     def send(self, topic: str, key: str | None, value: Any, partition: int | None = None) -> None:
@@ -104,6 +104,9 @@ class Stage(ABC):
 
     # Input topics (without prefix) merged in event-time order, and the changelog.
     inputs: tuple[str, ...]
+    # Inputs whose keyed records must sit on their key's partition (partitioning.py):
+    # the others are re-keyed by the stage (payouts) or unkeyed (progress marks).
+    keyed_inputs: frozenset[str] = frozenset()
     changelog_topic: str
     # Names of the table and the event-id index, for metrics.
     table_name: str
@@ -176,7 +179,9 @@ class Stage(ABC):
         self._new_alerts = []
 
     def restore(self, key: str, raw: bytes | None) -> None:
-        """One changelog record, as written by `changelog()`."""
+        """One changelog record, as written by `changelog()`; raises (ValueError, an
+        invariant) on one that `changelog()` could not have written, which then has no
+        effect (the engine dead-letters it)."""
         if key.startswith(SEGMENT_PREFIX):
             self.dedupe.restore(key, raw)
             return
@@ -184,6 +189,8 @@ class Stage(ABC):
             if key.startswith(prefix):
                 t.restore(key[len(prefix):], raw)
                 return
+        if key.startswith("#") or not key:
+            raise ValueError(f"changelog key {key[:40]!r} names no table")
         self.table.restore(key, raw)
 
     def end_restore(self) -> None:

@@ -83,8 +83,15 @@ class Store(Generic[V]):
         self._encoded = None
 
     def restore(self, key: str, raw: bytes | None) -> None:
-        """A changelog record, stored as it is (decoded and checked when first read);
-        written in chunks, and counted by `end_restore`."""
+        """A changelog record, decoded and checked here (it is read as untrusted, and a
+        value that fails must not fail every later event of its key), stored as it is;
+        written in chunks, and counted by `end_restore`. Raises on a bad record, which
+        is then left out: the key keeps its previous value."""
+        if raw is not None:
+            value = loads(raw)
+            if type(value) is not dict:
+                raise ValueError("a state value must be a JSON object")
+            self._from_json(value)
         self._restoring.append((self.prefix + key.encode(), raw))
         if len(self._restoring) >= RESTORE_CHUNK:
             self.kv.write(self._restoring)
@@ -118,6 +125,7 @@ def cap_to_clock(ts: int, now_s: float) -> int:
 
 # Segments expired per batch at most, so one batch's tombstones stay small.
 MAX_EXPIRE_PER_BATCH = 1000
+MAX_SEGMENT_IDS = 100_000  # a batch's ids: at most PIPELINE_MAX_BATCH's highest value
 SEGMENT_PREFIX = "#dd:"  # '#' is outside the id pattern: no clash with state keys
 
 
@@ -204,13 +212,22 @@ class DedupeIndex:
         self._pending_watermark = self.watermark
 
     def restore(self, key: str, raw: bytes | None) -> None:
-        seg = int(key[len(SEGMENT_PREFIX):])
+        """A segment record, checked (untrusted: ValueError leaves it out)."""
+        number = key[len(SEGMENT_PREFIX):]
+        if not (number.isascii() and number.isdigit() and len(number) <= 18):
+            raise ValueError(f"segment key {key[:40]!r} is not {SEGMENT_PREFIX}<number>")
+        seg = int(number)
         if raw is None:
             self._drop(seg)
-        else:
-            data = loads(raw)
-            self._install(seg, data["t"], data.get("w", 0), data["k"])
-            self.watermark = self._pending_watermark = max(self.watermark, data["t"])
+            return
+        data = loads(raw)
+        if type(data) is not dict or type(data.get("t")) is not int or type(data.get("w", 0)) is not int:
+            raise ValueError("a segment is {t: int, w: int, k: [ids]}")
+        ids = data.get("k")
+        if type(ids) is not list or len(ids) > MAX_SEGMENT_IDS or not all(type(k) is str and len(k) <= 200 for k in ids):
+            raise ValueError(f"a segment's ids are at most {MAX_SEGMENT_IDS} strings")
+        self._install(seg, data["t"], data.get("w", 0), ids)
+        self.watermark = self._pending_watermark = max(self.watermark, data["t"])
 
     def _segment_key(self, seg: int) -> bytes:
         return self._lists + seg.to_bytes(8, "big")

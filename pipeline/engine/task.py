@@ -10,32 +10,131 @@ state, outcomes and progress never disagree, whenever a worker dies.
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import logging
 import time
-from typing import Callable
+from typing import Any, Callable
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, errors
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from agents.ingest.decode import Malformed
 from pipeline import metrics
 from pipeline.engine.batches import RecordBatches
 from pipeline.engine.merge import NO_TIME, EventTimeMerge, Pending
+from pipeline.engine.partitioning import misrouted_error, partition_for
+from pipeline.invariants import InvariantError, require
 from pipeline.engine.stage import Output, ReadModelUpdate, Stage
 from pipeline.settings import Settings
 from pipeline.topics import DEAD_LETTERS, MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
-class TransactionFailed(Exception):
-    """A partition's batch could not be committed (broker, fencing, producer state):
-    nothing of it took effect, and the partition must be rebuilt from Kafka."""
+# A dead letter carries at most this much of its payload (plus its length and hash), so
+# it always fits in a transaction whatever the record's size (CONTRACT.md).
+MAX_DEAD_LETTER_PAYLOAD = 64 * 1024
+MAX_DEAD_LETTER_KEY_BYTES = 256
+MAX_ERROR_CHARS = 500
 
-    def __init__(self, partition: int, cause: BaseException) -> None:
+
+def dead_letter(source_topic: str, partition: int, offset: int, error: str, payload: bytes) -> dict[str, object]:
+    return {
+        "source_topic": source_topic,
+        "partition": partition,
+        "offset": offset,
+        "error": error[:MAX_ERROR_CHARS],
+        "payload_b64": base64.b64encode(payload[:MAX_DEAD_LETTER_PAYLOAD]).decode(),
+        "payload_bytes": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+    }
+
+
+class TransactionFailed(Exception):
+    """A partition's batch could not be committed (broker, fencing, producer state, or
+    what the batch holds): nothing of it took effect, and the partition must be rebuilt
+    from Kafka. `records`: the batch's input, (topic, offset) in order."""
+
+    def __init__(self, partition: int, cause: BaseException, records: list[tuple[str, int]] | None = None) -> None:
         super().__init__(f"transaction failed: {cause.__class__.__name__}: {cause}")
         self.partition = partition
         self.cause = cause
+        self.records = records or []
+
+    @property
+    def for_content(self) -> bool:
+        """Refused for what the batch holds, not for the broker's state: retrying the
+        same batch fails the same way (engine.py then looks for the record)."""
+        return isinstance(self.cause, CONTENT_ERRORS)
+
+
+class PoisonRecord(Exception):
+    """Applying one record raised (an invariant its content breaks, or a bug it hits):
+    the batch is abandoned, and the record is dead-lettered when the partition is
+    rebuilt, so no record stops the worker or holds up the keys after it."""
+
+    def __init__(self, partition: int, topic: str, offset: int, cause: BaseException) -> None:
+        super().__init__(f"{topic} offset {offset}: {cause.__class__.__name__}: {cause}")
+        self.partition, self.topic, self.offset, self.cause = partition, topic, offset, cause
+
+
+# The broker (or the client, before sending) refuses a batch for its records.
+CONTENT_ERRORS = (
+    errors.MessageSizeTooLargeError, errors.RecordTooLargeError, errors.RecordListTooLargeError,
+    errors.CorruptRecordException, errors.InvalidTimestampError, errors.UnsupportedForMessageFormatError,
+    errors.PolicyViolationError, InvariantError,
+)
+MAX_QUARANTINED = 10_000
+
+
+# How a quarantined record is answered, as its earlier answers keep failing: a dead
+# letter with the payload's start, then one without it, then nothing (the record stays
+# in its topic; an error line and ledger_poison_records_total say so).
+WITH_PAYLOAD, WITHOUT_PAYLOAD, SKIPPED = 0, 1, 2
+
+
+class Quarantine:
+    """One partition's records to dead-letter, and the batch size while one is sought.
+
+    A transaction refused for its content is retried with half the records, down to
+    one: that one is the culprit. The limit returns to the full batch once the
+    committed offsets pass the failed batch. Bounded: entries are dropped once
+    committed past, and at most MAX_QUARANTINED are kept."""
+
+    def __init__(self, max_batch: int) -> None:
+        self.max_batch = max_batch
+        self.batch_limit = max_batch
+        self.records: dict[tuple[str, int], tuple[str, int]] = {}  # -> (error, WITH_PAYLOAD...)
+        self._until: dict[str, int] = {}  # the failed batches' end, per topic
+
+    def add(self, topic: str, offset: int, error: str, answer: int = WITH_PAYLOAD) -> None:
+        require(len(self.records) < MAX_QUARANTINED, "quarantined records within MAX_QUARANTINED")
+        self.records[(topic, offset)] = (error[:MAX_ERROR_CHARS], answer)
+
+    def answer(self, topic: str, offset: int) -> int:
+        return self.records.get((topic, offset), ("", WITH_PAYLOAD))[1]
+
+    def refused(self, failure: TransactionFailed) -> None:
+        """A transaction failed for what it holds: halve the batch, or, if it held one
+        record, quarantine that record (or answer it more plainly if it already was)."""
+        if len(failure.records) == 1:
+            topic, offset = failure.records[0]
+            known = self.records.get((topic, offset))
+            if known is None:
+                self.add(topic, offset, f"its outputs cannot be committed: {failure.cause.__class__.__name__}: "
+                                        f"{str(failure.cause)[:200]}")
+            else:
+                self.records[(topic, offset)] = (known[0], min(SKIPPED, known[1] + 1))
+        self.batch_limit = max(1, len(failure.records) // 2)
+        for topic, offset in failure.records:
+            self._until[topic] = max(self._until.get(topic, 0), offset + 1)
+
+    def committed(self, offsets: dict[str, int]) -> None:
+        if self.records:
+            self.records = {k: v for k, v in self.records.items() if k[1] >= offsets.get(k[0], 0)}
+        if self._until and all(offsets.get(t, 0) >= o for t, o in self._until.items()):
+            self._until.clear()
+            self.batch_limit = self.max_batch
 
 
 # Buffered input records per topic-partition above which fetching it pauses: at least
@@ -46,8 +145,13 @@ TRANSACTION_TIMEOUT_MS = 120_000  # above a broker restart (see Engine._recover)
 
 
 class PartitionTask:
-    def __init__(self, partition: int, stages: list[Stage], settings: Settings) -> None:
+    def __init__(self, partition: int, stages: list[Stage], settings: Settings,
+                 quarantine: "Quarantine | None" = None) -> None:
         self.partition = partition
+        # Records to dead-letter instead of applying, and the batch size while one is
+        # sought (engine.py): kept by the engine across this partition's rebuilds.
+        self.quarantine = quarantine or Quarantine(settings.max_batch)
+        self.processed: list[tuple[str, int]] = []  # (topic, offset) of the batch, in order
         self.stages = stages
         self.settings = settings
         self.merges = [EventTimeMerge(s.inputs, settings.max_idle_ms) for s in stages]
@@ -98,45 +202,85 @@ class PartitionTask:
     def add(self, topic: str, records: list) -> None:
         stage = self.stages[self.stage_of[topic]]
         merge = self.merges[self.stage_of[topic]]
-        assert records[0].offset >= self.fetch_next[topic], "records from before a seek"
+        start = self.fetch_next[topic]
+        if records[0].offset < start:  # fetched before a seek: where to resume is `start`
+            records = [r for r in records if r.offset >= start]
+            if not records:
+                return
         self.fetch_next[topic] = records[-1].offset + 1
+        keyed, partitions = topic in stage.keyed_inputs, self.settings.partitions
         for r in records:
-            item, ts = stage.decode(topic, r.key, r.value)
+            item, ts = self._decode(stage, topic, r, keyed, partitions)
             # The raw record is kept only for a dead letter: buffered input is the
             # worker's largest memory when it lags (see MAX_BUFFERED).
             bad = isinstance(item, Malformed)
             merge.add(Pending(NO_TIME if ts is None else ts, topic, r.offset, r.key if bad else None,
                               r.value if bad else None, item))
 
+    def _decode(self, stage: Stage, topic: str, r: Any, keyed: bool, partitions: int) -> tuple[Any, int | None]:
+        """A record as the stage's item, or Malformed: quarantined, on the wrong partition
+        for its key, or whatever the stage refuses. Never raises: a decoder's bug is
+        this record's dead letter, not the worker's end."""
+        poison = self.quarantine.records.get((topic, r.offset))
+        if poison is not None:
+            return Malformed(poison[0], "poison"), None
+        if keyed and r.key is not None and partition_for(r.key, partitions) != self.partition:
+            return Malformed(misrouted_error(r.key, self.partition, partitions), "misrouted"), None
+        try:
+            return stage.decode(topic, r.key, r.value)
+        except Exception as exc:  # noqa: BLE001 - any record, any content
+            log.error("partition %d: %s offset %d cannot be decoded: %r", self.partition, topic, r.offset, exc)
+            return Malformed(f"cannot be decoded: {exc.__class__.__name__}: {str(exc)[:200]}", "poison"), None
+
     def buffered(self, topic: str) -> int:
         return self.merges[self.stage_of[topic]].buffered(topic)
 
     def process(self, caught_up: Callable[[str], bool | None], now_ms: float) -> int:
         """Run the merged records that are ready through their stages; returns how many."""
-        n = 0
+        budget = self.quarantine.batch_limit
         for stage, merge in zip(self.stages, self.merges):
             stage.tick(self.out, now_ms)
-            for p in itertools.islice(merge.drain(caught_up, now_ms), self.settings.max_batch):
+            for p in itertools.islice(merge.drain(caught_up, now_ms), budget):
+                self.processed.append((p.topic, p.offset))
                 if isinstance(p.item, Malformed):
                     self._dead_letter(p)
                 else:
-                    stage.handle(p.topic, p.item, self.out)
+                    try:
+                        stage.handle(p.topic, p.item, self.out)
+                    except Exception as exc:  # noqa: BLE001 - an invariant broken by this record
+                        raise PoisonRecord(self.partition, p.topic, p.offset, exc) from exc
                 self.next_offsets[p.topic] = p.offset + 1
-                n += 1
+            budget = self.quarantine.batch_limit - len(self.processed)
             idle = all(not merge.buffered(t) and caught_up(t) is True for t in stage.inputs)
             stage.end_batch(self.out, idle, now_ms)
-        return n
+        return len(self.processed)
 
     def _dead_letter(self, p: Pending) -> None:
         assert isinstance(p.item, Malformed)
-        self.out.dead_letters.append(p.topic)
-        self.out.send(DEAD_LETTERS, None if p.key is None else p.key.decode("utf-8", "replace"), {
-            "source_topic": self.settings.topic(p.topic),
-            "partition": self.partition,
-            "offset": p.offset,
-            "error": p.item.error,
-            "payload_b64": base64.b64encode(p.value or b"").decode(),
-        })
+        self.out.dead_letters.append((p.topic, p.item.kind))
+        answer = self.quarantine.answer(p.topic, p.offset)
+        if answer == SKIPPED:
+            log.error("partition %d: %s offset %d: not even a dead letter without its payload could be committed; "
+                      "it is skipped (it stays in its topic)", self.partition, p.topic, p.offset)
+            return
+        self._send_dead_letter(self.settings.topic(p.topic), p.offset, p.key, p.value, p.item.error,
+                               with_payload=answer == WITH_PAYLOAD)
+
+    def dead_letter_record(self, source_topic: str, offset: int, key: bytes | None, value: bytes | None, error: str,
+                           kind: str) -> None:
+        """A record of another topic than the inputs (a changelog read while restoring),
+        dead-lettered with this partition's next batch."""
+        self.out.dead_letters.append((source_topic[len(self.settings.topic_prefix):], kind))
+        self._send_dead_letter(source_topic, offset, key, value, error, with_payload=True)
+
+    def _send_dead_letter(self, source_topic: str, offset: int, key: bytes | None, value: bytes | None, error: str,
+                          with_payload: bool) -> None:
+        letter = dead_letter(source_topic, self.partition, offset, error, value or b"")
+        if not with_payload:
+            letter.update(payload_b64="", error=f"{error} (payload left out: a dead letter with it could not be "
+                                                "committed)"[:MAX_ERROR_CHARS])
+        text_key = None if key is None or not with_payload else key[:MAX_DEAD_LETTER_KEY_BYTES].decode("utf-8", "replace")
+        self.out.send(DEAD_LETTERS, text_key, letter)
 
     @property
     def has_work(self) -> bool:
@@ -169,15 +313,16 @@ class PartitionTask:
             metrics.TRANSACTIONS.labels("aborted").inc()
             for stage in self.stages:
                 stage.abort()
-            raise TransactionFailed(self.partition, exc) from exc
+            raise TransactionFailed(self.partition, exc, list(self.processed)) from exc
         metrics.TRANSACTIONS.labels("committed").inc()
         self.committed_offsets = dict(self.next_offsets)
+        self.processed = []
+        self.quarantine.committed(self.committed_offsets)
         updates = [u for stage in self.stages for u in stage.commit()]
         metrics.count_outcomes(out.outcomes, time.time())
         metrics.count_alerts(out.alerts)
         metrics.DIAMONDS_CREDITED.inc(out.diamonds_credited)
-        for topic in out.dead_letters:
-            metrics.DEAD_LETTERS.labels(topic).inc()
+        metrics.count_dead_letters(out.dead_letters)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         return updates
 
@@ -186,6 +331,7 @@ class PartitionTask:
         for merge in self.merges:
             merge.clear()
         self.out = Output()
+        self.processed = []
         self.next_offsets = dict(self.committed_offsets)
         self.fetch_next = dict(self.committed_offsets)
         return dict(self.committed_offsets)

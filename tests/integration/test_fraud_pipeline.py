@@ -23,7 +23,7 @@ from tests.support.harness import Deployment, Worker, produce, read_all, run
 pytestmark = pytest.mark.integration
 
 SEC, MIN, HOUR, DAY = 1_000, 60_000, 3_600_000, 86_400_000
-T0 = (int(time.time() * 1000) // DAY - 10) * DAY  # ten days ago, at midnight
+T0 = (int(time.time() * 1000) // DAY - 5) * DAY  # five days ago, at midnight: every event in time
 
 
 class Events:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -56,7 +57,7 @@ def test_the_right_credentials_work_for_the_worker_and_the_commands(cluster: Clu
     worker = Worker(d, "worker")
     workers.append(worker.start())
     plain = scram_kafka.address  # the test's own producer and reader use the plain listener
-    value = {"event_id": "r1", "user_id": "u1", "coins": 500, "amount_cents": 500, "currency": "USD", "ts": 1}
+    value = {"event_id": "r1", "user_id": "u1", "coins": 500, "amount_cents": 500, "currency": "USD", "ts": int(time.time() * 1000)}
     run(produce(plain, [(d.topic("recharges"), b"u1", json.dumps(value).encode())]))
     [outcome] = run(read_all(plain, d.topic("ledger-outcomes"), 1, timeout_s=60))
     assert (outcome["event_id"], outcome["status"], outcome["balance_after"]) == ("r1", "accepted", 500)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -50,7 +51,7 @@ def test_the_right_password_works_end_to_end(deployment: Deployment, locked_redi
     deployment.create_topics()
     worker = Worker(deployment, "worker")
     workers.append(worker.start())
-    value = {"event_id": "r1", "user_id": "u1", "coins": 500, "amount_cents": 500, "currency": "USD", "ts": 1}
+    value = {"event_id": "r1", "user_id": "u1", "coins": 500, "amount_cents": 500, "currency": "USD", "ts": int(time.time() * 1000)}
     run(produce(deployment.bootstrap, [(deployment.topic("recharges"), b"u1", json.dumps(value).encode())]))
     assert len(run(read_all(deployment.bootstrap, deployment.topic("ledger-outcomes"), 1, timeout_s=60))) == 1
     _eventually(lambda: _shows_coins(worker, "u1", 500))
@@ -65,7 +66,7 @@ def test_a_worker_starts_while_redis_is_down_and_fills_it_when_it_is_back(
     later = LocalRedis(tmp_path / "later", "127.0.0.1", free_port())
     deployment.extra_env["PIPELINE_REDIS_URL"] = f"redis://{later.address}/0"
     deployment.create_topics()
-    value = {"event_id": "r1", "user_id": "u1", "coins": 500, "amount_cents": 500, "currency": "USD", "ts": 1}
+    value = {"event_id": "r1", "user_id": "u1", "coins": 500, "amount_cents": 500, "currency": "USD", "ts": int(time.time() * 1000)}
     run(produce(deployment.bootstrap, [(deployment.topic("recharges"), b"u1", json.dumps(value).encode())]))
     worker = Worker(deployment, "worker")
     workers.append(worker.start())

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from tests.support.reference import CATALOG, KEY_FIELD, ReferenceLedger
 
 DAY = 86_400_000
-START_TS = 20_000 * DAY - 20_000  # 20 s of event time before a UTC midnight
+# 20 s of event time before the latest UTC midnight: in time (CONTRACT.md: at most 7
+# days old, at most 5 minutes ahead) for the minutes a test runs.
+START_TS = int(time.time() * 1000) // DAY * DAY - 20_000
 
 
 @dataclass

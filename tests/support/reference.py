@@ -17,6 +17,8 @@ CATALOG = {
 PLATFORM_LIMIT = 200_000
 MIN_PAYOUT = 2_000
 DAY = 86_400_000
+MAX_AHEAD_MS = 5 * 60_000  # the default PIPELINE_MAX_CLOCK_SKEW_MS
+MAX_BEHIND_MS = 7 * DAY  # the duplicate window
 TYPES = {"recharges": "recharge", "gifts": "gift", "payouts": "payout", "spend-limits": "spend_limit"}
 KEY_FIELD = {"recharges": "user_id", "gifts": "sender_id", "payouts": "creator_id", "spend-limits": "user_id"}
 
@@ -38,7 +40,10 @@ class ReferenceLedger:
         self.seen: set[tuple[str, str, str]] = set()
         self.outcomes: list[dict[str, Any]] = []
 
-    def apply(self, topic: str, ev: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, topic: str, ev: dict[str, Any], now_ms: float | None = None) -> dict[str, Any]:
+        """`now_ms`: the deciding clock; an event more than 5 minutes ahead of it or more
+        than 7 days behind is rejected invalid_ts before anything else (None: the
+        caller knows every event is in time)."""
         kind = TYPES[topic]
         subject = ev[KEY_FIELD[topic]]
         out: dict[str, Any] = {
@@ -46,6 +51,18 @@ class ReferenceLedger:
             "subject_id": subject, "coins": None, "diamonds": None, "usd_cents": None,
             "balance_after": None, "ts": ev["ts"],
         }
+        if now_ms is not None and not now_ms - MAX_BEHIND_MS <= ev["ts"] <= now_ms + MAX_AHEAD_MS:
+            out["status"], out["reason"] = "rejected", "invalid_ts"
+            if kind == "recharge":
+                out["coins"], out["balance_after"] = ev["coins"], self.coins[subject]
+            elif kind == "gift":
+                price = CATALOG.get(ev["gift_id"])
+                out["coins"] = None if price is None else price * ev["quantity"]
+                out["balance_after"] = self.coins[subject]
+            elif kind == "payout":
+                out["diamonds"], out["balance_after"] = ev["diamonds"], self.diamonds[subject]
+            self.outcomes.append(out)
+            return out
         duplicate = (topic, subject, ev["event_id"]) in self.seen
         self.seen.add((topic, subject, ev["event_id"]))
         if duplicate:

@@ -61,7 +61,7 @@ class Mini:
 
     def _batch(self, stage: Any, events: list[tuple[str, Any]]) -> Output:
         out = Output()
-        stage.tick(out, 0)
+        stage.tick(out, max((item.ts for _, item in events), default=0))  # decided live
         for topic, item in events:
             stage.handle(topic, item, out)
         stage.end_batch(out, True, 0)

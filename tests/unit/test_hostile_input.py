@@ -118,6 +118,7 @@ def test_a_flood_of_one_event_id_changes_nothing() -> None:
     written: list[list[str]] = []
     for _ in range(10):  # 10 batches of 1,000 copies
         out = Output()
+        users.tick(out, 1_795_000_000_000)
         for _ in range(1_000):
             users.handle(topics.RECHARGES, Recharge("same", "u1", 500, 500, "USD", 1_795_000_000_000), out)
         users.end_batch(out, True, 0)
@@ -149,6 +150,7 @@ def test_totals_beyond_2_53_stay_exact_in_state_changelog_and_read_model() -> No
     users.end_restore()
     creators.end_restore()
     out = Output()
+    users.tick(out, 1)
     users.handle(topics.RECHARGES, Recharge("r", "u1", 1, 1, "USD", 1), out)
     creators.handle(topics.CREATOR_OPS, CreditBatch("c1", 6, 1, ((1, 3),)), out)
     assert out.outcomes[0].balance_after == big + 1

@@ -89,7 +89,7 @@ class Batch:
 def run(stage: Stage, events: list[tuple[str, Any]], commit: bool = True) -> Batch:
     """One batch; the changelog goes through the codec as it would through Kafka."""
     out = Output()
-    stage.tick(out, 0)
+    stage.tick(out, batch_clock(events))
     for topic, item in events:
         stage.handle(topic, item, out)
     stage.end_batch(out, True, 0)
@@ -97,6 +97,11 @@ def run(stage: Stage, events: list[tuple[str, Any]], commit: bool = True) -> Bat
     if commit:
         stage.commit()
     return Batch(out, records)
+
+
+def batch_clock(events: list[tuple[str, Any]]) -> int:
+    """The clock a batch is decided at: its latest event's time, as live (in time)."""
+    return max((item.ts for _, item in events), default=0)
 
 
 def credit(items: list[tuple[int, int]], coins: int, gifts: int = 1, creator: str = "c1") -> tuple[str, CreditBatch]:
@@ -188,10 +193,10 @@ def test_end_batch_writes_a_progress_mark_to_every_creator_ops_partition(econ: E
 
     def batch(events: list[tuple[str, Any]], idle: bool, now_ms: float) -> Batch:
         out = Output()
-        stage.tick(out, now_ms)
+        stage.tick(out, T0 + now_ms)  # the clock as the events', for their time bounds
         for topic, item in events:
             stage.handle(topic, item, out)
-        stage.end_batch(out, idle, now_ms)
+        stage.end_batch(out, idle, T0 + now_ms)
         stage.changelog()
         stage.commit()
         return Batch(out, [])
@@ -217,11 +222,13 @@ def test_end_batch_writes_a_progress_mark_to_every_creator_ops_partition(econ: E
 def test_marks_of_an_aborted_batch_are_written_again(econ: Economics) -> None:
     stage = UserLedger(econ, 0, 2)
     out = Output()
+    stage.tick(out, T0)
     stage.handle(*recharge("r", 5, ts=T0), out)
     stage.end_batch(out, False, 0)
     assert len([m for m in out.messages if m.key is None]) == 2
     stage.abort()
     again = Output()
+    stage.tick(again, T0)
     stage.handle(*recharge("r", 5, ts=T0), again)
     stage.end_batch(again, False, 0)
     assert [(m.partition, loads(m.value)) for m in again.messages if m.key is None] == [
