@@ -62,3 +62,10 @@ def require(program: str, package: str) -> str:
     if not found:
         raise InfraError(f"apt-get installed {package} but {program} is not on PATH; check `dpkg -L {package}`")
     return found
+
+
+def kcat() -> str:
+    """kcat, librdkafka's command-line client: tests produce with it as a client of
+    another Kafka implementation would (its own codecs and, unless told, its own CRC32
+    partitioner)."""
+    return require("kcat", "kcat")
