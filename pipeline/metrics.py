@@ -30,6 +30,8 @@ FETCH_ERRORS = Counter(
     "ledger_fetch_errors_total", "Fetched data that could not be decoded (corrupt or unsupported batches), by "
     "topic; the partition waits while the others go on.", ["topic"],
 )
+UNDECODABLE_PARTITIONS = Gauge(
+    "ledger_undecodable_partitions", "Input partitions paused because their fetched data cannot be decoded.")
 COINS_RECHARGED = Counter("ledger_coins_recharged_total", "Coins added by accepted recharges.")
 COINS_SPENT = Counter("ledger_coins_spent_total", "Coins spent on accepted gifts.")
 DIAMONDS_CREDITED = Counter("ledger_diamonds_credited_total", "Diamonds credited to creators.")

@@ -11,7 +11,10 @@ Checked at the end (after the workers have read every input and Redis has caught
   spent (outcomes) = spent (read model), and per gift diamonds = floor(coins x share);
 - diamonds conserved: credited (outcomes) = creators' lifetime = available + paid out,
   and paid out (outcomes) = paid out (read model);
-- memory: each worker's RSS at the start (after warm-up) and at the end.
+- memory: each worker's RSS at the start (after warm-up) and at the end;
+- with --causal (a producer that waits for each round's acknowledgements): every
+  outcome, balance_after included, equal to the independent reference ledger's
+  (tests/support/reference.py) applying the rounds in order.
 Results go to bench/results/<date>-soak.json and .md; exit 1 if an invariant fails.
 """
 
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from agents.ingest.decode import Malformed, decode
-from pipeline import economics, redis_client, settings, topics
+from pipeline import causal, economics, redis_client, settings, topics
 from pipeline.benchmark import RESULTS, cleanup, deployment, machine, runs
 from pipeline.benchmark.probes import Lag, ProcStats
 from pipeline.infra import dev
@@ -43,6 +46,7 @@ from pipeline.simulate import Message, SimConfig, generate
 SAMPLE_S = 5.0
 DRAIN_TIMEOUT_S = 600.0
 CONVERGE_TIMEOUT_S = 180.0
+CAUSAL_ROUND = 300  # messages per acknowledged round in --causal
 HEALTH_TIMEOUT_S = 180.0
 
 
@@ -54,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-outage", type=float, default=30.0, metavar="SECONDS",
                    help="stop the local Redis this long halfway through, restart it empty (default 30; 0: none)")
     p.add_argument("--seed", type=int, default=5, help="random seed (default 5)")
+    p.add_argument("--causal", action="store_true",
+                   help="a causal stream (pipeline/causal.py): the producer waits for each round's acknowledgements, "
+                        "so every outcome is fixed, and each is compared with the reference ledger's, exactly")
 
 
 class Fleet:
@@ -146,7 +153,14 @@ async def run(s: Settings, args: argparse.Namespace, log_dir: Path, base: Settin
         lag = Lag(s, s.group_id, list(topics.INPUTS))
         await lag.start()
         started = time.monotonic()
-        producing = asyncio.ensure_future(runs.produce(s, traffic(args, econ, expected), args.rate))
+        rounds: list[list[causal.Event]] = []
+        if args.causal:
+            stream = causal.CausalStream(causal.CausalConfig(
+                rounds=max(1, int(args.rate * args.minutes * 60 / CAUSAL_ROUND)), per_round=CAUSAL_ROUND,
+                users=50_000, creators=2_000, rate=args.rate, seed=args.seed, id_prefix="k"), econ)
+            producing = asyncio.ensure_future(causal.produce(s, stream))
+        else:
+            producing = asyncio.ensure_future(runs.produce(s, traffic(args, econ, expected), args.rate))
         outages: list[dict[str, Any]] = []
         if args.redis_outage > 0:
             outage = asyncio.ensure_future(redis_outage(base, args.minutes * 30, args.redis_outage, outages))
@@ -177,13 +191,18 @@ async def run(s: Settings, args: argparse.Namespace, log_dir: Path, base: Settin
                     next_kill = time.monotonic() + args.kill_every
                 if now - started > args.minutes * 60 + DRAIN_TIMEOUT_S:
                     raise SystemExit("the workers did not catch up within the drain timeout")
-            await producing
+            produced = await producing
+            if args.causal:
+                rounds = produced[0]
+                expected["well_formed"] = sum(len(r) for r in rounds)
             if args.redis_outage > 0:
                 await outage
         finally:
             await lag.stop()
         elapsed = time.monotonic() - started
         checks = await check(s, expected, econ)
+        if args.causal:
+            checks["every_outcome_equals_the_reference"] = await exact(s, rounds)
     finally:
         fleet.stop()
     warm = next((row for row in timeline if row["t"] >= 30), timeline[0] if timeline else None)
@@ -255,6 +274,21 @@ async def check(s: Settings, expected: Counter[str], econ: economics.Economics) 
     return checks
 
 
+async def exact(s: Settings, rounds: list[list[causal.Event]]) -> dict[str, Any]:
+    """Causal mode: each event's committed outcomes (a crash may repeat one, identical)
+    against the reference ledger applying the rounds in order."""
+    from tests.support.reference import ReferenceLedger  # independent of the pipeline: written from CONTRACT.md
+
+    reference = ReferenceLedger()
+    want = {ev["event_id"]: json.dumps(reference.apply(topic, ev), sort_keys=True) for r in rounds for topic, ev in r}
+    got: dict[str, set[str]] = {}
+    for o in await topics.read_values(s, topics.OUTCOMES):
+        got.setdefault(o["event_id"], set()).add(json.dumps(o, sort_keys=True))
+    wrong = [eid for eid, record in want.items() if got.get(eid) != {record}]
+    return {"ok": not wrong, "events": len(want), "differ": len(wrong),
+            "examples": [{"expected": json.loads(want[e]), "got": sorted(got.get(e, ()))} for e in wrong[:5]]}
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Soak, {result['date']}", "",
              f"{result['workers']} workers, {result['minutes']} min at {result['offered_rate']:.0f} events/s offered; "
@@ -281,8 +315,9 @@ def main(args: argparse.Namespace) -> int:
         cleanup(s)
     result = {"scenario": "soak", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "command": f"python -m pipeline soak --minutes {args.minutes} --workers {args.workers} "
-              f"--rate {args.rate:.0f} --kill-every {args.kill_every:.0f} --redis-outage {args.redis_outage:.0f} --seed {args.seed}", **result}
-    stem = RESULTS / f"{dt.date.today().isoformat()}-soak"
+              f"--rate {args.rate:.0f} --kill-every {args.kill_every:.0f} --redis-outage {args.redis_outage:.0f} --seed {args.seed}"
+              + (" --causal" if args.causal else ""), **result}
+    stem = RESULTS / f"{dt.date.today().isoformat()}-soak{'-causal' if args.causal else ''}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(result) + "\n")
     print(markdown(result))

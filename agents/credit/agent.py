@@ -9,6 +9,7 @@ payout that are already in are left out of its decision (`recent`).
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from agents.credit.ops import Mark, Op, Refused, decode_op, parse_op, payout_op
@@ -38,6 +39,8 @@ MAX_HOLD_MS = 30_000
 class CreatorLedger(Stage):
     inputs = (topics.CREATOR_OPS,)
     keyed_inputs = frozenset(inputs)  # by creator (marks are unkeyed, sent to each partition)
+    watched_inputs = (topics.GIFTS, topics.PAYOUTS)  # their cuts (agents/credit/progress.py)
+    internal_inputs = inputs  # written by the user ledger
     changelog_topic = topics.CREATORS_CHANGELOG
     table_name = "creators"
     index_name = "payout_event_ids"
@@ -58,14 +61,31 @@ class CreatorLedger(Stage):
         self.holding: set[str] = set()  # creators with held records, as committed
         self._now_ms = 0.0
         self._started_ms: float | None = None  # first tick of this instance
+        # Causal cuts (agents/credit/progress.py), in memory: the cuts not yet covered
+        # and the cycle counters, ahead of what is persisted.
+        self._cuts: deque[tuple[int, dict[int, tuple[int, int]]]] = deque()
+        self._cycle, self._covered = 1, 0
+        self._committed_covered = 0
 
     def decode(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[Op | Malformed, int | None]:
         item = decode_op(key, value, self.econ, self.sources)  # untrusted, though our own
         return item, None if isinstance(item, Malformed) else item.ts
 
+    def watch(self, ends: dict[tuple[str, int], int]) -> None:
+        """This cycle's cut: the ends of gifts and payouts on every partition, asked
+        after the cycle's fetch (empty: unknown this cycle)."""
+        cut = None
+        if ends:
+            cut = {q: (ends[(topics.GIFTS, q)], ends[(topics.PAYOUTS, q)]) for q in range(self.sources)}
+        p = self._progress()
+        p.cut(cut)
+        self._sync(p)
+
     def handle(self, topic: str, item: Any, out: Output) -> None:
         if isinstance(item, Mark):
-            self.progress_table.for_update("").record(item.source, item.ts, item.idle)
+            p = self._progress()
+            p.record(item.source, (item.gifts, item.payouts))
+            self._sync(p)
             self._release_all(out)
         elif isinstance(item, CreditBatch):
             self._credit(item, out)
@@ -78,7 +98,7 @@ class CreatorLedger(Stage):
             pairs.seq += 1
             pairs.check()
         else:
-            op = dict(payout_op(item), since=self._progress().snapshot(), at=self._now_ms)
+            op = dict(payout_op(item), cycle=self._stamp(), at=self._now_ms)
             current = self.table.get(item.creator_id)
             if (current is None or not current.held) and self._decidable(op):
                 self._payout(item, out)
@@ -97,15 +117,30 @@ class CreatorLedger(Stage):
         self._release_all(out)
 
     def _progress(self) -> Progress:
-        return self.progress_table.get("") or Progress()
+        """This batch's progress, with the cuts and counters this instance keeps in
+        memory across batches (the store decodes a fresh value per batch; cuts are not
+        persisted, and a quiet cycle is not written): they only grow while it runs."""
+        p = self.progress_table.for_update("")
+        if p.cuts is not self._cuts:
+            p.cuts = self._cuts
+            p.cycle, p.covered = max(p.cycle, self._cycle), max(p.covered, self._covered)
+        return p
 
-    def _decidable(self, payout: dict[str, Any], progress: Progress | None = None) -> bool:
-        """Every user partition has passed the payout's event time (every earlier credit
-        is in), or it has waited the longest hold."""
-        progress = progress or self._progress()
+    def _sync(self, p: Progress) -> None:
+        self._cycle, self._covered = p.cycle, p.covered
+
+    def _stamp(self) -> int:
+        p = self._progress()
+        cycle = p.stamp()
+        self._sync(p)
+        return cycle
+
+    def _decidable(self, payout: dict[str, Any]) -> bool:
+        """The cycle it was read in is covered (every credit of a gift acknowledged
+        before it was produced is in), or it has waited the longest hold."""
         started = self._now_ms if self._started_ms is None else self._started_ms
         waited = self._now_ms - max(payout["at"], started)
-        return progress.passed(payout["ts"], payout["since"], self.sources) or waited >= self.max_hold_ms
+        return payout.get("cycle", 0) <= self._covered or waited >= self.max_hold_ms
 
     def _release_all(self, out: Output) -> None:
         waiting = self.holding | {k for k, (v, _) in self.table.dirty.items() if v.held}
@@ -118,9 +153,8 @@ class CreatorLedger(Stage):
         current = self.table.get(creator_id)
         if current is None or not current.held:
             return
-        progress = self._progress()
         ready = min(force, len(current.held))
-        while ready < len(current.held) and self._decidable(current.held[ready], progress):
+        while ready < len(current.held) and self._decidable(current.held[ready]):
             ready += 1
         if ready == 0:
             return
@@ -131,14 +165,11 @@ class CreatorLedger(Stage):
             payout = parse_op(op)
             assert isinstance(payout, Payout)
             self._payout(payout, out)
+        state.forget_recent(self._covered)
 
     def _credit(self, item: CreditBatch, out: Output) -> None:
         state = self.table.for_update(item.creator_id)
-        horizon = self._progress().horizon(self.sources)
-        if horizon is not None and state.held:
-            # A held payout is dated before the horizon: keep what it must not count.
-            horizon = min(horizon, min(op["ts"] for op in state.held) - 1)
-        apply_credit(state, item, horizon)
+        apply_credit(state, item, self._stamp(), self._covered)
         if item.new_senders:
             concentration.record(state.senders, item.new_senders, self.rules.payout_concentration)
         out.diamonds_credited += item.diamonds
@@ -165,7 +196,22 @@ class CreatorLedger(Stage):
     def commit(self) -> list[ReadModelUpdate]:
         for key, value in self.table.changes():
             (self.holding.add if value.held else self.holding.discard)(key)
+        self._committed_covered = self._covered
         return super().commit()
+
+    def abort(self) -> None:
+        """The batch's marks are gone: so is what they covered, and the cuts (dropping a
+        cut only delays; the cycle counter keeps growing, so no number is reused)."""
+        super().abort()
+        self._cuts.clear()
+        self._covered = self._committed_covered
+
+    def end_restore(self) -> None:
+        super().end_restore()
+        p = self.progress_table.get("")
+        if p is not None:
+            self._cycle, self._covered = max(self._cycle, p.cycle), max(self._covered, p.covered)
+            self._committed_covered = self._covered
 
     def restore(self, key: str, raw: bytes | None) -> None:
         super().restore(key, raw)

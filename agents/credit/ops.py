@@ -77,15 +77,18 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class Mark:
-    """Progress of one user-ledger partition (see agents/credit/progress.py)."""
+    """Progress of one user-ledger partition: the offsets of its gifts and payouts
+    below which it has applied everything (see agents/credit/progress.py)."""
 
     source: int
-    ts: int
-    idle: bool
+    gifts: int
+    payouts: int
+
+    ts = 0  # merged as early as possible: a mark has no event time
 
 
-def mark_op(source: int, ts: int, idle: bool) -> dict[str, Any]:
-    return {"op": "m", "source": source, "ts": ts, "idle": idle}
+def mark_op(source: int, gifts: int, payouts: int) -> dict[str, Any]:
+    return {"op": "m", "source": source, "g": gifts, "p": payouts}
 
 
 # Bounds of a well-formed record. A batch of the user ledger holds at most 100,000 input
@@ -94,7 +97,7 @@ MAX_OP_GIFTS = 100_000
 MAX_OP_IDS = 100
 MAX_TS = 253_402_300_799_999
 MAX_PAYOUT_DIAMONDS = 10**12
-MAX_PARTITIONS = 256
+MAX_OFFSET = 2**63 - 1
 Op = CreditBatch | Payout | Refused | Mark | Leg
 REFUSALS = ("invalid_ts",)
 
@@ -146,10 +149,8 @@ def decode_op(key: bytes | None, value: bytes | None, econ: Economics, partition
 def _checked(data: dict[str, Any], econ: Economics, partitions: int) -> Op:
     kind = data.get("op")
     if kind == "m":
-        idle = data.get("idle")
-        if type(idle) is not bool:
-            raise BadOp("idle must be true or false")
-        return Mark(_int(data.get("source"), "source", 0, partitions - 1), _int(data.get("ts"), "ts", 0, MAX_TS), idle)
+        return Mark(_int(data.get("source"), "source", 0, partitions - 1), _int(data.get("g"), "g", 0, MAX_OFFSET),
+                    _int(data.get("p"), "p", 0, MAX_OFFSET))
     if kind == "p":
         payout = Payout(_id(data, "event_id"), _id(data, "creator_id"),
                         _int(data.get("diamonds"), "diamonds", 1, MAX_PAYOUT_DIAMONDS), _int(data.get("ts"), "ts", 0, MAX_TS))
@@ -204,7 +205,7 @@ def parse_op(data: dict[str, Any]) -> CreditBatch | Payout | Mark | Leg:
     if data["op"] == "l":
         return parse_leg(data)
     if data["op"] == "m":
-        return Mark(data["source"], data["ts"], data["idle"])
+        return Mark(data["source"], data["g"], data["p"])
     if data["op"] == "c":
         return CreditBatch(data["creator_id"], data["coins"], data["gifts"], tuple((t, d) for t, d in data["items"]),
                            tuple(tuple(e) for e in data.get("n", ())))

@@ -1,55 +1,98 @@
-"""How far each user-ledger partition has got, as seen by one creator-ledger partition.
+"""Causal cuts: when a creator-ledger partition has every credit and payout it must.
 
-A gift's credit reaches the creator ledger from the sender's partition while a payout
-comes from the creator's: without care a payout could be decided before the credit of
-a gift made just before it. Every user-ledger partition therefore writes a progress mark
-to every creator-ops partition with each commit (and every MARK_INTERVAL_MS while idle):
-the newest event time it has applied, and whether all its inputs are read. A payout at
-event time T is decided once every source has passed T, or has reported itself idle
-after the payout arrived; or after a bounded wait (a source may have no worker).
+A gift's credit reaches the creator ledger from the sender's partition, a payout from
+the creator's; without care a payout could be decided before the credit of a gift
+that was acknowledged before the payout was even produced (CONTRACT.md, causal
+order), or count one that came after it.
+
+How it holds, by offsets, never by event time (a producer's clock may run ahead):
+
+- Each cycle, the engine gives this partition the end offsets of `gifts` and `payouts`
+  on every partition, asked after the cycle's fetch returned (`cut`). Whatever was
+  acknowledged before a record this cycle read is below them.
+- Each user-ledger partition writes, with every commit that moves them, a progress mark
+  to every creator-ops partition: the offsets of its `gifts` and `payouts` below which
+  it has applied everything (`record`). The credits and payouts of what it applied
+  precede the mark in each creator-ops partition.
+- A cycle is *covered* once every source's mark has reached that cycle's cut. A payout
+  read in cycle k is decided once k is covered: every gift acknowledged before it was
+  produced is credited by then. A credit read in cycle j is remembered (with its event
+  time, so an earlier-dated payout leaves it out) until j is covered and no held payout
+  is dated before it: by then every payout acknowledged before its gift was produced
+  has been read.
+
+Bounded: at most MAX_CUTS cuts wait (a source far behind); cycles past that get no cut
+and wait for the next one, which is later, so still safe. A payout waits at most
+MAX_HOLD_MS of running time (a source may have no worker).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-MARK_INTERVAL_MS = 500
+from pipeline.invariants import require
+
+MAX_CUTS = 10_000
+Offsets = tuple[int, int]  # (gifts, payouts) of one user-ledger partition
 
 
 @dataclass(slots=True)
 class Progress:
-    marks: dict[int, tuple[int, bool, int]] = field(default_factory=dict)  # source -> (ts, idle, mark no.)
+    applied: dict[int, Offsets] = field(default_factory=dict)  # source -> offsets applied below
+    cycle: int = 1  # this partition's cycles, counted across restarts (the first is 1: none is covered)
+    covered: int = 0  # every cycle up to this one is covered
     seq: int = 0
+    # (cycle, cut per source) not yet covered; not persisted: after a restart the next
+    # cuts are later than anything waiting, which is safe.
+    cuts: deque[tuple[int, dict[int, Offsets]]] = field(default_factory=deque, compare=False, repr=False)
+    _stamped: bool = field(default=False, compare=False, repr=False)
 
-    def record(self, source: int, ts: int, idle: bool) -> None:
-        old_ts, _, n = self.marks.get(source, (ts, False, 0))
-        self.marks[source] = (max(old_ts, ts), idle, n + 1)
+    def record(self, source: int, offsets: Offsets) -> None:
+        old = self.applied.get(source, (0, 0))
+        self.applied[source] = (max(old[0], offsets[0]), max(old[1], offsets[1]))
         self.seq += 1
+        self._advance()
 
-    def snapshot(self) -> dict[str, int]:
-        """Mark numbers now: what "after the payout arrived" is measured against."""
-        return {str(source): n for source, (_, _, n) in self.marks.items()}
+    def cut(self, ends: dict[int, Offsets] | None) -> None:
+        """A new cycle, with the end offsets asked after its fetch (None: unknown).
+        Persisted only once stamped on something (a quiet cycle writes nothing)."""
+        self.cycle += 1
+        self._stamped = False
+        if ends is not None and len(self.cuts) < MAX_CUTS:
+            self.cuts.append((self.cycle, ends))
+        self._advance()
 
-    def passed(self, ts: int, since: dict[str, int], sources: int) -> bool:
-        for source in range(sources):
-            mark = self.marks.get(source)
-            if mark is None:
-                return False
-            mark_ts, idle, n = mark
-            if mark_ts < ts and not (idle and n > since.get(str(source), 0)):
+    def stamp(self) -> int:
+        """The current cycle's number, for a payout or credit read in it."""
+        if not self._stamped:
+            self.seq += 1  # the cycle number must survive a restart
+            self._stamped = True
+        return self.cycle
+
+    def _advance(self) -> None:
+        while self.cuts and self._reached(self.cuts[0][1]):
+            self.covered = max(self.covered, self.cuts.popleft()[0])
+
+    def _reached(self, cut: dict[int, Offsets]) -> bool:
+        for source, (gifts, payouts) in cut.items():
+            done = self.applied.get(source)
+            if done is None or done[0] < gifts or done[1] < payouts:
                 return False
         return True
 
-    def horizon(self, sources: int) -> int | None:
-        """Event time every source has passed (None until every source has reported)."""
-        if any(s not in self.marks for s in range(sources)):
-            return None
-        return min(self.marks[s][0] for s in range(sources))
-
     def to_json(self) -> dict[str, Any]:
-        return {"m": [[s, ts, idle, n] for s, (ts, idle, n) in self.marks.items()], "q": self.seq}
+        return {"a": [[s, g, p] for s, (g, p) in self.applied.items()], "c": self.cycle, "v": self.covered,
+                "q": self.seq}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Progress":
-        return cls({s: (ts, idle, n) for s, ts, idle, n in data["m"]}, data["q"])
+        progress = cls({s: (g, p) for s, g, p in data["a"]}, data["c"], data["v"], data["q"])
+        progress.check()
+        return progress
+
+    def check(self) -> None:
+        require(0 <= self.covered <= self.cycle, "covered cycles <= cycles")
+        require(len(self.cuts) <= MAX_CUTS, "waiting cuts <= MAX_CUTS")
+        require(all(g >= 0 and p >= 0 for g, p in self.applied.values()), "applied offsets >= 0")

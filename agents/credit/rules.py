@@ -49,9 +49,11 @@ class CreditBatch:
         return days
 
 
-def apply_credit(state: CreatorState, credit: CreditBatch, horizon: int | None) -> None:
-    """`horizon`: event time every user partition has passed (None: unknown); credits
-    later than it are remembered so that a payout dated before them does not count them."""
+def apply_credit(state: CreatorState, credit: CreditBatch, cycle: int, covered: int) -> None:
+    """`cycle`: when the credit was read; `covered`: the latest covered cycle
+    (agents/credit/progress.py). Each credit is remembered with its event time until a
+    payout acknowledged before its gift can no longer come or wait, so that a payout
+    dated before it does not count it."""
     state.available += credit.diamonds
     state.lifetime += credit.diamonds
     for day, diamonds in credit.by_day().items():
@@ -62,9 +64,8 @@ def apply_credit(state: CreatorState, credit: CreditBatch, horizon: int | None) 
     while len(state.day_diamonds) > MAX_DAYS:
         del state.day_diamonds[min(state.day_diamonds)]
     for ts, d in credit.items:
-        if horizon is None or ts > horizon:
-            state.remember(ts, d)
-    state.forget_recent(horizon)
+        state.remember(ts, d, cycle)
+    state.forget_recent(covered)
     state.seq += 1
     state.check()
 

@@ -34,7 +34,8 @@ class CreatorState:
     seq: int = 0
     # payouts (as creator-ops records) waiting until no earlier credit can still come
     held: list[dict[str, Any]] = field(default_factory=list)
-    # [event time, diamonds] of credits that a payout dated before them must not count
+    # [event time, diamonds, cycle read in] of credits that a payout dated before them
+    # must not count, while such a payout may still come (agents/credit/progress.py)
     recent: list[list[int]] = field(default_factory=list)
     # window size name -> window start (ms) -> diamonds credited by gifts in the window
     windows: dict[str, dict[int, int]] = field(default_factory=dict)
@@ -48,16 +49,19 @@ class CreatorState:
         """Available diamonds without the credits of gifts later than `ts`; never below
         zero (later payouts may already have spent those credits)."""
         later = bisect.bisect_right(self.recent, [ts, _ANY])
-        return max(0, self.available - sum(d for _, d in self.recent[later:]))
+        return max(0, self.available - sum(e[1] for e in self.recent[later:]))
 
-    def remember(self, ts: int, diamonds: int) -> None:
+    def remember(self, ts: int, diamonds: int, cycle: int) -> None:
         """`recent` is kept in event-time order (credits mostly arrive in it)."""
-        bisect.insort(self.recent, [ts, diamonds])
+        bisect.insort(self.recent, [ts, diamonds, cycle])
 
-    def forget_recent(self, horizon: int | None) -> None:
-        """No payout dated at or before `horizon` can still come: forget those credits."""
-        if horizon is not None and self.recent and self.recent[0][0] <= horizon:
-            del self.recent[: bisect.bisect_right(self.recent, [horizon, _ANY])]
+    def forget_recent(self, covered: int) -> None:
+        """Forget the credits read in a covered cycle (every payout acknowledged before
+        their gifts is in) that no held payout is dated before."""
+        oldest_held = min((op["ts"] for op in self.held), default=None)
+        if self.recent:
+            self.recent = [e for e in self.recent
+                           if e[2] > covered or (oldest_held is not None and e[0] > oldest_held)]
         if len(self.recent) > MAX_RECENT:
             del self.recent[: len(self.recent) - MAX_RECENT]
 
@@ -70,6 +74,7 @@ class CreatorState:
         require(all(op["op"] == "p" for op in self.held), "held records are payouts")
         require(len(self.recent) <= MAX_RECENT, "recent credits <= MAX_RECENT")
         require(all(a <= b for a, b in zip(self.recent, self.recent[1:])), "recent credits by event time")
+        require(all(len(e) == 3 for e in self.recent), "recent credits are [ts, diamonds, cycle]")
         require(all(len(self.windows.get(name, ())) <= kept for name, (_, kept) in WINDOWS.items()),
                 "windows within their bounds")
         self.senders.check()
@@ -100,7 +105,7 @@ class CreatorState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "CreatorState":
-        state = cls(data["a"], data["l"], data["p"], {d: n for d, n in data["d"]}, data["q"], data.get("h", []), sorted(data.get("r", [])),
+        state = cls(data["a"], data["l"], data["p"], {d: n for d, n in data["d"]}, data["q"], data.get("h", []), sorted([*e, 0][:3] for e in data.get("r", [])),
             {name: {start: n for start, n in w} for name, w in data.get("w", {}).items()},
             NewSenders.from_json(data.get("n")),
         )

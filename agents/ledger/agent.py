@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from agents.credit.ops import credit_op, mark_op, payout_op
-from agents.credit.progress import MARK_INTERVAL_MS
 from agents.ingest.decode import Malformed, decode
 from agents.fraud import sender
 from agents.fraud.sender import Leg
@@ -70,10 +69,7 @@ class UserLedger(Stage):
         self.partitions = partitions
         self.credits = CreditCombiner(self.rules.payout_concentration.new_sender_ms)
         self.legs: dict[tuple[str, str], Leg] = {}  # gift_loop legs of the batch, the latest per pair
-        self.progress_ts = 0  # newest event time applied (agents/credit/progress.py)
-        self._committed_progress_ts = 0
-        self._marked: tuple[int, bool] | None = None
-        self._marked_at = 0.0
+        self._marked: tuple[int, int] | None = None  # the last progress mark (agents/credit/progress.py)
 
     def decode(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[Event | Malformed, int | None]:
         item = decode(topic, key, value)
@@ -93,7 +89,6 @@ class UserLedger(Stage):
             else:
                 out.outcome(out_of_time(self.table.get(item.key) or UserState(), item, self.econ))
             return
-        self.progress_ts = max(self.progress_ts, item.ts)
         if isinstance(item, Payout):
             self.credits.pop(item.creator_id, out)
             out.send(topics.CREATOR_OPS, item.creator_id, payout_op(item))
@@ -122,27 +117,27 @@ class UserLedger(Stage):
         if leg is not None:
             self.legs[(leg.sender, leg.recipient)] = leg
 
-    def end_batch(self, out: Output, idle: bool, now_ms: float) -> None:
+    def end_batch(self, out: Output, idle: bool, now_ms: float, applied: dict[str, int] | None = None) -> None:
+        """Credits, gift_loop legs, then the progress mark: the offsets of gifts and
+        payouts below which everything is applied, sent to every creator-ops partition
+        after what they cover (agents/credit/progress.py)."""
         self.credits.flush(out)
         for leg in self.legs.values():
             out.send(topics.CREATOR_OPS, leg.meeting_key, leg.to_op())
         self.legs.clear()
-        mark = (self.progress_ts, idle)
-        if mark != self._marked or (idle and now_ms - self._marked_at >= MARK_INTERVAL_MS):
+        if applied is None or topics.GIFTS not in applied or topics.PAYOUTS not in applied:
+            return
+        mark = (applied[topics.GIFTS], applied[topics.PAYOUTS])
+        if mark != self._marked:
             for q in range(self.partitions):
                 out.send(topics.CREATOR_OPS, None, mark_op(self.partition, *mark), partition=q)
-            self._marked, self._marked_at = mark, now_ms
+            self._marked = mark
 
     def abort(self) -> None:
         super().abort()
         self.credits = CreditCombiner(self.rules.payout_concentration.new_sender_ms)
         self.legs.clear()
         self._marked = None  # the marks of the aborted batch were not written
-        self.progress_ts = self._committed_progress_ts
-
-    def commit(self) -> list[ReadModelUpdate]:
-        self._committed_progress_ts = self.progress_ts
-        return super().commit()
 
     def read_model(self, key: str, value: UserState, full: bool = False) -> ReadModelUpdate:
         today = max(value.day_spend, default=None)

@@ -21,6 +21,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from pipeline import metrics
+from pipeline.engine.fetch import fetch
+from pipeline.engine.signing import UNSIGNED_ERROR
 from pipeline.engine.stage import ReadModelUpdate, Stage
 from pipeline.engine.task import MAX_BUFFERED, PartitionTask, PoisonRecord, Quarantine, TransactionFailed
 from pipeline.settings import Settings
@@ -35,6 +37,7 @@ RESTORE_POLL_MS = 200
 RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 SNAPSHOT_CHUNK = 2_000
 END_OFFSETS_TIMEOUT_S = 5.0  # then the cycle goes on with every empty input lagging
+UNDECODABLE_RETRY_S = 30.0
 
 
 class Engine:
@@ -47,6 +50,7 @@ class Engine:
         probe = stages(0)
         self.input_topics = sorted({t for s in probe for t in s.inputs})
         self.changelog_topics = [s.changelog_topic for s in probe]
+        self.watched_topics = sorted({t for s in probe for t in s.watched_inputs})
         for stage in probe:
             stage.close()
         self.consumer: AIOKafkaConsumer | None = None
@@ -54,6 +58,7 @@ class Engine:
         self._failures: dict[int, int] = {}  # partition -> transactions failed in a row
         self._broken: dict[int, float] = {}  # partition -> when to rebuild it (monotonic)
         self._quarantines: dict[int, Quarantine] = {}  # partition -> records to dead-letter (task.py)
+        self._undecodable: dict[TopicPartition, float] = {}  # paused until (monotonic): see fetch.py
         self._seek_epoch = 0
         self.fatal: BaseException | None = None  # raised by the loop: see _Listener
         self.ready = asyncio.Event()
@@ -114,8 +119,9 @@ class Engine:
                     await self._rebuild_broken()
             epoch = self._seek_epoch
             with metrics.CYCLE_SECONDS.labels("fetch").time():
-                batch = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.max_batch)
+                batch, undecodable = await fetch(self.consumer, POLL_TIMEOUT_MS, self.settings.max_batch)
             async with self.lock:
+                self._stop_undecodable(undecodable)
                 if epoch != self._seek_epoch:
                     # A seek (assignment, rewind) came between the fetch and now: the
                     # batch may predate it. Drop it and resume exactly where each
@@ -124,6 +130,21 @@ class Engine:
                     batch = {}
                 await self._cycle(batch)
                 self.progress_at = time.monotonic()
+
+    def _stop_undecodable(self, undecodable: dict[TopicPartition, BaseException]) -> None:
+        """A partition whose fetched data cannot be decoded (corrupt, or a codec this
+        worker lacks) waits, paused where it stopped, while the others go on; it is
+        fetched again after UNDECODABLE_RETRY_S (fetch() pauses it again if it still
+        fails). Its task's merge holds its other inputs back meanwhile, so that
+        partition's order is kept."""
+        now = time.monotonic()
+        for tp, error in undecodable.items():
+            metrics.FETCH_ERRORS.labels(tp.topic[len(self.settings.topic_prefix):]).inc()
+            self._undecodable[tp] = now + UNDECODABLE_RETRY_S
+        for tp, retry_at in list(self._undecodable.items()):
+            if retry_at <= now:
+                del self._undecodable[tp]  # _flow_control resumes it
+        metrics.UNDECODABLE_PARTITIONS.set(len(self._undecodable))
 
     def _seek(self, task: PartitionTask, offsets: dict[str, int]) -> None:
         assert self.consumer is not None
@@ -146,6 +167,10 @@ class Engine:
             if task is not None:  # else revoked meanwhile: the new owner re-reads it
                 task.add(tp.topic[prefix_len:], records)
         ends = await self._fresh_ends()
+        watch_ends = {(t, p): ends[tp] for t, tps in self._watched_tps().items() for p, tp in enumerate(tps)
+                      if tp in ends}
+        if len(watch_ends) < len(self.watched_topics) * self.settings.partitions:
+            watch_ends = {}  # a cut needs every partition: unknown this cycle
         now_ms = time.time() * 1000
         started = time.perf_counter()
         poisoned: list[tuple[PartitionTask, PoisonRecord]] = []
@@ -158,7 +183,7 @@ class Engine:
                 return end is not None and positions[topic] >= end
 
             try:
-                self.processed_total += task.process(caught_up, now_ms)
+                self.processed_total += task.process(caught_up, now_ms, positions, watch_ends)
             except PoisonRecord as exc:
                 poisoned.append((task, exc))
         for task, exc in poisoned:
@@ -190,17 +215,23 @@ class Engine:
         cycle (a request per leader). If the broker does not answer, every empty input
         counts as lagging this cycle: the merge waits rather than guess."""
         assert self.consumer is not None
-        empty = [task.tp(t) for task in self.tasks.values() for t in task.input_topics if not task.buffered(t)]
-        if not empty:
+        wanted = {task.tp(t) for task in self.tasks.values() for t in task.input_topics if not task.buffered(t)}
+        if self.tasks:  # and the stages' cuts (Stage.watched_inputs), in the same round trip
+            wanted.update(tp for tps in self._watched_tps().values() for tp in tps)
+        if not wanted:
             return {}
         try:
             with metrics.CYCLE_SECONDS.labels("end_offsets").time():
-                ends: dict[TopicPartition, int] = await asyncio.wait_for(self.consumer.end_offsets(empty),
+                ends: dict[TopicPartition, int] = await asyncio.wait_for(self.consumer.end_offsets(sorted(wanted)),
                                                                          END_OFFSETS_TIMEOUT_S)
             return ends
         except (KafkaError, asyncio.TimeoutError, OSError) as exc:
             log.warning("end offsets unknown this cycle (%s): empty inputs count as lagging", exc.__class__.__name__)
             return {}
+
+    def _watched_tps(self) -> dict[str, list[TopicPartition]]:
+        return {t: [TopicPartition(self.settings.topic(t), p) for p in range(self.settings.partitions)]
+                for t in self.watched_topics}
 
     async def _write_read_model(self, updates: list[ReadModelUpdate]) -> None:
         if updates:
@@ -225,7 +256,7 @@ class Engine:
         for task in self.tasks.values():
             for topic in task.input_topics:
                 tp = task.tp(topic)
-                full = task.buffered(topic) >= MAX_BUFFERED
+                full = task.buffered(topic) >= MAX_BUFFERED or tp in self._undecodable
                 if full and tp not in paused:
                     consumer.pause(tp)
                 elif not full and tp in paused:
@@ -328,6 +359,7 @@ class Engine:
                 metrics.forget_partition(p, task.input_topics)
             new = [self._new_task(p) for p in sorted(by_partition) if p not in self.tasks]
             self._broken.clear()  # every partition of ours is (re)built here
+            self._undecodable.clear()
             for task in self.tasks.values():  # kept: back to the last commit
                 await self._seek_committed(task)
             await self._build(new)
@@ -375,6 +407,12 @@ class Engine:
                 for tp, records in batch.items():
                     task, stage = owners[tp]
                     for record in records:
+                        if not task.verified(tp.topic, record):
+                            log.error("partition %d: %s offset %d is not signed by this deployment; left out",
+                                      task.partition, tp.topic, record.offset)
+                            task.dead_letter_record(tp.topic, record.offset, record.key, record.value, UNSIGNED_ERROR,
+                                                    "malformed")
+                            continue
                         try:
                             stage.restore(record.key.decode(), record.value)
                         except Exception as exc:  # noqa: BLE001 - untrusted, like every record

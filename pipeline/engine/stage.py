@@ -107,6 +107,12 @@ class Stage(ABC):
     # Inputs whose keyed records must sit on their key's partition (partitioning.py):
     # the others are re-keyed by the stage (payouts) or unkeyed (progress marks).
     keyed_inputs: frozenset[str] = frozenset()
+    # Topics (any stage's inputs) whose end offsets on every partition this stage is
+    # given each cycle, asked after the cycle's fetch (`watch`): its causal cuts.
+    watched_inputs: tuple[str, ...] = ()
+    # Inputs written by another stage of the pipeline (internal topics): with a key,
+    # their records are signed and verified like the changelogs (signing.py).
+    internal_inputs: tuple[str, ...] = ()
     changelog_topic: str
     # Names of the table and the event-id index, for metrics.
     table_name: str
@@ -140,11 +146,16 @@ class Stage(ABC):
         """What the read model shows of `value`: the leaderboard entries it touched in
         this batch, or all of its entries when `full` (a refill)."""
 
+    def watch(self, ends: dict[tuple[str, int], int]) -> None:
+        """Every cycle before `tick`, for a stage with `watched_inputs`: their end offsets
+        by (topic, partition), asked after this cycle's fetch; empty if unknown."""
+
     def tick(self, out: Output, now_ms: float) -> None:
         """Called every cycle, input or not: for work that waits on time."""
 
-    def end_batch(self, out: Output, idle: bool, now_ms: float) -> None:
-        """Write what the stage combined over the batch; `idle`: every input is caught up."""
+    def end_batch(self, out: Output, idle: bool, now_ms: float, applied: dict[str, int] | None = None) -> None:
+        """Write what the stage combined over the batch; `idle`: every input is caught
+        up; `applied`: per input, the offset below which every record is applied."""
 
     def raise_alert(self, alert: Alert, out: Output) -> None:
         out.alert(alert)

@@ -24,6 +24,7 @@ from pipeline import metrics
 from pipeline.engine.batches import RecordBatches
 from pipeline.engine.merge import NO_TIME, EventTimeMerge, Pending
 from pipeline.engine.partitioning import misrouted_error, partition_for
+from pipeline.engine.signing import UNSIGNED_ERROR, signer_of
 from pipeline.invariants import InvariantError, require
 from pipeline.engine.stage import Output, ReadModelUpdate, Stage
 from pipeline.settings import Settings
@@ -152,6 +153,8 @@ class PartitionTask:
         # sought (engine.py): kept by the engine across this partition's rebuilds.
         self.quarantine = quarantine or Quarantine(settings.max_batch)
         self.processed: list[tuple[str, int]] = []  # (topic, offset) of the batch, in order
+        # Changelog records left out of the restore, for dead-letters (dead_letter_record).
+        self.restore_letters: list[tuple[str, int, bytes | None, bytes | None, str, str]] = []
         self.stages = stages
         self.settings = settings
         self.merges = [EventTimeMerge(s.inputs, settings.max_idle_ms) for s in stages]
@@ -163,6 +166,10 @@ class PartitionTask:
         # Offset after the last record buffered, per input: where fetching resumes.
         self.fetch_next: dict[str, int] = {}
         self.producer: AIOKafkaProducer | None = None
+        # Internal topics (full names): their records are signed when written and
+        # verified when read, if the deployment has a key (signing.py).
+        self.signer = signer_of(settings.internal_keys, settings.accept_unsigned)
+        self.internal = frozenset(settings.topic(t) for s in stages for t in (s.changelog_topic, *s.internal_inputs))
 
     @property
     def transactional_id(self) -> str:
@@ -209,13 +216,22 @@ class PartitionTask:
                 return
         self.fetch_next[topic] = records[-1].offset + 1
         keyed, partitions = topic in stage.keyed_inputs, self.settings.partitions
+        signed = self.signer is not None and topic in stage.internal_inputs
         for r in records:
-            item, ts = self._decode(stage, topic, r, keyed, partitions)
+            if signed and not self.verified(topic, r):
+                item, ts = Malformed(UNSIGNED_ERROR), None
+            else:
+                item, ts = self._decode(stage, topic, r, keyed, partitions)
             # The raw record is kept only for a dead letter: buffered input is the
             # worker's largest memory when it lags (see MAX_BUFFERED).
             bad = isinstance(item, Malformed)
             merge.add(Pending(NO_TIME if ts is None else ts, topic, r.offset, r.key if bad else None,
                               r.value if bad else None, item))
+
+    def verified(self, topic: str, r: Any) -> bool:
+        """`topic` unprefixed or full; always true without a key."""
+        full = topic if topic in self.internal else self.settings.topic(topic)
+        return self.signer is None or self.signer.verified(full, self.partition, r.key, r.value, r.headers)
 
     def _decode(self, stage: Stage, topic: str, r: Any, keyed: bool, partitions: int) -> tuple[Any, int | None]:
         """A record as the stage's item, or Malformed: quarantined, on the wrong partition
@@ -235,10 +251,17 @@ class PartitionTask:
     def buffered(self, topic: str) -> int:
         return self.merges[self.stage_of[topic]].buffered(topic)
 
-    def process(self, caught_up: Callable[[str], bool | None], now_ms: float) -> int:
-        """Run the merged records that are ready through their stages; returns how many."""
+    def process(self, caught_up: Callable[[str], bool | None], now_ms: float, positions: dict[str, int],
+                watch_ends: dict[tuple[str, int], int]) -> int:
+        """Run the merged records that are ready through their stages; returns how many.
+        `positions`: each input's consumer position; `watch_ends`: the end offsets the
+        stages watch (Stage.watch)."""
         budget = self.quarantine.batch_limit
+        if self.restore_letters:
+            self._send_restore_letters()
         for stage, merge in zip(self.stages, self.merges):
+            if stage.watched_inputs:
+                stage.watch(watch_ends)
             stage.tick(self.out, now_ms)
             for p in itertools.islice(merge.drain(caught_up, now_ms), budget):
                 self.processed.append((p.topic, p.offset))
@@ -252,8 +275,16 @@ class PartitionTask:
                 self.next_offsets[p.topic] = p.offset + 1
             budget = self.quarantine.batch_limit - len(self.processed)
             idle = all(not merge.buffered(t) and caught_up(t) is True for t in stage.inputs)
-            stage.end_batch(self.out, idle, now_ms)
+            stage.end_batch(self.out, idle, now_ms, {t: self._applied(t, merge, positions) for t in stage.inputs})
         return len(self.processed)
+
+    def _applied(self, topic: str, merge: EventTimeMerge, positions: dict[str, int]) -> int:
+        """The offset below which every record of `topic` is applied: the consumer's
+        position once nothing is buffered (past control records too), else the next
+        record to apply."""
+        if not merge.buffered(topic):
+            return max(positions[topic], self.next_offsets.get(topic, 0))
+        return self.next_offsets.get(topic, self.committed_offsets.get(topic, 0))
 
     def _dead_letter(self, p: Pending) -> None:
         assert isinstance(p.item, Malformed)
@@ -269,9 +300,15 @@ class PartitionTask:
     def dead_letter_record(self, source_topic: str, offset: int, key: bytes | None, value: bytes | None, error: str,
                            kind: str) -> None:
         """A record of another topic than the inputs (a changelog read while restoring),
-        dead-lettered with this partition's next batch."""
-        self.out.dead_letters.append((source_topic[len(self.settings.topic_prefix):], kind))
-        self._send_dead_letter(source_topic, offset, key, value, error, with_payload=True)
+        dead-lettered with this partition's first batch (kept apart until then: taking
+        the partition on rewinds its output)."""
+        self.restore_letters.append((source_topic, offset, key, value, error, kind))
+
+    def _send_restore_letters(self) -> None:
+        for source_topic, offset, key, value, error, kind in self.restore_letters:
+            self.out.dead_letters.append((source_topic[len(self.settings.topic_prefix):], kind))
+            self._send_dead_letter(source_topic, offset, key, value, error, with_payload=True)
+        self.restore_letters = []
 
     def _send_dead_letter(self, source_topic: str, offset: int, key: bytes | None, value: bytes | None, error: str,
                           with_payload: bool) -> None:
@@ -294,7 +331,7 @@ class PartitionTask:
         out, self.out = self.out, Output()
         try:
             async with producer.transaction():
-                batches = RecordBatches(producer)
+                batches = RecordBatches(producer, self.signer, self.internal)
                 for m in out.messages:
                     await batches.add(prefix + m.topic, m.key, m.value, m.partition)
                 for stage in self.stages:

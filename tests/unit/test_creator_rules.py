@@ -98,13 +98,13 @@ def test_duplicate_payout_outcome() -> None:
 
 def test_credit_application_keeps_lifetime_equal_to_available_plus_paid_out(econ: Economics) -> None:
     state = CreatorState()
-    apply_credit(state, batch([(100 * DAY, 3_000), (101 * DAY + 5, 500)]), None)
+    apply_credit(state, batch([(100 * DAY, 3_000), (101 * DAY + 5, 500)]), 1, 0)
     apply_payout(state, payout(2_400), econ)  # at T0, after every credit
-    apply_credit(state, batch([(101 * DAY + 9, 7)]), None)
-    # No horizon known: every credit is remembered as recent.
+    apply_credit(state, batch([(101 * DAY + 9, 7)]), 2, 0)
+    # No cycle covered yet: every credit is remembered as recent, with the cycle it came in.
     assert state == CreatorState(
         1_107, 3_507, 2_400, {100: 3_000, 101: 507}, seq=3,
-        recent=[[100 * DAY, 3_000], [101 * DAY + 5, 500], [101 * DAY + 9, 7]],
+        recent=[[100 * DAY, 3_000, 1], [101 * DAY + 5, 500, 1], [101 * DAY + 9, 7, 2]],
         windows={"1m": {100 * DAY: 3_000, 101 * DAY: 507}, "1h": {100 * DAY: 3_000, 101 * DAY: 507}},
     )
     assert state.lifetime == state.available + state.paid_out
@@ -112,10 +112,10 @@ def test_credit_application_keeps_lifetime_equal_to_available_plus_paid_out(econ
 
 def test_windows_are_tumbling_and_bounded() -> None:
     state = CreatorState()
-    apply_credit(state, batch([(59_999, 1), (60_000, 2), (3_600_000 + 5, 4)]), None)
+    apply_credit(state, batch([(59_999, 1), (60_000, 2), (3_600_000 + 5, 4)]), 1, 0)
     assert state.windows == {"1m": {0: 1, 60_000: 2, 3_600_000: 4}, "1h": {0: 3, 3_600_000: 4}}
     for minute in range(200):
-        apply_credit(state, batch([(10 * 3_600_000 + minute * 60_000, 1)]), None)
+        apply_credit(state, batch([(10 * 3_600_000 + minute * 60_000, 1)]), 1, 0)
     assert len(state.windows["1m"]) == 120 and min(state.windows["1m"]) == 10 * 3_600_000 + 80 * 60_000
     assert state.windows["1h"][10 * 3_600_000] == 60 and len(state.windows["1h"]) <= 48
 
@@ -129,7 +129,7 @@ def test_credit_batch_derived_fields() -> None:
 def test_zero_diamond_credit_still_counts_as_a_change() -> None:
     """A batch of single roses credits 0 diamonds; the state is still (trivially) written."""
     state = CreatorState()
-    apply_credit(state, CreditBatch("c1", 1, 1, ((T0, 0),)), T0)
+    apply_credit(state, CreditBatch("c1", 1, 1, ((T0, 0),)), 1, 1)
     assert (state.available, state.lifetime, state.seq) == (0, 0, 1)
     assert state.day_diamonds == {T0 // DAY: 0} and state.recent == []
 
@@ -138,16 +138,16 @@ def test_day_totals_are_bounded() -> None:
     assert MAX_DAYS == 40
     state = CreatorState()
     for day in range(50):
-        apply_credit(state, batch([(day * DAY + 1, day + 1)]), day * DAY + 1)
+        apply_credit(state, batch([(day * DAY + 1, day + 1)]), day + 1, day + 1)
     assert sorted(state.day_diamonds) == list(range(10, 50))
     assert state.day_diamonds[49] == 50
     assert state.lifetime == state.available == sum(range(1, 51))  # totals keep every diamond
-    assert state.recent == []  # each credit was at the horizon: none is later than it
+    assert state.recent == []  # each credit's cycle was covered and no payout waits: none is kept
 
 
 def test_one_batch_spanning_more_days_than_kept() -> None:
     state = CreatorState()
-    apply_credit(state, batch([(d * DAY + d, 1) for d in range(45)]), None)
+    apply_credit(state, batch([(d * DAY + d, 1) for d in range(45)]), 1, 0)
     assert sorted(state.day_diamonds) == list(range(5, 45))
     assert state.available == 45
     assert len(state.recent) == 45  # the per-time record is not cut by days
@@ -161,9 +161,9 @@ def test_creator_state_json_round_trip() -> None:
 
 def test_creator_state_json_round_trip_with_held_and_recent() -> None:
     held = [{"op": "p", "event_id": "p-1", "creator_id": "c1", "diamonds": 2_000, "ts": T0, "since": {"0": 3}, "at": 1.5}]
-    state = CreatorState(5, 9, 4, {7: 9}, 3, held, [[T0 + 1, 2], [T0 + 2, 3]])
+    state = CreatorState(5, 9, 4, {7: 9}, 3, held, [[T0 + 1, 2, 7], [T0 + 2, 3, 8]])
     data = loads(dumps(state.to_json()))
-    assert data == {"a": 5, "l": 9, "p": 4, "d": [[7, 9]], "q": 3, "h": held, "r": [[T0 + 1, 2], [T0 + 2, 3]]}
+    assert data == {"a": 5, "l": 9, "p": 4, "d": [[7, 9]], "q": 3, "h": held, "r": [[T0 + 1, 2, 7], [T0 + 2, 3, 8]]}
     restored = CreatorState.from_json(data)
     assert restored == state
 
@@ -243,9 +243,9 @@ def test_big_totals_survive_the_codec() -> None:
     assert op["items"] == [[0, 2 * big]]
     assert parse_op(loads(dumps(op))) == CreditBatch("c1", 4 * big + 2, 2, ((0, 2 * big),))
     state = CreatorState()
-    apply_credit(state, CreditBatch("c1", 4 * big + 2, 2, ((0, 2 * big),)), None)
+    apply_credit(state, CreditBatch("c1", 4 * big + 2, 2, ((0, 2 * big),)), 1, 0)
     state = CreatorState.from_json(loads(dumps(state.to_json())))
-    assert (state.available, state.recent) == (2 * big, [[0, 2 * big]])
+    assert (state.available, state.recent) == (2 * big, [[0, 2 * big, 1]])
 
 
 # --- payouts decided at their event time (credits of later gifts do not count) ------
@@ -271,8 +271,8 @@ def test_available_at_leaves_out_recent_credits_later_than_the_time() -> None:
 
 def test_a_credit_later_than_the_payout_is_not_counted(econ: Economics) -> None:
     state = CreatorState()
-    apply_credit(state, batch([(T0 - 10, 3_000)]), T0 - 100)
-    apply_credit(state, batch([(T0 + 10, 5_000)]), T0 - 100)  # a gift after the payout, already in
+    apply_credit(state, batch([(T0 - 10, 3_000)]), 1, 0)
+    apply_credit(state, batch([(T0 + 10, 5_000)]), 2, 0)  # a gift after the payout, already in
     assert state.available == 8_000
     before = copy.deepcopy(state)
     outcome = apply_payout(state, payout(4_000, ts=T0), econ)
@@ -282,12 +282,12 @@ def test_a_credit_later_than_the_payout_is_not_counted(econ: Economics) -> None:
 
 def test_balance_after_of_an_accepted_payout_leaves_out_later_credits(econ: Economics) -> None:
     state = CreatorState()
-    apply_credit(state, batch([(T0 - 10, 3_000), (T0 + 10, 5_000)]), T0 - 100)
+    apply_credit(state, batch([(T0 - 10, 3_000), (T0 + 10, 5_000)]), 1, 0)
     outcome = apply_payout(state, payout(2_500, ts=T0), econ)
     # 3,000 available at T0, 500 of them left; the 5,000 of the later gift stay credited.
     assert outcome == Outcome("p-1", "payout", "accepted", None, "c1", None, 2_500, 1_250, 500, T0)
     assert (state.available, state.lifetime, state.paid_out, state.seq) == (5_500, 8_000, 2_500, 2)
-    assert state.recent == [[T0 - 10, 3_000], [T0 + 10, 5_000]]  # both later than the horizon
+    assert state.recent == [[T0 - 10, 3_000, 1], [T0 + 10, 5_000, 1]]  # their cycle is not covered yet
     # A payout dated after the later gift counts it.
     later = apply_payout(state, payout(5_500, "p-2", ts=T0 + 10), econ)
     assert (later.status, later.balance_after) == ("accepted", 0)
@@ -295,22 +295,24 @@ def test_balance_after_of_an_accepted_payout_leaves_out_later_credits(econ: Econ
 
 
 def test_duplicate_payout_reports_the_balance_at_its_time() -> None:
-    state = CreatorState(3_000, 5_000, 2_000, {}, 4, recent=[[T0 + 1, 1_000]])
+    state = CreatorState(3_000, 5_000, 2_000, {}, 4, recent=[[T0 + 1, 1_000, 1]])
     assert duplicate_payout(state, payout(2_500, ts=T0)).balance_after == 2_000
     assert duplicate_payout(state, payout(2_500, ts=T0 + 1)).balance_after == 3_000
 
 
-def test_recent_keeps_only_credits_later_than_the_horizon() -> None:
+def test_recent_forgets_covered_credits_unless_a_held_payout_is_dated_before_them() -> None:
     state = CreatorState()
-    apply_credit(state, batch([(T0 + 1, 1), (T0 + 5, 2), (T0 + 9, 3)]), T0 + 5)
-    assert state.recent == [[T0 + 9, 3]]  # at or before the horizon: forgotten
-    apply_credit(state, batch([(T0 + 6, 4), (T0 + 20, 5)]), None)  # horizon unknown: keep all
-    assert sorted(state.recent) == [[T0 + 6, 4], [T0 + 9, 3], [T0 + 20, 5]]
-    apply_credit(state, batch([(T0 + 7, 6)]), T0 + 9)  # the horizon prunes the earlier entries too
-    assert state.recent == [[T0 + 20, 5]]
-    apply_credit(state, batch([(T0 + 30, 7)]), T0 + 100)
+    apply_credit(state, batch([(T0 + 1, 1), (T0 + 5, 2)]), 1, 0)
+    apply_credit(state, batch([(T0 + 9, 3)]), 2, 1)  # cycle 1 covered: its credits are forgotten
+    assert state.recent == [[T0 + 9, 3, 2]]
+    state.held = [{"op": "p", "event_id": "p", "creator_id": "c1", "diamonds": 2_000, "ts": T0 + 6, "cycle": 3}]
+    apply_credit(state, batch([(T0 + 4, 4), (T0 + 20, 5)]), 3, 3)
+    # All covered, but the held payout (dated T0 + 6) must leave out what is dated after it.
+    assert state.recent == [[T0 + 9, 3, 2], [T0 + 20, 5, 3]]
+    state.held = []
+    apply_credit(state, batch([(T0 + 30, 6)]), 4, 4)
     assert state.recent == []
-    assert (state.available, state.lifetime, state.seq) == (28, 28, 4)
+    assert (state.available, state.lifetime, state.seq) == (21, 21, 4)
 
 
 def test_recent_is_bounded_by_max_recent() -> None:
@@ -318,9 +320,9 @@ def test_recent_is_bounded_by_max_recent() -> None:
     state = CreatorState()
     n = MAX_RECENT + 5
     # Given in two batches, the newer batch first: the bound keeps the newest entries.
-    apply_credit(state, batch([(T0 + 10 + i, 1) for i in range(n - 10)]), None)
-    apply_credit(state, batch([(T0 + i, 1) for i in range(10)]), None)
+    apply_credit(state, batch([(T0 + 10 + i, 1) for i in range(n - 10)]), 1, 0)
+    apply_credit(state, batch([(T0 + i, 1) for i in range(10)]), 1, 0)
     assert len(state.recent) == MAX_RECENT
-    assert sorted(state.recent) == [[T0 + i, 1] for i in range(5, n)]
+    assert sorted(state.recent) == [[T0 + i, 1, 1] for i in range(5, n)]
     assert (state.available, state.lifetime) == (n, n)  # the bound drops the record, not diamonds
     state.check()

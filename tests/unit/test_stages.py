@@ -14,7 +14,7 @@ import pytest
 
 from agents.credit.agent import CreatorLedger
 from agents.credit.ops import Mark
-from agents.credit.progress import MARK_INTERVAL_MS
+
 from agents.credit.rules import CreditBatch
 from agents.credit.state import CreatorState
 from agents.fraud.concentration import NewSenders
@@ -191,57 +191,55 @@ def test_credits_to_one_creator_are_combined_per_batch(users: UserLedger) -> Non
 def test_end_batch_writes_a_progress_mark_to_every_creator_ops_partition(econ: Economics) -> None:
     stage = UserLedger(econ, 2, 3)
 
-    def batch(events: list[tuple[str, Any]], idle: bool, now_ms: float) -> Batch:
+    def batch(events: list[tuple[str, Any]], applied: dict[str, int] | None) -> Batch:
         out = Output()
-        stage.tick(out, T0 + now_ms)  # the clock as the events', for their time bounds
+        stage.tick(out, T0 + 1_000)  # the clock as the events', for their time bounds
         for topic, item in events:
             stage.handle(topic, item, out)
-        stage.end_batch(out, idle, T0 + now_ms)
+        stage.end_batch(out, False, T0 + 1_000, applied)
         stage.changelog()
         stage.commit()
         return Batch(out, [])
 
-    def marks(ts: int, idle: bool) -> list[tuple[int | None, dict[str, Any]]]:
-        return [(q, {"op": "m", "source": 2, "ts": ts, "idle": idle}) for q in range(3)]
+    def marks(gifts: int, payouts: int) -> list[tuple[int | None, dict[str, Any]]]:
+        return [(q, {"op": "m", "source": 2, "g": gifts, "p": payouts}) for q in range(3)]
 
-    first = batch([recharge("r", 5_000, ts=T0 + 9), gift("g", "galaxy", ts=T0 + 4)], False, 1_000)
-    assert first.marks() == marks(T0 + 9, False)  # the newest event time applied, not the last
+    offsets = {RECHARGES: 7, GIFTS: 4, LIMITS: 0, PAYOUTS: 2}
+    first = batch([recharge("r", 5_000, ts=T0 + 9), gift("g", "galaxy", ts=T0 + 4)], offsets)
+    assert first.marks() == marks(4, 2)  # what is applied of gifts and payouts
     # The mark comes after the batch's credits (and its gift_loop leg: 1,000 coins to one
     # creator), so a creator partition sees them first.
     assert [loads(m.value)["op"] for m in first.out.messages if m.topic == OPS] == ["c", "l", "m", "m", "m"]
     assert all(m.key is None for m in first.out.messages if m.topic == OPS and loads(m.value)["op"] == "m")
-    assert batch([], False, 1_100).marks() == []  # no news: no mark
-    assert batch([recharge("s", 1, ts=T0)], False, 1_200).marks() == []  # an older event does not move it
-    assert batch([], True, 1_300).marks() == marks(T0 + 9, True)  # idle now: news
-    assert batch([], True, 1_300 + MARK_INTERVAL_MS - 1).marks() == []
-    assert batch([], True, 1_300 + MARK_INTERVAL_MS).marks() == marks(T0 + 9, True)  # idle: repeated
-    assert batch([], False, 10_000).marks() == marks(T0 + 9, False)
-    assert batch([], False, 20_000).marks() == []  # busy without progress: not repeated
+    assert batch([], offsets).marks() == []  # no news: no mark
+    assert batch([], {**offsets, RECHARGES: 9}).marks() == []  # recharges credit nobody: not news
+    assert batch([], {**offsets, PAYOUTS: 3}).marks() == marks(4, 3)
+    assert batch([], None).marks() == []  # nothing known of the offsets: nothing claimed
 
 
 def test_marks_of_an_aborted_batch_are_written_again(econ: Economics) -> None:
     stage = UserLedger(econ, 0, 2)
+    applied = {RECHARGES: 1, GIFTS: 0, LIMITS: 0, PAYOUTS: 0}
     out = Output()
     stage.tick(out, T0)
     stage.handle(*recharge("r", 5, ts=T0), out)
-    stage.end_batch(out, False, 0)
+    stage.end_batch(out, False, 0, applied)
     assert len([m for m in out.messages if m.key is None]) == 2
     stage.abort()
     again = Output()
     stage.tick(again, T0)
     stage.handle(*recharge("r", 5, ts=T0), again)
-    stage.end_batch(again, False, 0)
+    stage.end_batch(again, False, 0, applied)
     assert [(m.partition, loads(m.value)) for m in again.messages if m.key is None] == [
-        (q, {"op": "m", "source": 0, "ts": T0, "idle": False}) for q in range(2)]
+        (q, {"op": "m", "source": 0, "g": 0, "p": 0}) for q in range(2)]
 
 
 def test_creator_ledger_applies_marks_to_its_progress(creators: CreatorLedger) -> None:
-    batch = run(creators, [(OPS, Mark(0, T0, False)), (OPS, Mark(0, T0 - 5, True))])
+    batch = run(creators, [(OPS, Mark(0, 5, 3)), (OPS, Mark(0, 4, 9))])
     assert batch.out.outcomes == [] and batch.out.messages == []
     progress = creators.progress_table.get("")
-    assert progress is not None and progress.horizon(1) == T0  # a mark never moves a source back
+    assert progress is not None and progress.applied == {0: (5, 9)}  # a mark never moves a source back
     assert [k for k, _ in batch.changelog] == ["#progress"]
-
 
 def test_rejected_gifts_credit_nothing(users: UserLedger) -> None:
     batch = run(users, [recharge("r", 10), gift("g1", "galaxy"), gift("g2", "rose", creator="u1")])
@@ -284,18 +282,18 @@ def test_user_then_creator_ledger_end_to_end(users: UserLedger, creators: Creato
     gifts = [gift(f"g{i}", "galaxy") for i in range(4)]  # 4,000 coins -> 2,000 diamonds
     batch = run(users, [recharge("r", 10_000), *gifts, payout("p1", 2_000), payout("p2", 2_000)])
     items = [creators.decode(m.topic, m.key, m.value) for m in batch.out.messages if m.topic == OPS]
-    assert [type(item).__name__ for item, _ in items] == ["CreditBatch", "Payout", "Payout", "Leg", "Mark"]
-    assert [ts for _, ts in items] == [T0] * 5
+    assert [type(item).__name__ for item, _ in items] == ["CreditBatch", "Payout", "Payout", "Leg"]
+    assert [ts for _, ts in items] == [T0] * 4
     second = run(creators, [(OPS, item) for item, _ in items])
     assert [(o.event_id, o.status, o.reason, o.usd_cents, o.balance_after) for o in second.out.outcomes] == [
         ("p1", "accepted", None, 1000, 0), ("p2", "rejected", "insufficient_diamonds", None, 0)]
-    # No mark had arrived when the credit was applied: its time is remembered as recent.
+    # No cycle is covered yet: the credit is remembered with its time and cycle.
     assert ledger(creators.table.get("c1")) == CreatorState(
-        0, 2_000, 2_000, {T0 // DAY: 2_000}, 2, [], [[T0, 2_000]], windows={"1m": {T0: 2_000}, "1h": {T0: 2_000}}
+        0, 2_000, 2_000, {T0 // DAY: 2_000}, 2, [], [[T0, 2_000, 1]], windows={"1m": {T0: 2_000}, "1h": {T0: 2_000}}
     )
     assert second.out.diamonds_credited == 2_000
-    assert creators.progress_table.get("") is not None
-    assert creators.progress_table.get("").horizon(1) == T0
+    progress = creators.progress_table.get("")
+    assert progress is not None and (progress.cycle, progress.covered) == (1, 0)
 
 
 # --- creator ledger -----------------------------------------------------------------
@@ -318,7 +316,7 @@ def test_creator_duplicate_for_unknown_creator(creators: CreatorLedger) -> None:
     batch = run(creators, [payout("p", 5_000, "c9"), payout("p", 5_000, "c9")])
     assert [(o.status, o.reason, o.balance_after) for o in batch.out.outcomes] == [
         ("rejected", "insufficient_diamonds", 0), ("duplicate", None, 0)]
-    assert [k for k, _ in batch.changelog] == ["#dd:0"]  # no state for c9
+    assert [k for k, _ in batch.changelog] == ["#progress", "#dd:0"]  # no state for c9 (the cycle number stamped)
 
 
 # --- abort, changelog, restore --------------------------------------------------------
@@ -344,10 +342,11 @@ def test_creator_abort(creators: CreatorLedger) -> None:
     out = Output()
     creators.handle(*payout("p", 2_000), out)
     creators.handle(*credit([(T0 + 1, 1)], 2), out)
-    creators.handle(OPS, Mark(0, T0 + 5, False), out)
+    creators.handle(OPS, Mark(0, 5, 5), out)
     creators.abort()
-    assert creators.table.get("c1") == CreatorState(3_000, 3_000, 0, {20_000: 3_000}, 1, [], [[T0, 3_000]], windows={"1m": {T0: 3_000}, "1h": {T0: 3_000}})
-    assert creators.progress_table.get("") is None  # the aborted mark is gone too
+    assert creators.table.get("c1") == CreatorState(3_000, 3_000, 0, {20_000: 3_000}, 1, [], [[T0, 3_000, 1]], windows={"1m": {T0: 3_000}, "1h": {T0: 3_000}})
+    progress = creators.progress_table.get("")
+    assert progress is not None and progress.applied == {}  # the aborted mark is gone too
     assert creators.changelog() == []
     assert run(creators, [payout("p", 2_000)]).statuses == [("p", "accepted", None)]
 
@@ -383,18 +382,18 @@ def test_user_changelog_restore_reproduces_state_and_dedupe(users: UserLedger, e
 def test_creator_changelog_restore(creators: CreatorLedger, econ: Economics) -> None:
     batches = [
         run(creators, [credit([(T0, 5_000)], 10_000), payout("p1", 2_000), credit([(T0, 9)], 18, creator="c2")]),
-        run(creators, [payout("p2", 2_500), payout("p1", 2_000), (OPS, Mark(0, T0 - 1, False))]),
+        run(creators, [payout("p2", 2_500), payout("p1", 2_000), (OPS, Mark(0, 3, 1))]),
         run(creators, [credit([(T0 - 1, 3), (T0 + 1, 4)], 14, 2, creator="c2")]),
     ]
     fresh = restored(creators, CreatorLedger(econ, sources=1, max_hold_ms=0), batches)
-    assert fresh.table.as_dict()["c1"] == CreatorState(500, 5_000, 4_500, {20_000: 5_000}, 3, [], [[T0, 5_000]], windows={"1m": {T0: 5_000}, "1h": {T0: 5_000}})
-    # The third credit came after the mark at T0 - 1: only its later item is remembered.
+    assert fresh.table.as_dict()["c1"] == CreatorState(500, 5_000, 4_500, {20_000: 5_000}, 3, [], [[T0, 5_000, 1]], windows={"1m": {T0: 5_000}, "1h": {T0: 5_000}})
+    # No cut was ever covered (no cycle was watched): every credit is remembered.
     assert fresh.table.as_dict()["c2"] == CreatorState(
-        16, 16, 0, {19_999: 3, 20_000: 13}, 2, [], [[T0, 9], [T0 + 1, 4]],
+        16, 16, 0, {19_999: 3, 20_000: 13}, 2, [], [[T0 - 1, 3, 1], [T0, 9, 1], [T0 + 1, 4, 1]],
         windows={"1m": {T0: 13, T0 - 60_000: 3}, "1h": {T0: 13, T0 - 3_600_000: 3}},
     )
     assert fresh.progress_table.as_dict() == creators.progress_table.as_dict()
-    assert fresh.progress_table.get("").horizon(1) == T0 - 1
+    assert fresh.progress_table.get("").applied == {0: (3, 1)}
     assert run(fresh, [payout("p2", 2_000)]).statuses == [("p2", "duplicate", None)]
 
 
@@ -451,12 +450,14 @@ def test_far_future_event_of_another_user_does_not_disable_dedupe(users: UserLed
 
 
 def test_abort_takes_back_the_progress_of_the_aborted_batch(users: UserLedger) -> None:
-    """After an abort the next mark must not claim events whose credits were not sent."""
-    run(users, [recharge("r-1", 1_000, ts=T0)])
+    """After an abort the next mark is written again: the aborted one never was."""
+    applied = {RECHARGES: 1, GIFTS: 0, LIMITS: 0, PAYOUTS: 0}
     out = Output()
-    users.handle(topics.RECHARGES, recharge("r-2", 10, ts=T0 + 500)[1], out)
+    users.tick(out, T0)
+    users.end_batch(out, False, T0, applied)
+    assert [m for m in out.messages if m.topic == OPS]
     users.abort()
-    out = Output()
-    users.end_batch(out, False, 0)
-    marks = [loads(m.value) for m in out.messages if m.topic == OPS]
-    assert marks and all(m["ts"] == T0 for m in marks)
+    again = Output()
+    users.end_batch(again, False, T0, applied)
+    marks = [loads(m.value) for m in again.messages if m.topic == OPS]
+    assert marks == [{"op": "m", "source": 0, "g": 0, "p": 0}]

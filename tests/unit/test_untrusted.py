@@ -46,7 +46,7 @@ def test_what_the_pipeline_writes_decodes_back() -> None:
     assert op(payout_op(Payout("p1", "c1", 5_000, NOW))) == Payout("p1", "c1", 5_000, NOW)
     assert op(payout_op(Payout("p1", "c1", 5_000, NOW), refused="invalid_ts")) == Refused(Payout("p1", "c1", 5_000, NOW),
                                                                                            "invalid_ts")
-    assert op(mark_op(3, NOW, True), key=None) == Mark(3, NOW, True)
+    assert op(mark_op(3, 10, 20), key=None) == Mark(3, 10, 20)
     leg = Leg("a", "c1", NOW, NOW + 5, 1_000, ("g1", "g2"))
     assert op(leg.to_op(), key=b"a") == leg
 
@@ -77,9 +77,10 @@ def test_a_record_the_pipeline_could_not_have_written_is_malformed(value: Any, w
 
 
 def test_marks_and_keys_are_checked() -> None:
-    assert "source must be" in op(mark_op(4, NOW, False), key=None).error  # 4 partitions: 0..3
-    assert "idle must be" in op({"op": "m", "source": 1, "ts": NOW, "idle": 1}, key=None).error
-    assert "key must be" in op(mark_op(1, NOW, False), key=b"c1").error
+    assert "source must be" in op(mark_op(4, 0, 0), key=None).error  # 4 partitions: 0..3
+    assert "g must be" in op({"op": "m", "source": 1, "g": -1, "p": 0}, key=None).error
+    assert "p must be" in op({"op": "m", "source": 1, "g": 0, "p": True}, key=None).error
+    assert "key must be" in op(mark_op(1, 0, 0), key=b"c1").error
     assert "key must be" in op(payout_op(Payout("p1", "c2", 5_000, NOW)), key=b"c1").error
     assert "key must be" in op(batch_op(CreditBatch("c1", 2, 1, ((NOW, 1),))), key=None).error
 
@@ -159,7 +160,6 @@ def test_out_of_time_events_change_nothing() -> None:
     refused = [json.loads(m.value) for m in out.messages if m.topic == topics.CREATOR_OPS and b'"p"' in m.value]
     assert [(r["event_id"], r["r"]) for r in refused] == [(f"p{i}", "invalid_ts") for i in range(4)]
     users.end_batch(out, True, NOW)
-    assert users.progress_ts == NOW  # the far-future events did not move the payout progress
     state = users.table.get("u1")
     assert state is not None and (state.balance, state.day_spend) == (1_000, {})
     users.changelog()
@@ -221,3 +221,40 @@ def test_only_content_errors_count_against_the_batch() -> None:
     assert not _failure([("gifts", 1)], errors.KafkaConnectionError()).for_content
     assert not _failure([("gifts", 1)], errors.ProducerFenced()).for_content
     assert not _failure([("gifts", 1)], errors.TopicAuthorizationFailedError()).for_content
+
+
+# --- signed internal records ---------------------------------------------------------
+
+
+def test_a_tag_binds_topic_partition_key_and_value_and_rotates() -> None:
+    from pipeline.engine.signing import HEADER, Signer
+
+    old, new = b"o" * 32, b"n" * 32
+    signer = Signer((old,))
+    headers = signer.headers("t-ledger-users-changelog", 3, b"u1", b'{"b": 1}')
+    assert signer.verified("t-ledger-users-changelog", 3, b"u1", b'{"b": 1}', headers)
+    for other in (("t-ledger-creators-changelog", 3, b"u1", b'{"b": 1}'), ("t-ledger-users-changelog", 2, b"u1", b'{"b": 1}'),
+                  ("t-ledger-users-changelog", 3, b"u2", b'{"b": 1}'), ("t-ledger-users-changelog", 3, b"u1", b'{"b": 2}'),
+                  ("t-ledger-users-changelog", 3, None, b'{"b": 1}'), ("t-ledger-users-changelog", 3, b"u1", None)):
+        assert not signer.verified(*other, headers), other
+    assert not signer.verified("t-ledger-users-changelog", 3, b"u1", b'{"b": 1}', [])  # unsigned
+    assert not signer.verified("t-ledger-users-changelog", 3, b"u1", b'{"b": 1}', headers * 2)  # two tags
+    assert not signer.verified("t-ledger-users-changelog", 3, b"u1", b'{"b": 1}', [(HEADER, b"x" * 16)])
+    rotating = Signer((new, old))
+    assert rotating.verified("t-ledger-users-changelog", 3, b"u1", b'{"b": 1}', headers)  # the old key still reads
+    assert not Signer((new,)).verified("t-ledger-users-changelog", 3, b"u1", b'{"b": 1}', headers)
+    assert Signer((new,), accept_unsigned=True).verified("t", 0, b"k", b"v", [])  # a transition only
+    assert not Signer((new,), accept_unsigned=True).verified("t", 0, b"k", b"v", headers)  # a wrong tag never
+
+
+def test_internal_key_settings() -> None:
+    from pipeline.settings import ConfigError, load
+
+    assert load({"PIPELINE_INTERNAL_KEY": "a" * 32}).internal_keys == ("a" * 32,)
+    assert load({"PIPELINE_INTERNAL_KEY": "a" * 32 + "," + "b" * 32}).internal_keys == ("a" * 32, "b" * 32)
+    for bad in ({"PIPELINE_INTERNAL_KEY": "short"}, {"PIPELINE_INTERNAL_KEY": ",".join(["a" * 32] * 3)},
+                {"PIPELINE_ACCEPT_UNSIGNED": "1"}, {"PIPELINE_INTERNAL_KEY": "a" * 32, "PIPELINE_ACCEPT_UNSIGNED": "yes"}):
+        with pytest.raises(ConfigError) as err:
+            load(bad)
+        assert "a" * 32 not in str(err.value)
+    assert "a" * 32 not in repr(load({"PIPELINE_INTERNAL_KEY": "a" * 32}))
