@@ -64,6 +64,9 @@ class LedgerService(Service):
         self.fleet = fleet.Publisher(settings, lambda: self.engine.processed_total, lambda: len(self.engine.tasks))
 
     async def on_start(self) -> None:
+        if not self.settings.internal_keys:
+            log.warning("PIPELINE_INTERNAL_KEY is not set: internal topics are protected by Kafka ACLs alone "
+                        "(python -m pipeline acls); set it to sign and verify every internal record")
         await self.engine.start()
         self.add_future(self._run())
         self.add_future(self.read_model.retry_forever())

@@ -18,6 +18,11 @@ that runner, before the server starts, with one whose connections are
   byte);
 - beyond `http_max_connections` open connections a new one is closed at once,
   unanswered (reading its request first would cost what the cap saves);
+- so is a client's new one beyond `http_max_connections_per_client` open connections
+  from its IP address (the transport's peername), while other clients are still
+  served: one client cannot take all the places of the global cap. The count of each
+  address is exact (every accepted connection is counted down on its connection_lost,
+  whatever closes it) and only addresses with an open connection are kept;
 - every response says `Server: coin-ledger` (no versions) and carries
   `X-Content-Type-Options: nosniff`, also the parser's own refusals (an oversized
   request line), which are JSON like every other error.
@@ -62,11 +67,12 @@ class Limits:
     head_timeout_s: float
     idle_timeout_s: float
     max_connections: int
+    max_connections_per_client: int
 
     @classmethod
     def of(cls, settings: Settings) -> "Limits":
         return cls(float(settings.http_head_timeout_s), float(settings.http_idle_timeout_s),
-                   settings.http_max_connections)
+                   settings.http_max_connections, settings.http_max_connections_per_client)
 
 
 class _Tally:
@@ -86,8 +92,19 @@ class _Tally:
 
 
 _REFUSED = _Tally("HTTP: refused %d connection(s) at the cap of %d open ones (PIPELINE_HTTP_MAX_CONNECTIONS)")
+_REFUSED_CLIENT = _Tally("HTTP: refused %d connection(s) of clients at their cap of %d open ones each "
+                         "(PIPELINE_HTTP_MAX_CONNECTIONS_PER_CLIENT; behind a proxy, raise it), the last from %s")
 _SLOW_HEADS = _Tally("HTTP: closed %d connection(s) whose request head took over %.0f s "
                      "(PIPELINE_HTTP_HEAD_TIMEOUT_S)")
+
+
+def _peer_of(transport: asyncio.BaseTransport) -> str | None:
+    """The client's IP address (IPv4 or IPv6, as the peername gives it); None when the
+    transport has none (not TCP), which no per-client cap applies to."""
+    peername = transport.get_extra_info("peername")
+    if isinstance(peername, (tuple, list)) and peername and isinstance(peername[0], str):
+        return peername[0]
+    return None
 
 
 def _error_body(status: int) -> bytes:
@@ -105,13 +122,15 @@ def _raw_response(status: int) -> bytes:
 
 
 class GuardedRequestHandler(RequestHandler):
-    """One HTTP connection, with a head deadline and the connection cap."""
+    """One HTTP connection, with a head deadline and the connection caps."""
 
-    __slots__ = ("_limits", "_refused", "_head_timer", "_last_payload")
+    __slots__ = ("_limits", "_peers", "_peer", "_refused", "_head_timer", "_last_payload")
 
-    def __init__(self, manager: Server, *, limits: Limits, **kwargs: Any) -> None:
+    def __init__(self, manager: Server, *, limits: Limits, peers: dict[str, int], **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._limits = limits
+        self._peers = peers  # the server's open connections per client address
+        self._peer: str | None = None  # this connection's address while it is counted in _peers
         self._refused = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._last_payload: Any = None  # the body stream of the last parsed request
@@ -123,12 +142,38 @@ class GuardedRequestHandler(RequestHandler):
             transport.close()
             _REFUSED.note(self._limits.max_connections)
             return
-        super().connection_made(transport)
+        peer = _peer_of(transport)
+        if peer is not None:
+            held = self._peers.get(peer, 0)
+            if held >= self._limits.max_connections_per_client:
+                self._refused = True
+                transport.close()
+                _REFUSED_CLIENT.note(self._limits.max_connections_per_client, peer)
+                return
+            self._peers[peer] = held + 1
+            self._peer = peer  # counted down on connection_lost, whatever closes the connection
+        try:
+            super().connection_made(transport)
+        except BaseException:
+            self._uncount()
+            raise
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_head_timer()
+        self._uncount()
         if not self._refused:  # a refused connection was never registered
             super().connection_lost(exc)
+
+    def _uncount(self) -> None:
+        """This connection's place in its client's count, given back once."""
+        peer, self._peer = self._peer, None
+        if peer is None:
+            return
+        left = self._peers.get(peer, 0) - 1
+        if left > 0:
+            self._peers[peer] = left
+        else:
+            self._peers.pop(peer, None)  # only clients with open connections are kept
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -178,9 +223,10 @@ class GuardedServer(Server):
         super().__init__(base.request_handler, request_factory=base.request_factory,
                          handler_cancellation=base.handler_cancellation, loop=base._loop, **base._kwargs)
         self.limits = limits
+        self.peers: dict[str, int] = {}  # open connections per client address (none: not kept)
 
     def __call__(self) -> RequestHandler:
-        return GuardedRequestHandler(self, loop=self._loop, limits=self.limits, **self._kwargs)
+        return GuardedRequestHandler(self, loop=self._loop, limits=self.limits, peers=self.peers, **self._kwargs)
 
 
 class GuardedRunner(web.AppRunner):

@@ -24,6 +24,7 @@ class ConfigError(Exception):
 _INT_RE = re.compile(r"-?[0-9]{1,18}")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
+_INTERNAL_KEY_RE = re.compile(r"[A-Za-z0-9._~+/=-]{32,256}")
 MAX_HTTP_TOKENS = 2  # the new and the old one, during a rotation
 DEFAULT_MAX_CLOCK_SKEW_MS = 5 * 60_000  # CONTRACT.md, Economics: "at most 5 minutes ahead"
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -59,6 +60,12 @@ class Settings:
     # accepts (empty: open). Two during a rotation: the new one first, which our own
     # clients send.
     http_tokens: tuple[str, ...] = field(default=(), repr=False)
+    # Keys that sign and verify internal records (pipeline/engine/signing.py): the first
+    # signs; empty: internal topics are protected by Kafka ACLs alone.
+    internal_keys: tuple[str, ...] = field(default=(), repr=False)
+    # While a key is introduced on a deployment that ran without one: unsigned internal
+    # records (never a wrongly signed one) are still read.
+    accept_unsigned: bool = False
     # HTTP limits (pipeline/http_guard.py): a request head must be complete within
     # http_head_timeout_s of its first byte (an unneeded body is drained for as long at
     # most); a keep-alive connection idle for http_idle_timeout_s is closed (keep it
@@ -67,6 +74,11 @@ class Settings:
     http_head_timeout_s: int = 10
     http_idle_timeout_s: int = 30
     http_max_connections: int = 1000
+    # At most http_max_connections_per_client open connections per peer IP address,
+    # beyond which that client's new ones are closed at once (others are still served).
+    # Behind a proxy every client has the proxy's address: raise it to the proxy's
+    # connection pool (up to http_max_connections).
+    http_max_connections_per_client: int = 64
     # Kafka security: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL mechanism and
     # credentials; a CA file for TLS (None: the system's).
     kafka_security_protocol: str = "PLAINTEXT"
@@ -168,6 +180,16 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if len(tokens) > MAX_HTTP_TOKENS or not all(_TOKEN_RE.fullmatch(t) for t in tokens):
         raise ConfigError(f"PIPELINE_HTTP_TOKEN must be one token, or {MAX_HTTP_TOKENS} separated by a comma while "
                           "rotating, each 16 to 256 characters of letters, digits and -._~+/= (e.g. `openssl rand -hex 32`)")
+    raw_keys = env.get("PIPELINE_INTERNAL_KEY") or ""
+    internal_keys = tuple(k.strip() for k in raw_keys.split(",")) if raw_keys else ()
+    if len(internal_keys) > MAX_HTTP_TOKENS or not all(_INTERNAL_KEY_RE.fullmatch(k) for k in internal_keys):
+        raise ConfigError("PIPELINE_INTERNAL_KEY must be one key, or 2 separated by a comma while rotating (the new "
+                          "one first), each 32 to 256 characters of letters, digits and -._~+/= "
+                          "(e.g. `openssl rand -hex 32`)")
+    accept_unsigned = env.get("PIPELINE_ACCEPT_UNSIGNED", "0").strip()
+    if accept_unsigned not in ("0", "1") or (accept_unsigned == "1" and not internal_keys):
+        raise ConfigError("PIPELINE_ACCEPT_UNSIGNED must be 0 (default) or 1, and 1 only with PIPELINE_INTERNAL_KEY "
+                          "(while a key is introduced on a deployment that ran without one)")
     protocol = env.get("PIPELINE_KAFKA_SECURITY_PROTOCOL", d.kafka_security_protocol).strip().upper()
     if protocol not in _PROTOCOLS:
         raise ConfigError(f"PIPELINE_KAFKA_SECURITY_PROTOCOL={protocol!r}; use one of {', '.join(_PROTOCOLS)}")
@@ -207,9 +229,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ),
         hold_suspicious_payouts=hold == "1",
         http_tokens=tokens,
+        internal_keys=internal_keys,
+        accept_unsigned=accept_unsigned == "1",
         http_head_timeout_s=_int(env, "PIPELINE_HTTP_HEAD_TIMEOUT_S", d.http_head_timeout_s, 1, 300),
         http_idle_timeout_s=_int(env, "PIPELINE_HTTP_IDLE_TIMEOUT_S", d.http_idle_timeout_s, 1, 3600),
         http_max_connections=_int(env, "PIPELINE_HTTP_MAX_CONNECTIONS", d.http_max_connections, 1, 100_000),
+        http_max_connections_per_client=_int(env, "PIPELINE_HTTP_MAX_CONNECTIONS_PER_CLIENT",
+                                             d.http_max_connections_per_client, 1, 100_000),
         kafka_security_protocol=protocol,
         kafka_sasl_mechanism=mechanism,
         kafka_username=username,

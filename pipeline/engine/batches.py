@@ -15,14 +15,18 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline.engine.partitioning import partition_for
+from pipeline.engine.signing import Signer
 from pipeline.invariants import require
 
 _partitioner = DefaultPartitioner()
 
 
 class RecordBatches:
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(self, producer: AIOKafkaProducer, signer: Signer | None = None,
+                 signed: frozenset[str] = frozenset()) -> None:
         self.producer = producer
+        self.signer = signer  # signs the records of the `signed` topics (signing.py)
+        self.signed = signed
         self._open: dict[tuple[str, int], Any] = {}  # (topic, partition) -> BatchBuilder
         self._partitions: dict[str, list[int]] = {}
         self._sent: list[asyncio.Future[Any]] = []
@@ -30,14 +34,16 @@ class RecordBatches:
     async def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         if partition is None:
             partition = await self._partition_for(topic, key)
+        headers = self.signer.headers(topic, partition, key, value) if self.signer and topic in self.signed else []
         builder = self._open.get((topic, partition))
         if builder is None:
             builder = self._open[topic, partition] = self.producer.create_batch()
-        if builder.append(timestamp=None, key=key, value=value) is None:
+        if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
             # Full: ship it and start the next one (a first record always fits).
             await self._ship(topic, partition, builder)
             builder = self._open[topic, partition] = self.producer.create_batch()
-            require(builder.append(timestamp=None, key=key, value=value) is not None, "a first record fits a batch")
+            require(builder.append(timestamp=None, key=key, value=value, headers=headers) is not None,
+                    "a first record fits a batch")
 
     async def _partition_for(self, topic: str, key: bytes | None) -> int:
         parts = self._partitions.get(topic)

@@ -2,7 +2,8 @@
 (an oversized request line is refused by the HTTP parser itself, still a 4xx), and the
 worker logs no traceback. Hostile connections (pipeline/http_guard.py): a head that never
 ends or trickles in (slowloris), an idle keep-alive connection, more connections than the
-cap; and what every response says of the server (no versions, nosniff)."""
+cap, more connections from one client than its own cap; and what every response says of
+the server (no versions, nosniff)."""
 
 from __future__ import annotations
 
@@ -288,6 +289,66 @@ def test_connections_beyond_the_cap_are_refused_and_the_worker_still_serves(depl
         conn.close()
     assert served_once_freed(worker)[0] == 200
     assert "PIPELINE_HTTP_MAX_CONNECTIONS" in worker.log_path.read_text()
+
+
+PER_CLIENT = 4
+FIRST, OTHER = "127.0.0.1", "127.0.0.2"  # two clients: all of 127.0.0.0/8 is loopback on Linux
+
+
+def held_from(worker: Worker, source: str, timeout_s: float = 5.0) -> http.client.HTTPConnection:
+    """A connection from `source`, answered once and kept alive (counted by the server);
+    retried while refused, as a place is free only once the worker has seen a close."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=5, source_address=(source, 0))
+        try:
+            conn.request("GET", "/health")
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.read() and not resp.will_close and conn.sock is not None
+            assert conn.sock.getsockname()[0] == source
+            return conn
+        except (ConnectionError, http.client.RemoteDisconnected):
+            conn.close()
+            assert time.monotonic() < deadline, f"no place for {source}"
+            time.sleep(0.1)
+
+
+def assert_refused_at_once(worker: Worker, source: str) -> None:
+    sock = socket.create_connection(("127.0.0.1", worker.port), timeout=5, source_address=(source, 0))
+    started = time.monotonic()
+    try:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    except ConnectionError:
+        pass  # closed before the request was even sent
+    took, data = read_until_closed(sock, started, limit_s=5)
+    assert data == b"" and took < 2, (source, took, data)  # closed at once, unanswered
+
+
+def test_one_client_beyond_its_cap_is_refused_while_others_are_served(deployment, workers: list[Worker]) -> None:  # type: ignore[no-untyped-def]
+    deployment.extra_env["PIPELINE_HTTP_MAX_CONNECTIONS_PER_CLIENT"] = str(PER_CLIENT)
+    deployment.create_topics()
+    worker = Worker(deployment, "worker")
+    workers.append(worker.start())
+    first = [held_from(worker, FIRST) for _ in range(PER_CLIENT)]
+    for _ in range(3):
+        assert_refused_at_once(worker, FIRST)
+    other = [held_from(worker, OTHER, timeout_s=0.0) for _ in range(PER_CLIENT)]  # served at once, all of them
+    assert_refused_at_once(worker, OTHER)  # its own cap, too
+    assert_refused_at_once(worker, FIRST)
+
+    first.pop().close()
+    first.append(held_from(worker, FIRST))  # the freed place is the first client's again
+    assert_refused_at_once(worker, FIRST)  # and only that one
+    for conn in first + other:
+        conn.close()
+    # Every refusal and close counted exactly: each client has all its places again.
+    first = [held_from(worker, FIRST) for _ in range(PER_CLIENT)]
+    assert_refused_at_once(worker, FIRST)
+    for conn in first:
+        conn.close()
+    assert served_once_freed(worker)[0] == 200
+    log_text = worker.log_path.read_text()
+    assert "PIPELINE_HTTP_MAX_CONNECTIONS_PER_CLIENT" in log_text and FIRST in log_text  # said, rate-limited
 
 
 def test_an_internal_error_is_json_with_the_same_headers(deployment: Deployment) -> None:

@@ -230,3 +230,44 @@ def test_nothing_above_stopped_the_worker(live: tuple[Deployment, Worker]) -> No
     assert outcomes(d, "last")["last"]["status"] == "accepted"
     assert worker.proc.poll() is None and not worker.crashes()
 
+
+
+KEY = "k" * 40
+
+
+def test_with_a_key_forged_internal_records_that_pass_every_check_are_refused_even_after_a_restart(
+    deployment: Deployment, workers: list[Worker]
+) -> None:
+    """Content that passes every check (a consistent balance of 10^12, a credit within
+    the creator share, a planted event id) written to the changelogs and creator-ops by
+    someone who is not the pipeline: with PIPELINE_INTERNAL_KEY it is unsigned, a dead
+    letter, and the restarted worker restores the real state."""
+    deployment.extra_env["PIPELINE_INTERNAL_KEY"] = KEY
+    deployment.create_topics()
+    first = Worker(deployment, "signed-1")
+    workers.append(first.start())
+    send(deployment, recharge("sig-r1", "sig-u", 1_000))
+    assert outcomes(deployment, "sig-r1")["sig-r1"]["balance_after"] == 1_000
+    users_log, ops = topics.USERS_CHANGELOG, topics.CREATOR_OPS
+    forged_state = {"b": 10**12, "r": 10**12, "s": 0, "l": None, "d": [], "q": 99}
+    partition = partition_for(b"sig-u", PARTITIONS)
+    send(deployment,
+         (users_log, b"sig-u", json.dumps(forged_state).encode(), partition),
+         (users_log, b"sig-ghost", json.dumps(forged_state).encode(), partition),
+         (users_log, b"#dd:77", json.dumps({"t": now_ms(), "w": now_ms(), "k": ["r|sig-u|sig-planted"]}).encode(),
+          partition),
+         (ops, b"sig-c", json.dumps({"op": "c", "creator_id": "sig-c", "coins": 200_000, "gifts": 1,
+                                     "items": [[now_ms(), 100_000]], "n": []}).encode()))
+    [credit] = letters(deployment, ops, 1, lambda x: "not signed" in x["error"])
+    assert credit["payload_bytes"] > 0
+    first.stop()
+    second = Worker(deployment, "signed-2")
+    workers.append(second.start())
+    found = letters(deployment, users_log, 3, lambda x: "not signed" in x["error"])
+    assert len(found) == 3  # each forged state record, left out of the restore
+    send(deployment, recharge("sig-planted", "sig-u", 5),
+         event("payouts", event_id="sig-p", creator_id="sig-c", diamonds=100_000, ts=now_ms()))
+    out = outcomes(deployment, "sig-planted", "sig-p")
+    assert (out["sig-planted"]["status"], out["sig-planted"]["balance_after"]) == ("accepted", 1_005)
+    assert (out["sig-p"]["reason"], out["sig-p"]["balance_after"]) == ("insufficient_diamonds", 0)
+    assert second.get("/users/sig-ghost")[1]["coins"] == 0
