@@ -5,10 +5,14 @@ user sit in two topics, and what a fetch returns first depends on timing (a back
 fetched after a restart can deliver a thousand gifts before their recharges). As Kafka
 Streams does (KIP-695), the merge takes the record with the smallest event time among
 the heads of the buffers, and holds back while an input with no buffered record is
-known to have unread data (its position is below its last stable offset): that data
-is on its way, however long it takes. Only an input whose lag is unknown (no fetch
-answered for it yet) is waited for at most `max_idle_ms`. Each input keeps its own
-partition order; ties go to the input listed first.
+known to have unread data (its position is below its end offset as asked after the
+fetch: causal order, see engine.py): that data is on its way, however long it takes.
+An input whose lag is unknown (`caught_up` gives None; the engine never does) would
+be waited for at most `max_idle_ms`. Each input keeps its own
+partition order. Equal event times go by the records' Kafka timestamps (when each was
+written, by the broker's clock on topics the pipeline creates), then by the input listed
+first: an event acknowledged before another of the same time was produced goes first
+unless both were written in the same millisecond.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ class Pending:
     key: bytes | None
     value: bytes | None
     item: Any
+    # The record's Kafka timestamp: among equal event times, the one written first goes
+    # first (the pipeline creates its inputs with LogAppendTime: the broker's clock).
+    written: int = 0
+    appended: int = 0  # the same, if the broker's clock set it (LogAppendTime), else 0
 
 
 class EventTimeMerge:
@@ -56,11 +64,11 @@ class EventTimeMerge:
         buffers = [(i, self.buffers[t]) for i, t in enumerate(self.inputs)]
         while True:
             best: deque[Pending] | None = None
-            best_key = (0, 0)
+            best_key = (0, 0, 0)
             lagging = unknown = False
             for i, buf in buffers:
                 if buf:
-                    key = (buf[0].ts, i)
+                    key = (buf[0].ts, buf[0].written, i)
                     if best is None or key < best_key:
                         best, best_key = buf, key
                 else:

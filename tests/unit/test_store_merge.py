@@ -334,3 +334,13 @@ def test_a_far_future_segment_does_not_hold_back_expiry_of_later_ones() -> None:
         batch(index, {f"k{i}": int(now[0] * 1000)})
     assert not index.seen("future") and not index.seen("k0")
     assert len(index.segments) <= 2
+
+
+def test_equal_event_times_go_by_when_each_record_was_written() -> None:
+    """Causal order among equal event times: a gift written (and acknowledged) before a
+    recharge of the same time goes first, though recharges are listed first."""
+    merge = EventTimeMerge(("recharges", "gifts"), 0)
+    merge.add(Pending(100, "recharges", 0, None, None, "r", 2_000))
+    merge.add(Pending(100, "gifts", 0, None, None, "g", 1_999))
+    merge.add(Pending(100, "gifts", 1, None, None, "g2", 2_000))
+    assert [p.item for p in merge.drain(lambda topic: True, 0)] == ["g", "r", "g2"]  # then input order
