@@ -84,7 +84,7 @@ def create_app() -> faust.App:
             if event.message.topic == s.topic(CREDITS):
                 op = loads(event.value)
                 state = CreatorState.from_json(creators[op["c"]]) if op["c"] in creators else CreatorState()
-                apply_credit(state, CreditBatch(op["c"], op["coins"], 1, ((op["ts"], op["d"]),)), op["ts"])
+                apply_credit(state, CreditBatch(op["c"], op["coins"], 1, ((op["ts"], op["d"]),)), 0, 0)  # not remembered
                 creators[op["c"]] = state.to_json()
                 await redis.zadd(prefix + leaderboards.CREATORS_ALL, {op["c"]: state.lifetime})
                 continue

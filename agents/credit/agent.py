@@ -9,10 +9,11 @@ payout that are already in are left out of its decision (`recent`).
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from typing import Any
 
-from agents.credit.ops import Mark, Op, Refused, decode_op, parse_op, payout_op
+from agents.credit.ops import Forwarded, Mark, Op, Refused, decode_op, parse_op, payout_op
 from agents.credit.progress import Progress
 from agents.credit.rules import HELD, CreditBatch, apply_credit, apply_payout, duplicate_payout, refused_payout
 from agents.ingest.decode import Malformed
@@ -28,12 +29,17 @@ from pipeline.engine.codec import loads
 from pipeline.engine.kv import KV
 from pipeline.engine.stage import Output, ReadModelUpdate, Stage
 from pipeline.engine.store import Store
+from pipeline.invariants import require
+
+log = logging.getLogger(__name__)
 
 PROGRESS_PREFIX = "#progress"
 LOOP_PREFIX = "#loop"  # gift_loop legs, by the pair's smaller account (agents/fraud/loop.py)
-# Longest a payout waits for the progress of every user partition, in real time, counted
-# from its arrival or from this partition's start (a restart is not a reason to give up).
+# Longest a payout waits for a user partition that sends no progress, in real time,
+# counted from its arrival or from this partition's start (a restart is not a reason to
+# give up); one that keeps progressing is waited for (CreatorLedger._stalled).
 MAX_HOLD_MS = 30_000
+MAX_TIME_CUTS = 64
 
 
 class CreatorLedger(Stage):
@@ -65,6 +71,12 @@ class CreatorLedger(Stage):
         # and the cycle counters, ahead of what is persisted.
         self._cuts: deque[tuple[int, dict[int, tuple[int, int]]]] = deque()
         self._cycle, self._covered = 1, 0
+        self._cut: dict[int, tuple[int, int]] | None = None  # this cycle's, if known
+        # Cuts at broker times (watch_time), the latest MAX_TIME_CUTS; lost on a restart,
+        # when held payouts fall back to cycle cuts until they are asked again.
+        self._time_cuts: list[tuple[int, dict[int, tuple[int, int]]]] = []
+        self._marked_at: dict[int, float] = {}  # source -> when its offsets last moved (this instance's clock)
+        self._want: int | None = None
         self._committed_covered = 0
 
     def decode(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[Op | Malformed, int | None]:
@@ -77,14 +89,22 @@ class CreatorLedger(Stage):
         cut = None
         if ends:
             cut = {q: (ends[(topics.GIFTS, q)], ends[(topics.PAYOUTS, q)]) for q in range(self.sources)}
+        self._cut = cut
         p = self._progress()
         p.cut(cut)
         self._sync(p)
 
-    def handle(self, topic: str, item: Any, out: Output) -> None:
+    def handle(self, topic: str, item: Any, out: Output, appended: int = 0) -> None:
         if isinstance(item, Mark):
+            if self._cut is not None:
+                # A source applied what it had fetched, all below the ends asked after
+                # this mark was fetched: a mark beyond them was not written by a source.
+                gifts, payouts = self._cut[item.source]
+                require(item.gifts <= gifts and item.payouts <= payouts, "a progress mark within its topics' ends")
             p = self._progress()
-            p.record(item.source, (item.gifts, item.payouts))
+            if (item.gifts, item.payouts) != p.applied.get(item.source):
+                self._marked_at[item.source] = self._now_ms  # progress, for _stalled
+            p.record(item.source, (item.gifts, item.payouts), item.newest)
             self._sync(p)
             self._release_all(out)
         elif isinstance(item, CreditBatch):
@@ -98,11 +118,13 @@ class CreatorLedger(Stage):
             pairs.seq += 1
             pairs.check()
         else:
-            op = dict(payout_op(item), cycle=self._stamp(), at=self._now_ms)
-            current = self.table.get(item.creator_id)
+            payout, written = (item.payout, item.appended) if isinstance(item, Forwarded) else (item, 0)
+            op = dict(payout_op(payout, appended=written), cycle=self._stamp(), at=self._now_ms)
+            current = self.table.get(payout.creator_id)
             if (current is None or not current.held) and self._decidable(op):
-                self._payout(item, out)
+                self._payout(payout, out)
                 return
+            item = payout
             if current is not None and len(current.held) >= MAX_HELD:
                 self._release(item.creator_id, out, force=1)  # bounded: the oldest goes now
             state = self.table.for_update(item.creator_id)
@@ -136,11 +158,49 @@ class CreatorLedger(Stage):
         return cycle
 
     def _decidable(self, payout: dict[str, Any]) -> bool:
-        """The cycle it was read in is covered (every credit of a gift acknowledged
-        before it was produced is in), or it has waited the longest hold."""
+        """Every credit of a gift acknowledged before it was produced is in: the cycle
+        it was read in is covered, or (sooner, in a backlog) a cut at the broker time
+        it was written is reached; or it has waited the longest hold."""
         started = self._now_ms if self._started_ms is None else self._started_ms
         waited = self._now_ms - max(payout["at"], started)
-        return payout.get("cycle", 0) <= self._covered or waited >= self.max_hold_ms
+        if payout.get("cycle", 0) <= self._covered:
+            return True
+        read_in = next((cut for cycle, cut in self._cuts if cycle == payout.get("cycle")), None)
+        if waited >= self.max_hold_ms and self._stalled(read_in, started):
+            log.warning("payout %s decided after waiting %.0f s for a source that sends no progress (no worker?): "
+                        "credits it has not applied are not counted", payout["event_id"], waited / 1000)
+            return True
+        written = payout.get("w", 0)
+        if not written:
+            return False
+        p = self._progress()
+        if any(at > written and p.reached(cut) for at, cut in self._time_cuts):
+            # Causally complete; and, as in a backlog replayed in event-time order, every
+            # source is past the payout's time or has nothing more that was there when
+            # it was read.
+            return p.passed(payout["ts"], read_in, self.sources)
+        self._want = max(self._want or 0, written + 1)
+        return False
+
+    def _stalled(self, cut: dict[int, tuple[int, int]] | None, started: float) -> bool:
+        """Every source still short of `cut` (any, if unknown) has sent no progress mark
+        for the longest hold: it has no worker, or is stuck. A source that is merely
+        behind (a backlog) keeps marking, and the payout keeps waiting for it."""
+        p = self._progress()
+        short = [q for q in range(self.sources) if cut is None or q not in cut or q not in p.applied
+                 or p.applied[q][0] < cut[q][0] or p.applied[q][1] < cut[q][1]]
+        return all(self._now_ms - self._marked_at.get(q, started) >= self.max_hold_ms for q in short)
+
+    def wanted_time(self) -> int | None:
+        """A cut at the broker time just after a held payout was written: everything
+        acknowledged before it was produced lies below (agents/credit/progress.py)."""
+        want, self._want = self._want, None
+        return want
+
+    def watch_time(self, at: int, offsets: dict[tuple[str, int], int]) -> None:
+        cut = {q: (offsets[(topics.GIFTS, q)], offsets[(topics.PAYOUTS, q)]) for q in range(self.sources)}
+        self._time_cuts.append((at, cut))
+        del self._time_cuts[:-MAX_TIME_CUTS]
 
     def _release_all(self, out: Output) -> None:
         waiting = self.holding | {k for k, (v, _) in self.table.dirty.items() if v.held}

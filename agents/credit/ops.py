@@ -50,12 +50,16 @@ def batch_op(batch: CreditBatch) -> dict[str, Any]:
     }
 
 
-def payout_op(ev: Payout, refused: str | None = None) -> dict[str, Any]:
+def payout_op(ev: Payout, refused: str | None = None, appended: int = 0) -> dict[str, Any]:
     """`refused`: the user ledger's reason to reject it before any other check
-    (invalid_ts); the creator ledger answers it with the creator's balance."""
-    op = {"op": "p", "event_id": ev.event_id, "creator_id": ev.creator_id, "diamonds": ev.diamonds, "ts": ev.ts}
+    (invalid_ts); the creator ledger answers it with the creator's balance.
+    `appended`: when the broker wrote the payout (LogAppendTime; agents/credit/progress.py)."""
+    op: dict[str, Any] = {"op": "p", "event_id": ev.event_id, "creator_id": ev.creator_id, "diamonds": ev.diamonds,
+                          "ts": ev.ts}
     if refused is not None:
         op["r"] = refused
+    if appended > 0:
+        op["w"] = appended
     return op
 
 
@@ -83,12 +87,13 @@ class Mark:
     source: int
     gifts: int
     payouts: int
+    newest: int = 0  # the newest event time it applied (in time: CONTRACT.md bounds it)
 
-    ts = 0  # merged as early as possible: a mark has no event time
+    ts = 0  # merged as early as possible: a mark is not an event
 
 
-def mark_op(source: int, gifts: int, payouts: int) -> dict[str, Any]:
-    return {"op": "m", "source": source, "g": gifts, "p": payouts}
+def mark_op(source: int, gifts: int, payouts: int, newest: int = 0) -> dict[str, Any]:
+    return {"op": "m", "source": source, "g": gifts, "p": payouts, "t": newest}
 
 
 # Bounds of a well-formed record. A batch of the user ledger holds at most 100,000 input
@@ -98,7 +103,24 @@ MAX_OP_IDS = 100
 MAX_TS = 253_402_300_799_999
 MAX_PAYOUT_DIAMONDS = 10**12
 MAX_OFFSET = 2**63 - 1
-Op = CreditBatch | Payout | Refused | Mark | Leg
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """A payout as the user ledger forwards it, with when the broker wrote it (0 if
+    its topic does not keep the broker's time)."""
+
+    payout: Payout
+    appended: int
+
+    @property
+    def ts(self) -> int:
+        return self.payout.ts
+
+    @property
+    def creator_id(self) -> str:
+        return self.payout.creator_id
+
+
+Op = CreditBatch | Payout | Forwarded | Refused | Mark | Leg
 REFUSALS = ("invalid_ts",)
 
 
@@ -150,12 +172,12 @@ def _checked(data: dict[str, Any], econ: Economics, partitions: int) -> Op:
     kind = data.get("op")
     if kind == "m":
         return Mark(_int(data.get("source"), "source", 0, partitions - 1), _int(data.get("g"), "g", 0, MAX_OFFSET),
-                    _int(data.get("p"), "p", 0, MAX_OFFSET))
+                    _int(data.get("p"), "p", 0, MAX_OFFSET), _int(data.get("t", 0), "t", 0, MAX_TS))
     if kind == "p":
         payout = Payout(_id(data, "event_id"), _id(data, "creator_id"),
                         _int(data.get("diamonds"), "diamonds", 1, MAX_PAYOUT_DIAMONDS), _int(data.get("ts"), "ts", 0, MAX_TS))
         if "r" not in data:
-            return payout
+            return Forwarded(payout, _int(data["w"], "w", 1, MAX_TS)) if "w" in data else payout
         if data["r"] not in REFUSALS:
             raise BadOp(f"r must be one of {', '.join(REFUSALS)}")
         return Refused(payout, data["r"])
@@ -205,7 +227,7 @@ def parse_op(data: dict[str, Any]) -> CreditBatch | Payout | Mark | Leg:
     if data["op"] == "l":
         return parse_leg(data)
     if data["op"] == "m":
-        return Mark(data["source"], data["g"], data["p"])
+        return Mark(data["source"], data["g"], data["p"], data.get("t", 0))
     if data["op"] == "c":
         return CreditBatch(data["creator_id"], data["coins"], data["gifts"], tuple((t, d) for t, d in data["items"]),
                            tuple(tuple(e) for e in data.get("n", ())))

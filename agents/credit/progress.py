@@ -21,9 +21,18 @@ How it holds, by offsets, never by event time (a producer's clock may run ahead)
   is dated before it: by then every payout acknowledged before its gift was produced
   has been read.
 
+- Sooner, in a backlog: a payout whose topic keeps the broker's time (LogAppendTime,
+  as the pipeline creates its inputs) carries when it was written; a cut at that time
+  (per partition, the first record written then or later: Kafka's offsets for a time)
+  holds every gift and payout acknowledged before it was produced, so reaching it is
+  enough, without waiting for everything written after it (CreatorLedger._decidable).
+  This trusts the brokers' clocks to agree within a millisecond or so.
+
 Bounded: at most MAX_CUTS cuts wait (a source far behind); cycles past that get no cut
-and wait for the next one, which is later, so still safe. A payout waits at most
-MAX_HOLD_MS of running time (a source may have no worker).
+and wait for the next one, which is later, so still safe. A payout stops waiting once
+it has waited MAX_HOLD_MS and every source it waits for has sent no progress for as
+long (a source with no worker, or stuck); a source that is merely behind keeps marking,
+and the payout waits for it (CreatorLedger._stalled).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ Offsets = tuple[int, int]  # (gifts, payouts) of one user-ledger partition
 @dataclass(slots=True)
 class Progress:
     applied: dict[int, Offsets] = field(default_factory=dict)  # source -> offsets applied below
+    newest: dict[int, int] = field(default_factory=dict)  # source -> newest event time applied
     cycle: int = 1  # this partition's cycles, counted across restarts (the first is 1: none is covered)
     covered: int = 0  # every cycle up to this one is covered
     seq: int = 0
@@ -49,9 +59,10 @@ class Progress:
     cuts: deque[tuple[int, dict[int, Offsets]]] = field(default_factory=deque, compare=False, repr=False)
     _stamped: bool = field(default=False, compare=False, repr=False)
 
-    def record(self, source: int, offsets: Offsets) -> None:
+    def record(self, source: int, offsets: Offsets, newest: int = 0) -> None:
         old = self.applied.get(source, (0, 0))
         self.applied[source] = (max(old[0], offsets[0]), max(old[1], offsets[1]))
+        self.newest[source] = max(self.newest.get(source, 0), newest)
         self.seq += 1
         self._advance()
 
@@ -72,10 +83,21 @@ class Progress:
         return self.cycle
 
     def _advance(self) -> None:
-        while self.cuts and self._reached(self.cuts[0][1]):
+        while self.cuts and self.reached(self.cuts[0][1]):
             self.covered = max(self.covered, self.cuts.popleft()[0])
 
-    def _reached(self, cut: dict[int, Offsets]) -> bool:
+    def passed(self, ts: int, cut: dict[int, Offsets] | None, sources: int) -> bool:
+        """Every source has applied an event dated `ts` or later, or everything below
+        its part of `cut` (a source with nothing newer to apply)."""
+        for source in range(sources):
+            if self.newest.get(source, 0) >= ts:
+                continue
+            done = self.applied.get(source)
+            if cut is None or source not in cut or done is None or done[0] < cut[source][0] or done[1] < cut[source][1]:
+                return False
+        return True
+
+    def reached(self, cut: dict[int, Offsets]) -> bool:
         for source, (gifts, payouts) in cut.items():
             done = self.applied.get(source)
             if done is None or done[0] < gifts or done[1] < payouts:
@@ -83,12 +105,13 @@ class Progress:
         return True
 
     def to_json(self) -> dict[str, Any]:
-        return {"a": [[s, g, p] for s, (g, p) in self.applied.items()], "c": self.cycle, "v": self.covered,
-                "q": self.seq}
+        return {"a": [[s, g, p, self.newest.get(s, 0)] for s, (g, p) in self.applied.items()], "c": self.cycle,
+                "v": self.covered, "q": self.seq}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Progress":
-        progress = cls({s: (g, p) for s, g, p in data["a"]}, data["c"], data["v"], data["q"])
+        progress = cls({a[0]: (a[1], a[2]) for a in data["a"]}, {a[0]: (a[3] if len(a) > 3 else 0) for a in data["a"]},
+                       data["c"], data["v"], data["q"])
         progress.check()
         return progress
 

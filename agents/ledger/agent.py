@@ -69,7 +69,9 @@ class UserLedger(Stage):
         self.partitions = partitions
         self.credits = CreditCombiner(self.rules.payout_concentration.new_sender_ms)
         self.legs: dict[tuple[str, str], Leg] = {}  # gift_loop legs of the batch, the latest per pair
-        self._marked: tuple[int, int] | None = None  # the last progress mark (agents/credit/progress.py)
+        self._marked: tuple[int, int, int] | None = None  # the last progress mark (agents/credit/progress.py)
+        self.newest_ts = 0  # the newest event time applied (in time), for the marks
+        self._committed_newest_ts = 0
 
     def decode(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[Event | Malformed, int | None]:
         item = decode(topic, key, value)
@@ -78,7 +80,7 @@ class UserLedger(Stage):
     def tick(self, out: Output, now_ms: float) -> None:
         self.now_ms = now_ms
 
-    def handle(self, topic: str, item: Any, out: Output) -> None:
+    def handle(self, topic: str, item: Any, out: Output, appended: int = 0) -> None:
         now_ms = self.now_ms
         require(now_ms is not None, "tick() gave the batch its clock before handle()")
         assert now_ms is not None
@@ -89,9 +91,10 @@ class UserLedger(Stage):
             else:
                 out.outcome(out_of_time(self.table.get(item.key) or UserState(), item, self.econ))
             return
+        self.newest_ts = max(self.newest_ts, item.ts)
         if isinstance(item, Payout):
             self.credits.pop(item.creator_id, out)
-            out.send(topics.CREATOR_OPS, item.creator_id, payout_op(item))
+            out.send(topics.CREATOR_OPS, item.creator_id, payout_op(item, appended=appended))
             return
         self.dedupe.observe(item.ts)
         dkey = f"{_TOPIC_CODE[topic]}|{item.key}|{item.event_id}"
@@ -127,7 +130,7 @@ class UserLedger(Stage):
         self.legs.clear()
         if applied is None or topics.GIFTS not in applied or topics.PAYOUTS not in applied:
             return
-        mark = (applied[topics.GIFTS], applied[topics.PAYOUTS])
+        mark = (applied[topics.GIFTS], applied[topics.PAYOUTS], self.newest_ts)
         if mark != self._marked:
             for q in range(self.partitions):
                 out.send(topics.CREATOR_OPS, None, mark_op(self.partition, *mark), partition=q)
@@ -138,6 +141,11 @@ class UserLedger(Stage):
         self.credits = CreditCombiner(self.rules.payout_concentration.new_sender_ms)
         self.legs.clear()
         self._marked = None  # the marks of the aborted batch were not written
+        self.newest_ts = self._committed_newest_ts
+
+    def commit(self) -> list[ReadModelUpdate]:
+        self._committed_newest_ts = self.newest_ts
+        return super().commit()
 
     def read_model(self, key: str, value: UserState, full: bool = False) -> ReadModelUpdate:
         today = max(value.day_spend, default=None)

@@ -37,6 +37,11 @@ RESTORE_POLL_MS = 200
 RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 SNAPSHOT_CHUNK = 2_000
 END_OFFSETS_TIMEOUT_S = 5.0  # then the cycle goes on with every empty input lagging
+# Records fetched per cycle at least, whatever PIPELINE_MAX_BATCH (which bounds what a
+# task applies per cycle): with small batches, a fetch of as few records across every
+# input partition starves some, and a merge waits on its starved inputs (memory stays
+# bounded by MAX_BUFFERED per input).
+MIN_FETCH_RECORDS = 2_000
 UNDECODABLE_RETRY_S = 30.0
 
 
@@ -119,7 +124,8 @@ class Engine:
                     await self._rebuild_broken()
             epoch = self._seek_epoch
             with metrics.CYCLE_SECONDS.labels("fetch").time():
-                batch, undecodable = await fetch(self.consumer, POLL_TIMEOUT_MS, self.settings.max_batch)
+                batch, undecodable = await fetch(self.consumer, POLL_TIMEOUT_MS,
+                                                 max(self.settings.max_batch, MIN_FETCH_RECORDS))
             async with self.lock:
                 self._stop_undecodable(undecodable)
                 if epoch != self._seek_epoch:
@@ -171,10 +177,14 @@ class Engine:
                       if tp in ends}
         if len(watch_ends) < len(self.watched_topics) * self.settings.partitions:
             watch_ends = {}  # a cut needs every partition: unknown this cycle
+        time_cut = await self._time_cut(watch_ends)
         now_ms = time.time() * 1000
         started = time.perf_counter()
         poisoned: list[tuple[PartitionTask, PoisonRecord]] = []
+        assigned = consumer.assignment()
         for task in self.tasks.values():
+            if any(task.tp(t) not in assigned for t in task.input_topics):
+                continue  # the group took it away during this cycle's awaits: its listener follows
             positions = {t: await consumer.position(task.tp(t)) for t in task.input_topics}
             self._report_lag(task, positions)
 
@@ -183,7 +193,7 @@ class Engine:
                 return end is not None and positions[topic] >= end
 
             try:
-                self.processed_total += task.process(caught_up, now_ms, positions, watch_ends)
+                self.processed_total += task.process(caught_up, now_ms, positions, watch_ends, time_cut)
             except PoisonRecord as exc:
                 poisoned.append((task, exc))
         for task, exc in poisoned:
@@ -228,6 +238,25 @@ class Engine:
         except (KafkaError, asyncio.TimeoutError, OSError) as exc:
             log.warning("end offsets unknown this cycle (%s): empty inputs count as lagging", exc.__class__.__name__)
             return {}
+
+    async def _time_cut(self, ends: dict[tuple[str, int], int]) -> tuple[int, dict[tuple[str, int], int]] | None:
+        """The offsets at the latest broker time a stage wants (Stage.wanted_time): per
+        watched partition, the first record written then or later, else its end."""
+        wanted = [t for task in self.tasks.values() for s in task.stages if s.watched_inputs
+                  for t in [s.wanted_time()] if t is not None]
+        if not wanted or not ends:
+            return None
+        assert self.consumer is not None
+        at = max(wanted)
+        tps = {tp: (t, p) for t, tps in self._watched_tps().items() for p, tp in enumerate(tps)}
+        try:
+            with metrics.CYCLE_SECONDS.labels("end_offsets").time():
+                found = await asyncio.wait_for(self.consumer.offsets_for_times({tp: at for tp in tps}),
+                                               END_OFFSETS_TIMEOUT_S)
+        except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+            log.warning("offsets at a broker time unknown this cycle (%s)", exc.__class__.__name__)
+            return None
+        return at, {key: ends[key] if found.get(tp) is None else found[tp].offset for tp, key in tps.items()}
 
     def _watched_tps(self) -> dict[str, list[TopicPartition]]:
         return {t: [TopicPartition(self.settings.topic(t), p) for p in range(self.settings.partitions)]

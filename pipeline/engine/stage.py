@@ -139,7 +139,8 @@ class Stage(ABC):
         event time None means "as soon as possible" in the merge."""
 
     @abstractmethod
-    def handle(self, topic: str, item: Any, out: Output) -> None: ...
+    def handle(self, topic: str, item: Any, out: Output, appended: int = 0) -> None:
+        """`appended`: when the broker wrote the record (LogAppendTime), or 0 if unknown."""
 
     @abstractmethod
     def read_model(self, key: str, value: Any, full: bool = False) -> ReadModelUpdate:
@@ -149,6 +150,15 @@ class Stage(ABC):
     def watch(self, ends: dict[tuple[str, int], int]) -> None:
         """Every cycle before `tick`, for a stage with `watched_inputs`: their end offsets
         by (topic, partition), asked after this cycle's fetch; empty if unknown."""
+
+    def wanted_time(self) -> int | None:
+        """A broker time (ms) at which the stage wants the offsets of its watched
+        inputs (`watch_time`), asked in the next cycle; None: none wanted."""
+        return None
+
+    def watch_time(self, at: int, offsets: dict[tuple[str, int], int]) -> None:
+        """Per watched (topic, partition), the first offset written at broker time `at`
+        or later (its end offset if none is)."""
 
     def tick(self, out: Output, now_ms: float) -> None:
         """Called every cycle, input or not: for work that waits on time."""

@@ -86,6 +86,7 @@ CONTENT_ERRORS = (
     errors.PolicyViolationError, InvariantError,
 )
 MAX_QUARANTINED = 10_000
+LOG_APPEND_TIME = 1  # a record's timestamp_type when the broker set its timestamp
 
 
 # How a quarantined record is answered, as its earlier answers keep failing: a dead
@@ -226,7 +227,8 @@ class PartitionTask:
             # worker's largest memory when it lags (see MAX_BUFFERED).
             bad = isinstance(item, Malformed)
             merge.add(Pending(NO_TIME if ts is None else ts, topic, r.offset, r.key if bad else None,
-                              r.value if bad else None, item))
+                              r.value if bad else None, item, r.timestamp or 0,
+                              (r.timestamp or 0) if r.timestamp_type == LOG_APPEND_TIME else 0))
 
     def verified(self, topic: str, r: Any) -> bool:
         """`topic` unprefixed or full; always true without a key."""
@@ -252,16 +254,23 @@ class PartitionTask:
         return self.merges[self.stage_of[topic]].buffered(topic)
 
     def process(self, caught_up: Callable[[str], bool | None], now_ms: float, positions: dict[str, int],
-                watch_ends: dict[tuple[str, int], int]) -> int:
+                watch_ends: dict[tuple[str, int], int],
+                time_cut: tuple[int, dict[tuple[str, int], int]] | None = None) -> int:
         """Run the merged records that are ready through their stages; returns how many.
-        `positions`: each input's consumer position; `watch_ends`: the end offsets the
-        stages watch (Stage.watch)."""
-        budget = self.quarantine.batch_limit
+        `positions`: each input's consumer position; `watch_ends`, `time_cut`: the
+        offsets the stages watch (Stage.watch, Stage.watch_time)."""
+        # Each stage takes up to a batch; while a culprit is sought (Quarantine), the
+        # stages share the smaller limit, so a batch can shrink to one record.
+        limit = self.quarantine.batch_limit
+        seeking = limit < self.quarantine.max_batch
+        budget = limit
         if self.restore_letters:
             self._send_restore_letters()
         for stage, merge in zip(self.stages, self.merges):
             if stage.watched_inputs:
                 stage.watch(watch_ends)
+                if time_cut is not None:
+                    stage.watch_time(*time_cut)
             stage.tick(self.out, now_ms)
             for p in itertools.islice(merge.drain(caught_up, now_ms), budget):
                 self.processed.append((p.topic, p.offset))
@@ -269,11 +278,11 @@ class PartitionTask:
                     self._dead_letter(p)
                 else:
                     try:
-                        stage.handle(p.topic, p.item, self.out)
+                        stage.handle(p.topic, p.item, self.out, p.appended)
                     except Exception as exc:  # noqa: BLE001 - an invariant broken by this record
                         raise PoisonRecord(self.partition, p.topic, p.offset, exc) from exc
                 self.next_offsets[p.topic] = p.offset + 1
-            budget = self.quarantine.batch_limit - len(self.processed)
+            budget = limit - len(self.processed) if seeking else limit
             idle = all(not merge.buffered(t) and caught_up(t) is True for t in stage.inputs)
             stage.end_batch(self.out, idle, now_ms, {t: self._applied(t, merge, positions) for t in stage.inputs})
         return len(self.processed)

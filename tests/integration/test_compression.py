@@ -24,7 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pipeline import topics
 from pipeline.infra.debian import kcat
 from tests.conftest import Cluster
-from tests.support.harness import Deployment, Worker, run
+from tests.support.harness import Deployment, Worker, one_worker, run
 
 pytestmark = pytest.mark.integration
 
@@ -65,12 +65,8 @@ def codecs_on_disk(cluster: Cluster, topic: str) -> set[str]:
 @pytest.fixture(scope="module")
 def live(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deployment, Worker]]:
     """One deployment and worker for every codec: each must leave it running."""
-    d = Deployment(cluster.bootstrap, cluster.redis_url, f"t{uuid.uuid4().hex[:10]}-", tmp_path_factory.mktemp("codecs"))
-    d.create_topics()
-    worker = Worker(d, "codecs").start()
-    yield d, worker
-    worker.stop()
-    assert not worker.crashes(), worker.crashes()
+    with one_worker(cluster.bootstrap, cluster.redis_url, tmp_path_factory.mktemp("codecs"), "codecs") as live:
+        yield live
 
 
 def recharge(eid: str, user: str, coins: int) -> dict[str, Any]:

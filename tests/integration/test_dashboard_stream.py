@@ -76,6 +76,8 @@ def test_any_workers_stream_shows_the_fleet(deployment: Deployment, workers: lis
 
 
 def test_streams_are_bounded_and_closed_at_shutdown(deployment: Deployment, workers: list[Worker]) -> None:
+    # One client opens every stream here: above the per-client connection cap's default.
+    deployment.extra_env["PIPELINE_HTTP_MAX_CONNECTIONS_PER_CLIENT"] = "200"
     deployment.create_topics()
     worker = Worker(deployment, "w1").start()
     workers.append(worker)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 import zlib
 from typing import Any, Iterator
 
@@ -27,7 +26,7 @@ from pipeline.engine.partitioning import partition_for
 from pipeline.infra.debian import require
 from pipeline.settings import PROJECT_ROOT
 from tests.conftest import Cluster
-from tests.support.harness import Deployment, Worker, run
+from tests.support.harness import Deployment, Worker, one_worker, run
 
 pytestmark = pytest.mark.integration
 
@@ -42,12 +41,8 @@ def now_ms() -> int:
 @pytest.fixture(scope="module")
 def live(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deployment, Worker]]:
     """One deployment and worker for the module: every finding must leave it running."""
-    d = Deployment(cluster.bootstrap, cluster.redis_url, f"t{uuid.uuid4().hex[:10]}-", tmp_path_factory.mktemp("hostile"))
-    d.create_topics()
-    worker = Worker(d, "hostile").start()
-    yield d, worker
-    worker.stop()
-    assert not worker.crashes(), worker.crashes()
+    with one_worker(cluster.bootstrap, cluster.redis_url, tmp_path_factory.mktemp("hostile"), "hostile") as live:
+        yield live
 
 
 async def _send(bootstrap: str, messages: list[tuple[str, bytes | None, bytes, int | None]]) -> None:

@@ -9,6 +9,7 @@ other's data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -20,7 +21,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
@@ -244,3 +245,18 @@ async def wait_end_offsets(bootstrap: str, topic: str, at_least: int, timeout_s:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+@contextlib.contextmanager
+def one_worker(bootstrap: str, redis_url: str, workdir: Path, name: str) -> Iterator[tuple["Deployment", "Worker"]]:
+    """A deployment of its own and one worker for a whole test module, whose tests
+    must each leave it running: a crash it logged fails the module."""
+    d = Deployment(bootstrap, redis_url, f"t{os.urandom(5).hex()}-", workdir)
+    d.create_topics()
+    worker = Worker(d, name).start()
+    try:
+        yield d, worker
+    finally:
+        worker.stop()
+    assert not worker.crashes(), worker.crashes()
+

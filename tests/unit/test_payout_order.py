@@ -145,7 +145,7 @@ def test_a_source_behind_on_payouts_holds_it(ledger: CreatorLedger) -> None:
     started(ledger, 5_000)
     ends = cut(1, 2, 1, 1)  # "p" on partition 0; another payout on partition 1 not yet applied
     assert step(ledger, payout("p", 2_000, 200), Mark(0, 1, 2), Mark(1, 1, 0), ends=ends) == []
-    assert step(ledger, Mark(1, 5, 0), ends=ends) == []  # far on gifts, still behind on payouts
+    assert step(ledger, Mark(1, 5, 0), ends=cut(1, 2, 5, 1)) == []  # far on gifts, still behind on payouts
     assert step(ledger, Mark(1, 1, 1), ends=ends) == [("p", "accepted", 3_000)]
 
 
@@ -592,3 +592,63 @@ def test_a_restored_progress_record_that_breaks_an_invariant_is_refused(ledger: 
 def test_a_credit_item_cannot_be_negative() -> None:
     with pytest.raises(AssertionError):
         CreditBatch("c1", 10, 2, ((1, -3), (2, 5)))
+
+
+def test_a_mark_beyond_the_topics_ends_is_refused(ledger: CreatorLedger) -> None:
+    """A source applies what it fetched, below the ends asked after its mark was
+    fetched: a mark claiming more was not written by a source (a forgery that would let
+    payouts pass credits); it raises, and the engine dead-letters it (task.py)."""
+    from pipeline.invariants import InvariantError
+
+    out = Output()
+    ledger.watch(cut(1, 1, 1, 0))
+    ledger.tick(out, 0)
+    with pytest.raises(InvariantError, match="within its topics' ends"):
+        ledger.handle(OPS, Mark(1, 10**15, 0), out)
+    ledger.handle(OPS, Mark(1, 1, 0), out)  # at the ends: fine
+    ledger.watch({})  # ends unknown this cycle: nothing to hold a mark against
+    ledger.handle(OPS, Mark(0, 7, 7), out)
+
+
+# --- cuts at the broker time a payout was written (backlogs) ---------------------------
+
+
+def forwarded(event_id: str, diamonds: int, ts: int, written: int) -> Any:
+    from agents.credit.ops import Forwarded
+
+    return Forwarded(payout(event_id, diamonds, ts), written)
+
+
+def test_a_cut_at_the_payouts_broker_time_decides_it_without_the_rest_of_the_backlog(ledger: CreatorLedger) -> None:
+    """Far more was written after the payout (ends 100): reaching the offsets at its
+    broker time, with every source past its event time, is enough."""
+    started(ledger, 5_000)
+    backlog = cut(100, 100, 100, 100)
+    assert step(ledger, forwarded("p", 2_000, 200, 7_000), Mark(0, 1, 1, 150), Mark(1, 1, 0, 150), ends=backlog) == []
+    assert ledger.wanted_time() == 7_001  # asked for once, in the next cycle
+    ledger.watch_time(7_001, cut(3, 1, 2, 0))  # what was written by then
+    assert step(ledger, Mark(0, 3, 1, 250), ends=backlog) == []  # source 1 below the cut
+    # Source 1 at the cut but not past the payout's time: it may still hold an earlier gift.
+    assert step(ledger, Mark(1, 2, 0, 190), ends=backlog) == []
+    assert step(ledger, credit(40, 195), Mark(1, 3, 0, 210), ends=backlog) == [("p", "accepted", 3_040)]
+
+
+def test_without_a_broker_time_a_payout_waits_for_its_cycles_cut(ledger: CreatorLedger) -> None:
+    started(ledger, 5_000)
+    backlog = cut(100, 100, 100, 100)
+    assert step(ledger, payout("p", 2_000, 200), Mark(0, 50, 50, 900), Mark(1, 50, 50, 900), ends=backlog) == []
+    assert ledger.wanted_time() is None
+    assert step(ledger, Mark(0, 100, 100, 900), Mark(1, 100, 100, 900), ends=backlog) == [("p", "accepted", 3_000)]
+
+
+def test_the_longest_hold_waits_for_a_source_that_keeps_progressing(ledger: CreatorLedger) -> None:
+    """A source far behind (a backlog) keeps marking: its credits will come, so the
+    payout waits past the longest hold; once it stops marking, the hold decides."""
+    started(ledger, 5_000)
+    backlog = cut(1, 1, 100, 0)
+    assert step(ledger, payout("p", 2_000, 200), Mark(0, 1, 1), ends=backlog, now_ms=0) == []
+    for i in range(1, 7):  # three holds long, a mark every half hold
+        assert step(ledger, Mark(1, 1 + i, 0), ends=backlog, now_ms=i * HOLD_MS // 2) == []  # still moving
+    last = 6 * HOLD_MS // 2
+    assert step(ledger, ends=backlog, now_ms=last + HOLD_MS - 1) == []
+    assert step(ledger, ends=backlog, now_ms=last + HOLD_MS) == [("p", "accepted", 3_000)]  # stalled a whole hold

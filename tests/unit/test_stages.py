@@ -202,11 +202,11 @@ def test_end_batch_writes_a_progress_mark_to_every_creator_ops_partition(econ: E
         return Batch(out, [])
 
     def marks(gifts: int, payouts: int) -> list[tuple[int | None, dict[str, Any]]]:
-        return [(q, {"op": "m", "source": 2, "g": gifts, "p": payouts}) for q in range(3)]
+        return [(q, {"op": "m", "source": 2, "g": gifts, "p": payouts, "t": T0 + 9}) for q in range(3)]
 
     offsets = {RECHARGES: 7, GIFTS: 4, LIMITS: 0, PAYOUTS: 2}
     first = batch([recharge("r", 5_000, ts=T0 + 9), gift("g", "galaxy", ts=T0 + 4)], offsets)
-    assert first.marks() == marks(4, 2)  # what is applied of gifts and payouts
+    assert first.marks() == marks(4, 2)  # what is applied of gifts and payouts, and the newest time
     # The mark comes after the batch's credits (and its gift_loop leg: 1,000 coins to one
     # creator), so a creator partition sees them first.
     assert [loads(m.value)["op"] for m in first.out.messages if m.topic == OPS] == ["c", "l", "m", "m", "m"]
@@ -231,7 +231,7 @@ def test_marks_of_an_aborted_batch_are_written_again(econ: Economics) -> None:
     stage.handle(*recharge("r", 5, ts=T0), again)
     stage.end_batch(again, False, 0, applied)
     assert [(m.partition, loads(m.value)) for m in again.messages if m.key is None] == [
-        (q, {"op": "m", "source": 0, "g": 0, "p": 0}) for q in range(2)]
+        (q, {"op": "m", "source": 0, "g": 0, "p": 0, "t": T0}) for q in range(2)]
 
 
 def test_creator_ledger_applies_marks_to_its_progress(creators: CreatorLedger) -> None:
@@ -460,4 +460,4 @@ def test_abort_takes_back_the_progress_of_the_aborted_batch(users: UserLedger) -
     again = Output()
     users.end_batch(again, False, T0, applied)
     marks = [loads(m.value) for m in again.messages if m.topic == OPS]
-    assert marks == [{"op": "m", "source": 0, "g": 0, "p": 0}]
+    assert marks == [{"op": "m", "source": 0, "g": 0, "p": 0, "t": 0}]  # nothing applied: the aborted time is gone
