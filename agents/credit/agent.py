@@ -13,7 +13,7 @@ import logging
 from collections import deque
 from typing import Any
 
-from agents.credit.ops import Forwarded, Mark, Op, Refused, decode_op, parse_op, payout_op
+from agents.credit.ops import Forwarded, Mark, Op, decode_op, parse_op, payout_op
 from agents.credit.progress import Progress
 from agents.credit.rules import HELD, CreditBatch, apply_credit, apply_payout, duplicate_payout, refused_payout
 from agents.ingest.decode import Malformed
@@ -109,8 +109,8 @@ class CreatorLedger(Stage):
             self._release_all(out)
         elif isinstance(item, CreditBatch):
             self._credit(item, out)
-        elif isinstance(item, Refused):
-            out.outcome(refused_payout(self.table.get(item.creator_id) or CreatorState(), item.payout, item.reason))
+        elif isinstance(item, Forwarded) and item.refused is not None:
+            out.outcome(refused_payout(self.table.get(item.creator_id) or CreatorState(), item.payout, item.refused))
         elif isinstance(item, Leg):
             pairs = self.pairs.for_update(item.meeting_key)
             for alert in loop.meet(pairs, item, self.rules.gift_loop):

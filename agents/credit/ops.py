@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from agents.credit.rules import CreditBatch
-from agents.ingest.decode import ID_RE, MAX_QUANTITY, MAX_REASON_CHARS, MAX_VALUE_BYTES, Malformed
+from agents.ingest.decode import ID_RE, MAX_QUANTITY, MAX_TS, MAX_REASON_CHARS, MAX_VALUE_BYTES, Malformed
 from agents.fraud.concentration import hour
 from agents.fraud.sender import Leg
 from agents.fraud.loop import parse_leg
@@ -64,22 +64,6 @@ def payout_op(ev: Payout, refused: str | None = None, appended: int = 0) -> dict
 
 
 @dataclass(frozen=True, slots=True)
-class Refused:
-    """A payout rejected before its creator's ledger looks at it (invalid_ts)."""
-
-    payout: Payout
-    reason: str
-
-    @property
-    def ts(self) -> int:
-        return self.payout.ts
-
-    @property
-    def creator_id(self) -> str:
-        return self.payout.creator_id
-
-
-@dataclass(frozen=True, slots=True)
 class Mark:
     """Progress of one user-ledger partition: the offsets of its gifts and payouts
     below which it has applied everything (see agents/credit/progress.py)."""
@@ -100,16 +84,17 @@ def mark_op(source: int, gifts: int, payouts: int, newest: int = 0) -> dict[str,
 # records (PIPELINE_MAX_BATCH's highest value), so no credit combines more gifts.
 MAX_OP_GIFTS = 100_000
 MAX_OP_IDS = 100
-MAX_TS = 253_402_300_799_999
 MAX_PAYOUT_DIAMONDS = 10**12
 MAX_OFFSET = 2**63 - 1
 @dataclass(frozen=True, slots=True)
 class Forwarded:
-    """A payout as the user ledger forwards it, with when the broker wrote it (0 if
-    its topic does not keep the broker's time)."""
+    """A payout as the user ledger forwards it: when the broker wrote it (0 if its topic
+    does not keep the broker's time), and the reason it was refused before its
+    creator's ledger looks at it (invalid_ts), if it was."""
 
     payout: Payout
-    appended: int
+    appended: int = 0
+    refused: str | None = None
 
     @property
     def ts(self) -> int:
@@ -120,7 +105,7 @@ class Forwarded:
         return self.payout.creator_id
 
 
-Op = CreditBatch | Payout | Forwarded | Refused | Mark | Leg
+Op = CreditBatch | Payout | Forwarded | Mark | Leg
 REFUSALS = ("invalid_ts",)
 
 
@@ -176,11 +161,11 @@ def _checked(data: dict[str, Any], econ: Economics, partitions: int) -> Op:
     if kind == "p":
         payout = Payout(_id(data, "event_id"), _id(data, "creator_id"),
                         _int(data.get("diamonds"), "diamonds", 1, MAX_PAYOUT_DIAMONDS), _int(data.get("ts"), "ts", 0, MAX_TS))
-        if "r" not in data:
-            return Forwarded(payout, _int(data["w"], "w", 1, MAX_TS)) if "w" in data else payout
-        if data["r"] not in REFUSALS:
+        if "r" in data and data["r"] not in REFUSALS:
             raise BadOp(f"r must be one of {', '.join(REFUSALS)}")
-        return Refused(payout, data["r"])
+        if "r" not in data and "w" not in data:
+            return payout
+        return Forwarded(payout, _int(data["w"], "w", 1, MAX_TS) if "w" in data else 0, data.get("r"))
     if kind == "l":
         ids = _list(data.get("ids"), "ids", MAX_OP_IDS)
         if not all(type(i) is str and ID_RE.fullmatch(i) for i in ids):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiokafka import errors
 
-from agents.credit.ops import Mark, Refused, batch_op, decode_op, mark_op, payout_op
+from agents.credit.ops import Forwarded, Mark, batch_op, decode_op, mark_op, payout_op
 from agents.credit.rules import CreditBatch
 from agents.fraud.sender import Leg
 from agents.ingest.decode import Malformed, decode, parse_json
@@ -44,8 +44,8 @@ def test_what_the_pipeline_writes_decodes_back() -> None:
     credit = CreditBatch("c1", 1_000, 2, ((NOW, 250), (NOW + 1, 250)), (("u1", NOW - 5, NOW, 250, "g1"),))
     assert op(batch_op(credit)) == credit
     assert op(payout_op(Payout("p1", "c1", 5_000, NOW))) == Payout("p1", "c1", 5_000, NOW)
-    assert op(payout_op(Payout("p1", "c1", 5_000, NOW), refused="invalid_ts")) == Refused(Payout("p1", "c1", 5_000, NOW),
-                                                                                           "invalid_ts")
+    assert op(payout_op(Payout("p1", "c1", 5_000, NOW), refused="invalid_ts")) == Forwarded(Payout("p1", "c1", 5_000, NOW),
+                                                                                             refused="invalid_ts")
     assert op(mark_op(3, 10, 20), key=None) == Mark(3, 10, 20)
     leg = Leg("a", "c1", NOW, NOW + 5, 1_000, ("g1", "g2"))
     assert op(leg.to_op(), key=b"a") == leg
