@@ -56,6 +56,9 @@ class Engine:
         self.input_topics = sorted({t for s in probe for t in s.inputs})
         self.changelog_topics = [s.changelog_topic for s in probe]
         self.watched_topics = sorted({t for s in probe for t in s.watched_inputs})
+        # Every partition of each watched topic, as the stages' cuts need them.
+        self.watched_tps = {t: [TopicPartition(settings.topic(t), p) for p in range(settings.partitions)]
+                            for t in self.watched_topics}
         for stage in probe:
             stage.close()
         self.consumer: AIOKafkaConsumer | None = None
@@ -173,7 +176,7 @@ class Engine:
             if task is not None:  # else revoked meanwhile: the new owner re-reads it
                 task.add(tp.topic[prefix_len:], records)
         ends = await self._fresh_ends()
-        watch_ends = {(t, p): ends[tp] for t, tps in self._watched_tps().items() for p, tp in enumerate(tps)
+        watch_ends = {(t, p): ends[tp] for t, tps in self.watched_tps.items() for p, tp in enumerate(tps)
                       if tp in ends}
         if len(watch_ends) < len(self.watched_topics) * self.settings.partitions:
             watch_ends = {}  # a cut needs every partition: unknown this cycle
@@ -227,7 +230,7 @@ class Engine:
         assert self.consumer is not None
         wanted = {task.tp(t) for task in self.tasks.values() for t in task.input_topics if not task.buffered(t)}
         if self.tasks:  # and the stages' cuts (Stage.watched_inputs), in the same round trip
-            wanted.update(tp for tps in self._watched_tps().values() for tp in tps)
+            wanted.update(tp for tps in self.watched_tps.values() for tp in tps)
         if not wanted:
             return {}
         try:
@@ -248,7 +251,7 @@ class Engine:
             return None
         assert self.consumer is not None
         at = max(wanted)
-        tps = {tp: (t, p) for t, tps in self._watched_tps().items() for p, tp in enumerate(tps)}
+        tps = {tp: (t, p) for t, tps in self.watched_tps.items() for p, tp in enumerate(tps)}
         try:
             with metrics.CYCLE_SECONDS.labels("end_offsets").time():
                 found = await asyncio.wait_for(self.consumer.offsets_for_times({tp: at for tp in tps}),
@@ -257,10 +260,6 @@ class Engine:
             log.warning("offsets at a broker time unknown this cycle (%s)", exc.__class__.__name__)
             return None
         return at, {key: ends[key] if found.get(tp) is None else found[tp].offset for tp, key in tps.items()}
-
-    def _watched_tps(self) -> dict[str, list[TopicPartition]]:
-        return {t: [TopicPartition(self.settings.topic(t), p) for p in range(self.settings.partitions)]
-                for t in self.watched_topics}
 
     async def _write_read_model(self, updates: list[ReadModelUpdate]) -> None:
         if updates:
