@@ -43,13 +43,14 @@ END_OFFSETS_TIMEOUT_S = 5.0  # then the cycle goes on with every empty input lag
 # bounded by MAX_BUFFERED per input).
 MIN_FETCH_RECORDS = 2_000
 UNDECODABLE_RETRY_S = 30.0
+MIN_SHARE = 250  # records per stage a task may apply in a cycle, at least (Engine._share)
 
 
 class Engine:
     def __init__(self, settings: Settings, stages: StageFactory, sink: ReadModelSink) -> None:
         self.settings = settings
         self.make_stages = stages
-        self.sink = sink  # committed state changes, one cycle behind their commit
+        self.sink = sink  # committed state changes, written in the background (_sink_soon)
         self.tasks: dict[int, PartitionTask] = {}
         self.lock = asyncio.Lock()
         probe = stages(0)
@@ -73,7 +74,8 @@ class Engine:
         # Last time the loop finished a cycle or a restore read a batch (liveness).
         self.progress_at = time.monotonic()
         self.processed_total = 0
-        self._unsunk: list[ReadModelUpdate] = []  # committed, for Redis in the next cycle
+        self._unsunk: list[ReadModelUpdate] = []  # committed, for Redis (_sink_soon)
+        self._sinking: asyncio.Future[None] | None = None
         # Partitions taken on whose whole state must be written to the read model (a
         # crashed owner may have committed without writing Redis): done in the
         # background by the worker (app.py), not while taking the partition on.
@@ -108,6 +110,8 @@ class Engine:
     async def stop(self) -> None:
         self._stopping = True
         async with self.lock:
+            if self._sinking is not None:
+                await self._sinking
             unsunk, self._unsunk = self._unsunk, []
             await self._write_read_model(unsunk)
             stopping = list(self.tasks.values())
@@ -185,6 +189,7 @@ class Engine:
         started = time.perf_counter()
         poisoned: list[tuple[PartitionTask, PoisonRecord]] = []
         assigned = consumer.assignment()
+        share = self._share()
         for task in self.tasks.values():
             if any(task.tp(t) not in assigned for t in task.input_topics):
                 continue  # the group took it away during this cycle's awaits: its listener follows
@@ -196,7 +201,7 @@ class Engine:
                 return end is not None and positions[topic] >= end
 
             try:
-                self.processed_total += task.process(caught_up, now_ms, positions, watch_ends, time_cut)
+                self.processed_total += task.process(caught_up, now_ms, positions, watch_ends, time_cut, share)
             except PoisonRecord as exc:
                 poisoned.append((task, exc))
         for task, exc in poisoned:
@@ -204,12 +209,8 @@ class Engine:
         busy = [t for t in self.tasks.values() if t.has_work]
         before = {t.partition: t.committed_offsets for t in busy}
         metrics.CYCLE_SECONDS.labels("process").observe(time.perf_counter() - started)
-        # The previous cycle's committed changes go to Redis while this cycle's
-        # transactions commit: both wait on the network, and Redis stays one cycle behind.
-        unsunk, self._unsunk = self._unsunk, []
         with metrics.CYCLE_SECONDS.labels("commit").time():
-            results, _ = await asyncio.gather(
-                asyncio.gather(*(t.commit() for t in busy), return_exceptions=True), self._write_read_model(unsunk))
+            results = await asyncio.gather(*(t.commit() for t in busy), return_exceptions=True)
         for task, result in zip(busy, results):
             if isinstance(result, BaseException):
                 await self._recover(task, result)
@@ -217,7 +218,31 @@ class Engine:
                 self._unsunk.extend(result)
                 if task.committed_offsets != before[task.partition]:  # input moved on: healthy
                     self._failures.pop(task.partition, None)
+        self._sink_soon()
         self._flow_control()
+
+    def _sink_soon(self) -> None:
+        """Committed changes go to Redis in the background while the next cycles run:
+        the ledger never waits on the read model. One write at a time; what commits
+        meanwhile waits in `_unsunk` for the next (the sink merges updates of a key)."""
+        sinking = self._sinking
+        if sinking is not None:
+            if not sinking.done():
+                return
+            sinking.result()  # a sink that raised is a bug: stop the worker
+        self._sinking = None
+        if self._unsunk:
+            updates, self._unsunk = self._unsunk, []
+            self._sinking = asyncio.ensure_future(self._write_read_model(updates))
+
+    def _share(self) -> int:
+        """Each task's part of a cycle: PIPELINE_MAX_BATCH records per stage split over
+        the tasks with input buffered (at least MIN_SHARE each), so that a cycle, and
+        the time to its commit, stays the same however many partitions lag. Without
+        it, four lagging partitions made a cycle four batches long: outcomes came
+        in bursts a few seconds apart, with nothing committed in between."""
+        waiting = sum(1 for t in self.tasks.values() if any(t.buffered(x) for x in t.input_topics))
+        return max(MIN_SHARE, self.settings.max_batch // max(1, waiting))
 
     async def _fresh_ends(self) -> dict[TopicPartition, int]:
         """Causal order (CONTRACT.md): the end offsets, asked after this cycle's fetch

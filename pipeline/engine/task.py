@@ -255,14 +255,17 @@ class PartitionTask:
 
     def process(self, caught_up: Callable[[str], bool | None], now_ms: float, positions: dict[str, int],
                 watch_ends: dict[tuple[str, int], int],
-                time_cut: tuple[int, dict[tuple[str, int], int]] | None = None) -> int:
+                time_cut: tuple[int, dict[tuple[str, int], int]] | None = None, share: int | None = None) -> int:
         """Run the merged records that are ready through their stages; returns how many.
         `positions`: each input's consumer position; `watch_ends`, `time_cut`: the
-        offsets the stages watch (Stage.watch, Stage.watch_time)."""
-        # Each stage takes up to a batch; while a culprit is sought (Quarantine), the
+        offsets the stages watch (Stage.watch, Stage.watch_time); `share`: this task's
+        part of the cycle's records (Engine._cycle), at most a batch per stage."""
+        # Each stage takes up to its share; while a culprit is sought (Quarantine), the
         # stages share the smaller limit, so a batch can shrink to one record.
         limit = self.quarantine.batch_limit
         seeking = limit < self.quarantine.max_batch
+        if share is not None and not seeking:
+            limit = max(1, min(limit, share))
         budget = limit
         if self.restore_letters:
             self._send_restore_letters()
