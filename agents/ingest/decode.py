@@ -89,12 +89,25 @@ def _may_repeat_a_name(raw: bytes, data: Any) -> bool:
     stdlib re-reads whatever could hide one: nested containers, escapes (a name can be
     spelt two ways), or a name whose quoted form occurs twice in the bytes. A flat
     object without escapes whose names each occur once cannot repeat one."""
-    if not isinstance(data, dict) or b"\\" in raw:
+    if type(data) is not dict or b"\\" in raw:
         return True
+    quoted = _QUOTED
     for name, value in data.items():
-        if isinstance(value, (dict, list)) or raw.count(b'"%s"' % name.encode()) != 1:
+        kind = type(value)
+        if kind is dict or kind is list:
+            return True
+        q = quoted.get(name)
+        if q is None:
+            q = b'"%s"' % name.encode()
+            if len(quoted) < MAX_QUOTED_NAMES:  # names come from the wire: a bounded cache
+                quoted[name] = q
+        if raw.count(q) != 1:
             return True
     return False
+
+
+MAX_QUOTED_NAMES = 1_000
+_QUOTED: dict[str, bytes] = {}
 
 
 def _check(spec: FieldSpec, value: Any) -> str | None:

@@ -143,7 +143,7 @@ class RedisReadModel:
     def _entry(u: ReadModelUpdate) -> list[Any]:
         if u.kind == "alert":
             return ["0", ["json", u.fields["json"]], [[alerts.FEED, u.id, str(u.fields["ts"]), "c", str(alerts.MAX_FEED)]]]
-        fields = [str(x) for name, value in u.fields.items() for x in (name, value)]
+        fields = list(map(str, itertools.chain.from_iterable(u.fields.items())))
         newest: dict[str, int] = {}  # window key -> newest window start in this update
         for zkey, member, _ in u.scores:
             if leaderboards.is_windows(zkey):
