@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("bench", help="run a benchmark; results go to bench/results/<date>-<scenario>.json, .md, .png")
-    p.add_argument("scenario", choices=("uniform", "mega-live", "latency", "state", "leaderboard-read"),
+    p.add_argument("scenario", choices=("uniform", "mega-live", "latency", "state", "leaderboard-read", "dedupe"),
                    help="what to measure (see pipeline/benchmark/__init__.py)")
     p.add_argument("--events", type=int, default=0, help="events (default: 200000; state: 10000000)")
     p.add_argument("--rate", type=float, default=5_000, help="latency: offered gifts per second (default 5000)")
@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gifters", type=int, default=100_000, help="leaderboard-read: gifters on the board (default 100000)")
     p.add_argument("--requests", type=int, default=2_000, help="leaderboard-read: reads per case (default 2000)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    p.add_argument("--peers", default="kstreams,quix", type=lambda v: [x for x in v.split(",") if x],
+                   help="uniform, mega-live: peer engines run beside ours (bench/peers/; default kstreams,quix; '' for none)")
+    p.add_argument("--days", type=float, default=10.0, help="dedupe: simulated days of commits (default 10)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("fraud-eval", help="precision, recall and detection delay of the fraud rules through the "

@@ -32,7 +32,7 @@ import faust
 import redis
 
 from pipeline import economics, redis_client, settings, topics
-from pipeline.benchmark import readbench, report, runs
+from pipeline.benchmark import backlog, readbench, report, runs
 from pipeline.infra import dev
 from pipeline.infra.kafka import KAFKA_VERSION
 from pipeline.settings import PROJECT_ROOT, Settings
@@ -79,7 +79,10 @@ def deployment(base: Settings, tag: str) -> Settings:
 
 
 def cleanup(s: Settings) -> None:
-    asyncio.run(topics.delete_topics(s))  # a broker full of old runs' partitions is slower
+    """The deployment's topics (the peers' outputs and internal topics start with its
+    prefix too: a broker full of old runs' partitions is slower) and Redis keys."""
+    asyncio.run(topics.delete_topics(s))
+    asyncio.run(backlog.delete_peer_topics(s))
     client = redis_client.connect_sync(s)
     for keys in _batched(client.scan_iter(match=f"{s.redis_prefix}*", count=10_000), 10_000):
         client.unlink(*keys)
@@ -91,20 +94,33 @@ def _batched(it: Any, n: int) -> Any:
 
 
 def throughput(base: Settings, scenario: str, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    """Every engine on the same backlog, produced before any starts: ours (one worker,
+    every feature on), the peers on the same topics, the naive reference and the
+    ceiling; then two of our workers on a copy of the backlog."""
     econ = economics.load(base.economics_file)
     messages = list(generate(_config(scenario, args), econ))
     share = _gift_share(messages)
+    expected = backlog.reference_outcomes(messages)
     figures: dict[str, Any] = {"events": len(messages), "gift_share": round(share, 3)}
-    for workers in (1, 2):
-        s = deployment(base, f"{scenario}-w{workers}")
-        try:
-            name = "ours" if workers == 1 else "ours_two_workers"
-            figures[name] = asyncio.run(runs.ours(s, messages, workers, log_dir))
-            if workers == 1:  # the references read the same topics on the same broker
-                figures["naive"] = asyncio.run(runs.naive(s, len(messages), REFERENCE_BUDGET_S, log_dir))
-                figures["ceiling"] = asyncio.run(runs.ceiling(s, len(messages), REFERENCE_BUDGET_S))
-        finally:
-            cleanup(s)
+    peers = [p for p in backlog.PEERS if p.name in args.peers]
+    for peer in peers:
+        backlog.prepare(peer, log_dir)
+    s = deployment(base, f"{scenario}-w1")
+    try:
+        asyncio.run(runs.produce(s, messages))
+        figures["ours"] = asyncio.run(backlog.run_ours(s, 1, expected, log_dir))
+        for peer in peers:
+            figures[peer.name] = asyncio.run(backlog.run_peer(s, peer, expected, log_dir))
+        figures["naive"] = asyncio.run(runs.naive(s, len(messages), REFERENCE_BUDGET_S, log_dir))
+        figures["ceiling"] = asyncio.run(runs.ceiling(s, len(messages), REFERENCE_BUDGET_S))
+    finally:
+        cleanup(s)
+    s = deployment(base, f"{scenario}-w2")
+    try:
+        asyncio.run(runs.produce(s, messages))
+        figures["ours_two_workers"] = asyncio.run(backlog.run_ours(s, 2, expected, log_dir))
+    finally:
+        cleanup(s)
     return _compared(figures, share)
 
 
@@ -138,15 +154,25 @@ def state(base: Settings, args: argparse.Namespace, log_dir: Path) -> dict[str, 
 
 
 def _compared(figures: dict[str, Any], share: float) -> dict[str, Any]:
-    """Gifts per second of every run, and ours beside the references."""
+    """Gifts per second of every run, and ours beside each of the others (rates and,
+    where measured, events per CPU-second)."""
     runs_ = [name for name in report.RUNS if name in figures]
     for name in runs_:
         figures[name]["gifts_per_s"] = round(figures[name]["events_per_s"] * share)
-    ours = figures["ours"]["events_per_s"]
-    figures["ratios"] = {"ours_vs_naive": round(ours / max(1, figures["naive"]["events_per_s"]), 2),
-                         "ours_vs_ceiling": round(ours / max(1, figures["ceiling"]["events_per_s"]), 3)}
+    ours = figures["ours"]
+    ratios: dict[str, float] = {}
+    for name in runs_:
+        if name == "ours":
+            continue
+        other = figures[name]
+        ratios[f"ours_vs_{name}"] = round(ours["events_per_s"] / max(1, other["events_per_s"]), 2)
+        if ours.get("events_per_cpu_s") and other.get("events_per_cpu_s"):
+            ratios[f"ours_vs_{name}_per_cpu_s"] = round(ours["events_per_cpu_s"] / other["events_per_cpu_s"], 2)
     if "ours_two_workers" in runs_:
-        figures["ratios"]["two_workers_vs_one"] = round(figures["ours_two_workers"]["events_per_s"] / max(1, ours), 2)
+        ratios["two_workers_vs_one"] = round(figures["ours_two_workers"]["events_per_s"] / max(1, ours["events_per_s"]), 2)
+        ratios.pop("ours_vs_ours_two_workers", None)
+        ratios.pop("ours_vs_ours_two_workers_per_cpu_s", None)
+    figures["ratios"] = ratios
     return figures
 
 
@@ -164,6 +190,10 @@ def main(args: argparse.Namespace) -> int:
                 figures = readbench.leaderboard_read(s, args.gifters, args.requests, args.seed)
         finally:
             cleanup(s)
+    elif args.scenario == "dedupe":
+        from pipeline.benchmark import dedupe
+
+        figures = dedupe.run(args.seed, days=args.days)
     elif args.scenario == "latency":
         figures = latency(base, args, log_dir)
     elif args.scenario == "state":
@@ -172,7 +202,8 @@ def main(args: argparse.Namespace) -> int:
         figures = throughput(base, args.scenario, args, log_dir)
     result = {"scenario": args.scenario, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "figures": figures}
-    stem = RESULTS / f"{dt.date.today().isoformat()}-{args.scenario}"
+    name = args.scenario if args.scenario != "latency" or args.rate == 5_000 else f"latency-{args.rate:.0f}"
+    stem = RESULTS / f"{dt.date.today().isoformat()}-{name}"
     paths = report.write(stem, result)
     print(report.markdown(result))
     print("written " + ", ".join(str(p.relative_to(PROJECT_ROOT)) for p in paths))

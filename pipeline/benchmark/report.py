@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-RUNS = ("ours", "ours_two_workers", "naive", "ceiling")
+RUNS = ("ours", "ours_two_workers", "kstreams", "quix", "naive", "ceiling")
 
 
 def write(stem: Path, result: dict[str, Any]) -> list[Path]:
@@ -35,7 +35,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"faust-streaming {m.get('faust', '?')}. {m.get('note', '')}", ""]
     runs = [r for r in RUNS if isinstance(f.get(r), dict)]
     if runs:
-        cols = ["events", "events_per_s", "gifts_per_s", "elapsed_s", "cpu_avg_pct", "peak_rss_mb", "complete"]
+        cols = ["events", "events_per_s", "first_to_last_per_s", "gifts_per_s", "elapsed_s", "cpu_avg_pct",
+                "events_per_cpu_s", "peak_rss_mb", "complete"]
         lines += ["| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         lines += [f"| {r} | " + " | ".join(_fmt(f[r].get(c, "")) for c in cols) + " |" for r in runs]
         lines.append("")
