@@ -17,7 +17,8 @@ from agents.outcomes import Outcome
 from pipeline.engine.codec import dumps
 from pipeline.topics import FRAUD_ALERTS, OUTCOMES
 from pipeline.engine.kv import KV, MemoryKV
-from pipeline.engine.store import SEGMENT_PREFIX, DedupeIndex, Store
+from pipeline.engine.dedupe import SEGMENT_PREFIX, DedupeIndex
+from pipeline.engine.store import Store
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ as it arrives: the plain rules (payout ordering: test_payout_order.py).
 
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -324,7 +326,7 @@ def test_creator_duplicate_for_unknown_creator(creators: CreatorLedger) -> None:
 
 def test_abort_discards_state_dedupe_and_pending_credits(users: UserLedger) -> None:
     run(users, [recharge("r0", 5_000)])
-    committed = users.table.get("u1")
+    committed = copy.deepcopy(users.table.get("u1"))  # get() shares the cached value
     out = Output()
     for topic, item in [recharge("r1", 100), gift("g1"), limit("l1", 0)]:
         users.handle(topic, item, out)
@@ -358,7 +360,7 @@ def restored(stage: Stage, fresh: Stage, batches: list[Batch]) -> Stage:
     fresh.end_restore()
     assert fresh.table.as_dict() == stage.table.as_dict()
     assert fresh.dedupe.ids() == stage.dedupe.ids()
-    assert fresh.dedupe.segments == stage.dedupe.segments
+    assert fresh.dedupe.buckets == stage.dedupe.buckets
     return fresh
 
 

@@ -11,7 +11,8 @@ import pytest
 from pipeline.engine.codec import dumps
 from pipeline.engine.kv import KV, MemoryKV, RocksKV
 from pipeline.engine.merge import NO_TIME, EventTimeMerge, Pending
-from pipeline.engine.store import MAX_EXPIRE_PER_BATCH, DedupeIndex, Store
+from pipeline.engine.dedupe import MAX_EXPIRE_PER_BATCH, DedupeIndex
+from pipeline.engine.store import Store
 
 WINDOW = 1_000
 Records = list[tuple[str, dict[str, Any] | None]]
@@ -143,7 +144,7 @@ def test_new_segment_per_batch(index: DedupeIndex) -> None:
     assert strip(batch(index, {"a": 10, "b": 30, "c": 20})) == [("#dd:0", {"t": 30, "k": ["a", "b", "c"]})]
     assert batch(index, {}) == []
     assert strip(batch(index, {"d": 5})) == [("#dd:1", {"t": 5, "k": ["d"]})]
-    assert {seg: (t, n) for seg, (t, _, n) in index.segments.items()} == {0: (30, 3), 1: (5, 1)}
+    assert [(b.first, b.last, b.t, b.n) for b in index.buckets] == [(0, 0, 30, 3), (1, 1, 5, 1)]
     assert index.ids() == ["a", "b", "c", "d"]
     assert len(index) == 4
 
@@ -160,7 +161,7 @@ def test_id_exactly_window_behind_is_kept_one_more_is_forgotten(index: DedupeInd
     assert batch(index, {}, observe=100 + WINDOW) == []
     assert index.seen("old")
     assert batch(index, {}, observe=100 + WINDOW + 1) == [("#dd:0", None)]
-    assert not index.seen("old") and index.segments == {}
+    assert not index.seen("old") and index.buckets == []
 
 
 def test_tombstones_exactly_for_expired_segments(index: DedupeIndex) -> None:
@@ -169,7 +170,7 @@ def test_tombstones_exactly_for_expired_segments(index: DedupeIndex) -> None:
     records = batch(index, {"new": 1_250})
     assert strip(records) == [("#dd:4", {"t": 1_250, "k": ["new"]}), ("#dd:0", None), ("#dd:1", None)]
     assert sorted(index.ids()) == ["k2", "k3", "new"]
-    assert list(index.segments) == [2, 3, 4]
+    assert [b.first for b in index.buckets] == [2, 3, 4]
 
 
 def test_young_segment_lingers_behind_an_older_one(index: DedupeIndex) -> None:
@@ -198,7 +199,7 @@ def test_commit_matches_changelog_and_restore_reproduces(index: DedupeIndex) -> 
     fresh = DedupeIndex(WINDOW, clock=index.clock)  # time goes on
     for key, value in records:
         fresh.restore(key, None if value is None else dumps(value))
-    assert (fresh.ids(), fresh.segments, fresh.next_segment) == (index.ids(), index.segments, index.next_segment)
+    assert (fresh.ids(), fresh.buckets, fresh.next_segment) == (index.ids(), index.buckets, index.next_segment)
     assert sorted(fresh.ids()) == ["c", "d"]
     assert fresh.watermark == 1_700
 
@@ -333,7 +334,7 @@ def test_a_far_future_segment_does_not_hold_back_expiry_of_later_ones() -> None:
         now[0] += 2 * day / 1000
         batch(index, {f"k{i}": int(now[0] * 1000)})
     assert not index.seen("future") and not index.seen("k0")
-    assert len(index.segments) <= 2
+    assert len(index.buckets) <= 2
 
 
 def test_equal_event_times_go_by_when_each_record_was_written() -> None:
