@@ -1,0 +1,85 @@
+"""The Store's cache of decoded committed values: it saves a KV read and a decode for a
+key seen again, and must never show what the KV does not hold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.engine.codec import loads
+from pipeline.engine.kv import MemoryKV
+from pipeline.engine.store import Store
+from tests.unit.test_store_merge import Box, box_from_json
+
+
+class CountingKV(MemoryKV):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def get(self, key: bytes) -> bytes | None:
+        self.reads += 1
+        return super().get(key)
+
+
+def committed(store: Store[Box], key: str) -> Any:
+    raw = store.kv.get(store.prefix + key.encode())
+    return None if raw is None else box_from_json(loads(raw))
+
+
+def make(cached: int = 10) -> tuple[Store[Box], CountingKV]:
+    kv = CountingKV()
+    return Store(Box, box_from_json, kv, b"t:", cached=cached), kv
+
+
+def test_a_committed_value_is_read_from_the_kv_once() -> None:
+    store, kv = make()
+    store.for_update("a").bump(5)
+    store.encoded_changes()
+    store.commit()
+    reads = kv.reads
+    for _ in range(3):
+        store.for_update("a").bump()
+        store.commit()
+    assert kv.reads == reads  # every later batch found it in the cache
+    assert store.get("a") == committed(store, "a") == Box(8, 4)
+
+
+def test_an_aborted_change_never_reaches_the_cache() -> None:
+    store, _ = make()
+    store.for_update("a").bump(5)
+    store.commit()
+    store.for_update("a").bump(100)
+    store.abort()
+    assert store.get("a") == committed(store, "a") == Box(5, 1)
+
+
+def test_a_change_without_a_new_seq_is_neither_written_nor_kept() -> None:
+    store, _ = make()
+    store.for_update("a").bump(5)
+    store.commit()
+    store.for_update("a").n = 999  # a bug in a rule: changed, seq not bumped
+    store.commit()
+    assert store.get("a") == committed(store, "a") == Box(5, 1)
+
+
+def test_the_cache_is_bounded_and_evicts_the_oldest() -> None:
+    store, kv = make(cached=3)
+    for key in "abcde":
+        store.for_update(key).bump()
+    store.commit()
+    assert list(store._cache) == ["c", "d", "e"]
+    reads = kv.reads
+    assert store.get("a") == Box(1, 1)  # evicted: read again from the KV
+    assert kv.reads == reads + 1
+
+
+def test_a_restored_record_replaces_the_cached_value() -> None:
+    store, _ = make()
+    store.for_update("a").bump(5)
+    store.commit()
+    store.restore("a", b'{"n":42,"q":9}')
+    store.end_restore()
+    assert store.get("a") == Box(42, 9)
+    store.restore("a", None)
+    store.end_restore()
+    assert store.get("a") is None
