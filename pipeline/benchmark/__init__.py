@@ -3,12 +3,14 @@
 Every scenario starts what it needs (local Kafka and Redis if not running, workers on a
 fresh topic and key prefix, deleted afterwards) and writes
 `bench/results/<date>-<scenario>.json`, `.md` and `.png`:
-- `uniform`: gifts spread over 10,000 creators, produced as fast as one producer goes to
-  one worker, then again to two workers; beside it, on the same topics, the naive Faust
-  reference (bench/naive.py) and a plain aiokafka reader (the ceiling).
+- `uniform`: a backlog of gifts spread over 10,000 creators, read by one worker, by
+  the peers (bench/peers/: Kafka Streams, Quix Streams) on the same topics, by the
+  naive Faust reference (bench/naive.py) and a plain aiokafka reader (the ceiling),
+  then by two workers (backlog.py).
 - `mega-live`: the same with half of all gifts to one creator and one stream.
-- `latency`: a fixed offered rate (default 5,000 gifts/s): send-to-outcome and
-  send-to-leaderboard latency.
+- `latency`: a fixed offered rate (default 5,000 gifts/s; `latency-<rate>` otherwise):
+  send-to-outcome and send-to-leaderboard latency.
+- `dedupe`: the duplicate index's memory over days of batches in compressed time.
 - `state`: 1,000,000 users and 10,000,000 events: worker memory, then the recovery time
   of a worker started after a SIGKILL.
 - `leaderboard-read`: HTTP reads of a 100,000-gifter board.

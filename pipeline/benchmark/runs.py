@@ -24,7 +24,7 @@ from aiokafka.structs import TopicPartition
 from agents.ingest.decode import decode
 from agents.readmodel import leaderboards
 from pipeline import redis_client, topics
-from pipeline.benchmark.probes import Lag, ProcStats, board_total
+from pipeline.benchmark.probes import Lag, ProcStats
 from pipeline.local_worker import get, running_worker
 from pipeline.settings import PROJECT_ROOT, Settings
 from pipeline.simulate import Message
