@@ -40,7 +40,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         lines += [f"| {r} | " + " | ".join(_fmt(f[r].get(c, "")) for c in cols) + " |" for r in runs]
         lines.append("")
-    rest = {k: v for k, v in f.items() if k not in RUNS}
+    rest = {k: v for k, v in f.items() if k not in RUNS and k != "timeline"}  # timelines: the JSON and chart
     for r in runs:  # run figures beyond the table (latency, recovery, board)
         rest.update({f"{r}.{k}": v for k, v in f[r].items() if k not in cols and k != "timeline"})
     lines += ["| figure | value |", "|---|---|"]
