@@ -4,16 +4,16 @@ per-segment cases with a small window)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from pipeline.engine.codec import dumps
 from pipeline.engine.dedupe import (BUCKETS_PER_WINDOW, MAX_EXPIRE_PER_BATCH, MAX_SEGMENT_IDS, Bucket,
                                     DedupeIndex, MAX_CLOCK_SKEW_MS)
-from pipeline.engine.kv import KV, MemoryKV, RocksKV
+from pipeline.engine.kv import KV, MemoryKV
 from pipeline.invariants import InvariantError
+from tests.unit.test_store_merge import batch, kv  # noqa: F401 - kv: the fixture on both backends
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -30,26 +30,8 @@ class Clock:
         return self.now_ms / 1000
 
 
-@pytest.fixture(params=["memory", "rocksdb"])
-def kv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KV]:
-    kv: KV = MemoryKV() if request.param == "memory" else RocksKV(tmp_path / "db")
-    yield kv
-    kv.close()
-
-
 def new(clock: Clock, kv: KV | None = None) -> DedupeIndex:
     return DedupeIndex(WINDOW, clock=clock, kv=kv, prefix=b"i:")
-
-
-def batch(index: DedupeIndex, keys: dict[str, int], observe: int | None = None) -> Records:
-    for key, ts in keys.items():
-        index.observe(ts)
-        index.add(key, ts)
-    if observe is not None:
-        index.observe(observe)
-    records = index.changelog()
-    index.commit()
-    return records
 
 
 def restored(records: Records, clock: Clock, kv: KV | None = None) -> DedupeIndex:
