@@ -29,6 +29,7 @@ from aiokafka.structs import TopicPartition
 
 from pipeline import redis_client, topics
 from pipeline.benchmark.probes import ProcStats, board_total
+from pipeline.benchmark.runs import start_workers
 from pipeline.settings import PROJECT_ROOT, Settings
 from pipeline.simulate import Message
 
@@ -259,8 +260,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 async def run_ours(s: Settings, workers: int, expected: dict[str, dict[str, Any]], log_dir: Path) -> dict[str, Any]:
     """Our worker(s) on the backlog of deployment `s`, then the time until the creators'
     board shows every credited diamond."""
-    from pipeline.benchmark.runs import start_workers
-
     with ExitStack() as stack:
         started = time.perf_counter()  # the workers' start-up (health) counts
         procs = start_workers(stack, s, workers, log_dir)
