@@ -26,9 +26,9 @@ V = TypeVar("V", bound=Value)
 
 
 RESTORE_CHUNK = 10_000  # changelog records per RocksDB write while restoring
-# Decoded committed values kept per table (Store._cache): a user value is ~1 KB in
-# memory, so 20,000 per table and 8 tables a worker stay near 160 MB at most.
-CACHED_VALUES = 20_000
+# Decoded committed values kept per table (Store._cache) unless the stage is given its
+# share of the worker's PIPELINE_STATE_CACHE_VALUES (Stage.limit_cache).
+CACHED_VALUES = 10_000
 
 
 class Store(Generic[V]):
@@ -69,8 +69,14 @@ class Store(Generic[V]):
     def _keep(self, key: str, value: V) -> None:
         cache = self._cache
         cache[key] = value
-        if len(cache) > self.cached:
+        while len(cache) > self.cached:
             del cache[next(iter(cache))]
+
+    def limit_cache(self, values: int) -> None:
+        require(values >= 0, "a cache of at least 0 values")
+        self.cached = values
+        while len(self._cache) > values:
+            del self._cache[next(iter(self._cache))]
 
     def get(self, key: str) -> V | None:
         """For reading only, and only within the batch: the value is the cached or the

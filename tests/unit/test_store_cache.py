@@ -83,3 +83,36 @@ def test_a_restored_record_replaces_the_cached_value() -> None:
     store.restore("a", None)
     store.end_restore()
     assert store.get("a") is None
+
+
+def test_a_smaller_limit_evicts_at_once_and_zero_turns_the_cache_off() -> None:
+    store, kv = make(cached=5)
+    for key in "abcde":
+        store.for_update(key).bump()
+    store.commit()
+    store.limit_cache(2)
+    assert list(store._cache) == ["d", "e"]
+    store.limit_cache(0)
+    assert not store._cache
+    reads = kv.reads
+    assert store.get("e") == store.get("e") == Box(1, 1)
+    assert kv.reads == reads + 2 and not store._cache
+
+
+def test_a_worker_budget_is_split_over_partitions_and_stages() -> None:
+    """The engine gives each stage its share of PIPELINE_STATE_CACHE_VALUES as if the
+    worker held every partition; a stage's side tables get a small part of it."""
+    from pipeline import economics
+    from pipeline.engine.engine import Engine
+    from pipeline.settings import Settings
+    from agents.credit.agent import CreatorLedger
+    from agents.ledger.agent import UserLedger
+
+    econ = economics.load(None)
+    settings = Settings(partitions=4, state_cache_values=80_000)
+    engine = Engine(settings, lambda p: [UserLedger(econ, p, 4), CreatorLedger(econ, 4)], lambda updates: None)
+    task = engine._new_task(1)
+    budgets = [sum(t.cached for _, t in stage._tables()) for stage in task.stages]
+    assert budgets == [80_000 // 8] * 2
+    for stage in task.stages:
+        assert all(t.cached < stage.table.cached for t in stage.side.values())
