@@ -45,7 +45,7 @@ BATCH_SECONDS = Histogram(
 )
 CYCLE_SECONDS = Histogram(
     "ledger_cycle_phase_seconds", "Time of each phase of the engine's cycle: fetch (waiting for input), process "
-    "(rules, all partitions), commit (the partitions' transactions, in parallel), read_model (Redis), end_offsets "
+    "(rules, all partitions), commit (the partitions' transactions, in parallel), read_model (Redis, in the background), read_model_wait (a cycle waiting for it: MAX_UNSUNK), end_offsets "
     "(the ListOffsets round trip of causal order).",
     ["phase"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )

@@ -34,6 +34,9 @@ ReadModelSink = Callable[[list[ReadModelUpdate]], Awaitable[None]]
 
 POLL_TIMEOUT_MS = 50
 RESTORE_POLL_MS = 200
+# Committed read-model updates waiting for Redis at most (the sink is slower than the
+# ledger for a while, e.g. Redis restarting): beyond this, a cycle waits for the sink.
+MAX_UNSUNK = 100_000
 RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 SNAPSHOT_CHUNK = 2_000
 END_OFFSETS_TIMEOUT_S = 5.0  # then the cycle goes on with every empty input lagging
@@ -65,7 +68,8 @@ class Engine:
         self.consumer: AIOKafkaConsumer | None = None
         self._stopping = False
         self._failures: dict[int, int] = {}  # partition -> transactions failed in a row
-        self._broken: dict[int, float] = {}  # partition -> when to rebuild it (monotonic)
+        self._broken: dict[int, float] = {}  # partition -> when to (re)build it (monotonic)
+        self._unbuilt: set[int] = set()  # assigned, not yet built once: not ready until built
         self._quarantines: dict[int, Quarantine] = {}  # partition -> records to dead-letter (task.py)
         self._undecodable: dict[TopicPartition, float] = {}  # paused until (monotonic): see fetch.py
         self._seek_epoch = 0
@@ -100,8 +104,7 @@ class Engine:
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
             max_poll_interval_ms=300_000,
-            # Restoring state runs in the rebalance listener: give it time, so a second
-            # rebalance during a long restore does not evict this worker.
+            # A rebalance waits for the current cycle (or restore) to end: give it time.
             rebalance_timeout_ms=300_000,
         )
         await self.consumer.start()
@@ -218,17 +221,21 @@ class Engine:
                 self._unsunk.extend(result)
                 if task.committed_offsets != before[task.partition]:  # input moved on: healthy
                     self._failures.pop(task.partition, None)
-        self._sink_soon()
+        await self._sink_soon()
         self._flow_control()
 
-    def _sink_soon(self) -> None:
+    async def _sink_soon(self) -> None:
         """Committed changes go to Redis in the background while the next cycles run:
-        the ledger never waits on the read model. One write at a time; what commits
-        meanwhile waits in `_unsunk` for the next (the sink merges updates of a key)."""
+        the ledger waits on the read model only when MAX_UNSUNK updates are waiting.
+        One write at a time; what commits meanwhile waits in `_unsunk` for the next
+        (the sink merges updates of a key)."""
         sinking = self._sinking
         if sinking is not None:
             if not sinking.done():
-                return
+                if len(self._unsunk) < MAX_UNSUNK:
+                    return
+                with metrics.CYCLE_SECONDS.labels("read_model_wait").time():
+                    await asyncio.wait([sinking])
             sinking.result()  # a sink that raised is a bug: stop the worker
         self._sinking = None
         if self._unsunk:
@@ -352,7 +359,8 @@ class Engine:
         self._broken[partition] = time.monotonic() + delay
 
     async def _rebuild_broken(self) -> None:
-        """Retry the partitions whose transaction failed, once their backoff is over."""
+        """Build the partitions newly assigned, and those whose transaction failed once
+        their backoff is over."""
         assert self.consumer is not None
         now = time.monotonic()
         due = [p for p, at in self._broken.items() if at <= now]
@@ -361,20 +369,33 @@ class Engine:
         assigned = {tp.partition for tp in self.consumer.assignment()}
         for p in due:
             del self._broken[p]
-            if p not in assigned or p in self.tasks:
-                continue  # moved away, or rebuilt by a rebalance meanwhile
-            task = self._new_task(p)
+        self._unbuilt &= assigned  # moved away meanwhile: not ours to wait for
+        # One restore for all (one reader over their changelogs); skipped: moved away,
+        # or built already.
+        tasks = [self._new_task(p) for p in due if p in assigned and p not in self.tasks]
+        if tasks:
             try:
-                await self._build([task])
+                await self._build(tasks)
             except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-                await task.stop()
-                self._rebuild_later(p, exc)
-                continue
-            log.info("partition %d rebuilt", p)
+                for task in tasks:
+                    if self.tasks.get(task.partition) is task:
+                        del self.tasks[task.partition]
+                    await task.stop()
+                    self._rebuild_later(task.partition, exc)
+                return
+            log.info("partitions %s built", [t.partition for t in tasks])
+            self._unbuilt.difference_update(t.partition for t in tasks)
+        if not self._unbuilt:
+            self.ready.set()
 
     def _new_task(self, partition: int) -> PartitionTask:
         quarantine = self._quarantines.setdefault(partition, Quarantine(self.settings.max_batch))
-        return PartitionTask(partition, self.make_stages(partition), self.settings, quarantine)
+        stages = self.make_stages(partition)
+        # The worker's cache budget, as if it held every partition (it may come to).
+        share = self.settings.state_cache_values // (self.settings.partitions * len(stages))
+        for stage in stages:
+            stage.limit_cache(share)
+        return PartitionTask(partition, stages, self.settings, quarantine)
 
     async def _build(self, tasks: list[PartitionTask]) -> None:
         """Take partitions on: fence with a new producer, restore state, seek to the
@@ -410,14 +431,20 @@ class Engine:
                 task = self.tasks.pop(p)
                 await task.stop()
                 metrics.forget_partition(p, task.input_topics)
-            new = [self._new_task(p) for p in sorted(by_partition) if p not in self.tasks]
-            self._broken.clear()  # every partition of ours is (re)built here
+            new = sorted(p for p in by_partition if p not in self.tasks)
             self._undecodable.clear()
             for task in self.tasks.values():  # kept: back to the last commit
                 await self._seek_committed(task)
-            await self._build(new)
-            log.info("assigned partitions %s (new: %s)", sorted(self.tasks), [t.partition for t in new])
-            self.ready.set()
+            # New partitions are built by the loop (`_rebuild_broken`), not here: aiokafka
+            # sends no heartbeat while this listener runs, so a restore longer than the
+            # session timeout would get this worker evicted, and the group would rebalance
+            # again (and again, each new owner restoring in turn).
+            now = time.monotonic()
+            self._broken = {p: now for p in new}
+            self._unbuilt = set(new)
+            log.info("assigned partitions %s (kept: %s, to restore: %s)", sorted(by_partition), sorted(self.tasks), new)
+            if not new:
+                self.ready.set()
 
     async def _seek_committed(self, task: PartitionTask) -> None:
         """Position every input at its committed offset (or its beginning), always by an
@@ -475,6 +502,9 @@ class Engine:
                                                     f"not a state record: {exc.__class__.__name__}: {exc}", "poison")
                     n += len(records)
                     self.progress_at = time.monotonic()
+                # getmany() returns without suspending while it has records prefetched:
+                # let heartbeats, metrics and HTTP run between batches.
+                await asyncio.sleep(0)
                 remaining = {tp for tp in remaining if await restorer.position(tp) < ends[tp]}
             for _, stage in owners.values():
                 stage.end_restore()
