@@ -19,13 +19,13 @@ $(VENV)/.installed: pyproject.toml requirements.in $(LOCK)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-## Regenerate requirements.lock (runtime + test) and requirements-runtime.lock (the
+## Regenerate requirements.lock (runtime + tools + test) and requirements-runtime.lock (the
 ## worker image's subset, same versions) from pyproject.toml and requirements.in.
 ## Pins already in the lock are kept; `make lock LOCK_ARGS=--upgrade` moves all to the latest.
 lock:
 	$(PYTHON) -m venv $(LOCK_TOOLS)
 	$(LOCK_TOOLS)/bin/python -m pip install --quiet $(PIP_TOOLS)
-	$(PIP_COMPILE) --extra test -o $(LOCK) pyproject.toml requirements.in
+	$(PIP_COMPILE) --extra tools --extra test -o $(LOCK) pyproject.toml requirements.in
 	$(PIP_COMPILE) -c $(LOCK) -o $(RUNTIME_LOCK) pyproject.toml requirements.in
 
 ## Start local Kafka and Redis, a worker, and a short simulated live event.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import sys
 
 from pipeline.settings import ConfigError
@@ -28,16 +29,6 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dev(args: argparse.Namespace) -> int:
-    from pipeline import settings
-    from pipeline.infra import dev
-
-    s = settings.load()
-    lines = {"up": dev.up, "down": dev.down, "status": dev.status}[args.action](s)
-    print("\n".join(lines))
-    return 0
-
-
 def _topics(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -47,36 +38,6 @@ def _topics(args: argparse.Namespace) -> int:
     asyncio.run(topics.ensure_topics(s))
     print("\n".join(f"{t.name}: {t.partitions} partitions" for t in topics.specs(s)))
     return 0
-
-
-def _run(args: argparse.Namespace) -> int:
-    from pipeline import demo
-
-    return demo.main(args)
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    from pipeline import simulate_cli
-
-    return simulate_cli.main(args)
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from pipeline import benchmark
-
-    return benchmark.main(args)
-
-
-def _fraud_eval(args: argparse.Namespace) -> int:
-    from pipeline import fraud_eval
-
-    return fraud_eval.main(args)
-
-
-def _soak(args: argparse.Namespace) -> int:
-    from pipeline import soak
-
-    return soak.main(args)
 
 
 def _redrive(args: argparse.Namespace) -> int:
@@ -91,66 +52,51 @@ def _acls(args: argparse.Namespace) -> int:
     return acls.main(args)
 
 
+# The development and measurement commands live in the `tools` package, which the
+# worker image leaves out (pyproject.toml, extra "tools").
+TOOL_COMMANDS = {
+    "dev": "local Kafka (KRaft) and Redis for development and tests",
+    "run": "dev up, a worker, and a short simulated live event; prints balances and top creators",
+    "simulate": "produce a seeded simulated live event to Kafka (rate, size, mega-live, bad input)",
+    "bench": "run a benchmark; results go to bench/results/<date>-<scenario>.json, .md, .png",
+    "fraud-eval": "precision, recall and detection delay of the fraud rules through the real pipeline",
+    "soak": "a simulated live event against several workers with periodic SIGKILLs, then every invariant checked",
+}
+
+
+def _no_tools(args: argparse.Namespace) -> int:
+    print(f"error: '{args.command}' is a tool, and the tools package is not installed here (the worker image "
+          "holds the runtime only); run it from a checkout: pip install -e '.[tools]'", file=sys.stderr)
+    return 2
+
+
+def _tool_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    if importlib.util.find_spec("tools") is not None:
+        from tools.cli import register
+
+        register(sub, TOOL_COMMANDS)
+        return
+    for name, text in TOOL_COMMANDS.items():
+        p = sub.add_parser(name, help=f"{text} (tools package)", add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_no_tools)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="Real-time coin and gift ledger on Kafka. Settings come from PIPELINE_* "
-        "environment variables (README, 'Settings').",
+        "environment variables (docs/reference.md, 'Settings').",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("worker", help="run a ledger worker (Faust app, HTTP read model on PIPELINE_WEB_PORT)")
     p.set_defaults(func=_worker)
 
-    p = sub.add_parser("dev", help="local Kafka (KRaft) and Redis for development and tests")
-    p.add_argument("action", choices=("up", "down", "status"), help="start (idempotent), stop, or show them")
-    p.set_defaults(func=_dev)
-
     p = sub.add_parser("topics", help="create the pipeline's topics (workers also do it at start)")
     p.set_defaults(func=_topics)
 
-    p = sub.add_parser("run", help="dev up, a worker, and a short simulated live event; prints balances and top creators")
-    p.add_argument("--events", type=int, default=5000, help="events to simulate (default 5000)")
-    p.add_argument("--users", type=int, default=200, help="distinct viewers (default 200)")
-    p.add_argument("--creators", type=int, default=20, help="distinct creators (default 20)")
-    p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    p.add_argument("--watch", action="store_true",
-                   help="keep the worker running afterwards, for the live dashboard, until Ctrl-C")
-    p.set_defaults(func=_run)
-
-    p = sub.add_parser("simulate", help="produce a seeded simulated live event to Kafka (rate, size, mega-live, bad input)")
-    from pipeline.simulate_cli import add_arguments
-
-    add_arguments(p)
-    p.set_defaults(func=_simulate)
-
-    p = sub.add_parser("bench", help="run a benchmark; results go to bench/results/<date>-<scenario>.json, .md, .png")
-    p.add_argument("scenario", choices=("uniform", "mega-live", "latency", "state", "leaderboard-read", "dedupe"),
-                   help="what to measure (see pipeline/benchmark/__init__.py)")
-    p.add_argument("--events", type=int, default=0, help="events (default: 200000; state: 10000000)")
-    p.add_argument("--rate", type=float, default=5_000, help="latency: offered gifts per second (default 5000)")
-    p.add_argument("--duration", type=float, default=30, help="latency: seconds of offered load (default 30)")
-    p.add_argument("--gifters", type=int, default=100_000, help="leaderboard-read: gifters on the board (default 100000)")
-    p.add_argument("--requests", type=int, default=2_000, help="leaderboard-read: reads per case (default 2000)")
-    p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    p.add_argument("--peers", default="kstreams,quix", type=lambda v: [x for x in v.split(",") if x],
-                   help="uniform, mega-live: peer engines run beside ours (bench/peers/; default kstreams,quix; '' for none)")
-    p.add_argument("--days", type=float, default=10.0, help="dedupe: simulated days of commits (default 10)")
-    p.set_defaults(func=_bench)
-
-    p = sub.add_parser("fraud-eval", help="precision, recall and detection delay of the fraud rules through the "
-                       "real pipeline; results go to bench/results/<date>-fraud-eval.json, .md")
-    from pipeline.fraud_eval import add_arguments as fraud_eval_arguments
-
-    fraud_eval_arguments(p)
-    p.set_defaults(func=_fraud_eval)
-
-    p = sub.add_parser("soak", help="a simulated live event against several workers with periodic SIGKILLs, then "
-                       "every invariant checked; results go to bench/results/<date>-soak.json, .md")
-    from pipeline.soak import add_arguments as soak_arguments
-
-    soak_arguments(p)
-    p.set_defaults(func=_soak)
+    _tool_commands(sub)
 
     p = sub.add_parser("redrive", help="send dead letters back to their source topic after a fix (dry run unless "
                        "--apply; safe to repeat)")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.infra.kafka import LocalKafka
-from pipeline.infra.redis import LocalRedis
+from tools.infra.kafka import LocalKafka
+from tools.infra.redis import LocalRedis
 from tests.support.harness import Deployment, Worker, free_port
 
 

@@ -12,8 +12,8 @@ import redis as redis_py
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline.infra.kafka import LocalKafka
-from pipeline.infra.redis import LocalRedis
+from tools.infra.kafka import LocalKafka
+from tools.infra.redis import LocalRedis
 
 HOST = "127.0.0.1"
 TOPIC = "infra-probe"

@@ -2,7 +2,7 @@
 
 Users read the schemas; the worker runs decode.py. For every sample value whose key equals
 its id field, decode returns Malformed exactly when the schema (applied by
-`pipeline.schemas.validator`, on `json.loads` output so 5.0 stays a float) rejects it. The
+`tools.schemas.validator`, on `json.loads` output so 5.0 stays a float) rejects it. The
 field table below is written from CONTRACT.md, not from decode.py, so the test checks both.
 """
 
@@ -16,7 +16,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from agents.ingest.decode import Malformed, decode
-from pipeline.schemas import SCHEMA_DIR, load_schema, topics, validator
+from tools.schemas import SCHEMA_DIR, load_schema, topics, validator
 
 INPUTS = ("recharges", "gifts", "payouts", "spend-limits")
 OUTPUTS = ("ledger-outcomes", "dead-letters", "fraud-alerts")

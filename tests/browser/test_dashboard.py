@@ -15,11 +15,13 @@ from typing import TypeVar
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from pipeline import economics, simulate_fraud
+from pipeline import economics
+
+from tools import simulate_fraud
 from pipeline.dashboard import routes
-from pipeline.infra.debian import require
+from tools.infra.debian import require
 from pipeline.settings import PROJECT_ROOT
-from pipeline.simulate import Message, SimConfig, generate, message
+from tools.simulate import Message, SimConfig, generate, message
 from pipeline.topics import GIFTS, RECHARGES
 from tests.support.harness import Deployment, Worker, produce, run
 
@@ -125,7 +127,7 @@ def test_leaderboard_updates_live_behind_the_token(browser: Browser, deployment:
         message(RECHARGES, {"event_id": f"a-w-r{i}", "user_id": whale, "coins": 10_000, "amount_cents": 9_999,
                             "currency": "USD", "ts": now}, "user_id") for i in range(n_recharges)])
     # Gifts only once the coins are there: a gift fetched before its sender's recharge
-    # is refused (README, "Limits": live ordering across topics).
+    # is refused (docs/design.md, "Limits": live ordering across topics).
     wait_for(lambda: worker.get(f"/users/{whale}")[1]["coins"] == n_recharges * 10_000)
     send(deployment, [message(GIFTS, {"event_id": f"a-w-g{i}", "sender_id": whale, "creator_id": "a-c0",
                                       "stream_id": stream, "gift_id": "galaxy", "quantity": 1,
@@ -155,7 +157,7 @@ def test_alert_appears_in_the_feed_with_its_evidence(browser: Browser, deploymen
 
     now = int(time.time() * 1000)
     # Card testing: unaffordable gifts, refused whatever the order of topics (a velocity
-    # script's gifts could be fetched before its recharge; README, "Limits").
+    # script's gifts could be fetched before its recharge; docs/design.md, "Limits").
     (script,) = [s for s in simulate_fraud.scripts(1, 0, now, 1, seed=5, prefix="v-")
                  if s.label["pattern"] == "rejection_probe"]
     normal = simulated(300, seed=6, prefix="n-")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.infra.debian import require
+from tools.infra.debian import require
 from tests.deploy.common import (
     PROMETHEUS_CONFIG,
     RULE_FILES,
@@ -65,7 +65,7 @@ def test_every_alert_is_documented_and_proven_to_fire() -> None:
         assert "for" in rule, name
         assert rule["labels"]["severity"] in SEVERITIES, name
         assert {"summary", "description", "runbook_url"} <= set(rule["annotations"]), name
-        assert rule["annotations"]["runbook_url"].endswith("README.md#operations"), name
+        assert rule["annotations"]["runbook_url"].endswith("docs/operations.md#alerts"), name
         assert name in fired, f"{name} is never shown to fire in {RULES_TEST_FILE.name}"
         assert name in silent, f"{name} is never shown to stay silent in {RULES_TEST_FILE.name}"
 

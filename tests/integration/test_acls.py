@@ -22,8 +22,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import TopicAuthorizationFailedError
 from aiokafka.structs import TopicPartition
 
-from pipeline.infra.kafka import LocalKafka
-from pipeline.infra.redis import LocalRedis
+from tools.infra.kafka import LocalKafka
+from tools.infra.redis import LocalRedis
 from pipeline.settings import PROJECT_ROOT
 from tests.support.harness import Deployment, Worker, free_port
 

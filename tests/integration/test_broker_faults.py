@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from pipeline.infra.kafka import LocalKafka, new_cluster_id
+from tools.infra.kafka import LocalKafka, new_cluster_id
 from tests.conftest import Cluster
 from tests.integration.test_ledger_e2e import (
     CREATORS, DONE_TIMEOUT_S, EVENTS, _assert_same_outcomes, _backlog, _check_state, _eventually, _users_of,

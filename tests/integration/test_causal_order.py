@@ -1,5 +1,5 @@
 """Causal order under live production (CONTRACT.md, Processing rules): a producer that
-waits for each round's acknowledgements (pipeline/causal.py) fixes every outcome, so
+waits for each round's acknowledgements (tools/causal.py) fixes every outcome, so
 the committed outcomes, `balance_after` included, must equal the reference ledger's
 applying the rounds in order, run after run, and across SIGKILLs of the worker."""
 
@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from pipeline import causal, economics, topics
+from pipeline import economics, topics
+
+from tools import causal
 from tests.support.harness import Deployment, Worker, run
 from tests.support.reference import ReferenceLedger
 

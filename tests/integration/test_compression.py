@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline import topics
-from pipeline.infra.debian import kcat
+from tools.infra.debian import kcat
 from tests.conftest import Cluster
 from tests.support.harness import Deployment, Worker, one_worker, run
 

@@ -141,7 +141,7 @@ def fraud_run(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     ev = Events()
     expected, held = scenarios(ev)
     # A backlog, produced before the worker starts: produced while it reads, a gift
-    # could be read before its sender's recharge (README, "Limits") and be refused.
+    # could be read before its sender's recharge (docs/design.md, "Limits") and be refused.
     messages = ev.messages(d.prefix)
     run(produce(d.bootstrap, messages))
     worker = Worker(d, "fraud-worker").start()
@@ -213,7 +213,7 @@ def test_alert_feed_in_redis_is_capped_and_a_rewrite_adds_nothing(cluster: Clust
 
     from agents.readmodel import alerts
     from agents.readmodel.redis_sink import RedisReadModel
-    from pipeline.engine.stage import alert_update
+    from agents.stage import alert_update
     from pipeline.settings import Settings
 
     monkeypatch.setattr(alerts, "MAX_FEED", 3)

@@ -23,7 +23,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from pipeline import topics
 from pipeline.engine.partitioning import partition_for
-from pipeline.infra.debian import require
+from tools.infra.debian import require
 from pipeline.settings import PROJECT_ROOT
 from tests.conftest import Cluster
 from tests.support.harness import Deployment, Worker, one_worker, run

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from pipeline.infra.kafka import LocalKafka
+from tools.infra.kafka import LocalKafka
 from pipeline.settings import PROJECT_ROOT
 from tests.conftest import Cluster
 from tests.support.harness import Deployment, Worker, free_port, produce, read_all, run

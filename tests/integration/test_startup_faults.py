@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from pipeline.infra.redis import LocalRedis
+from tools.infra.redis import LocalRedis
 from pipeline.settings import PROJECT_ROOT
 from tests.integration.test_ledger_e2e import _eventually
 from tests.support.harness import Deployment, Worker, free_port, produce, read_all, run

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import serialization
 
 from agents.readmodel.redis_sink import hash_key
 from pipeline import redis_client
-from pipeline.infra.kafka import LocalKafka
-from pipeline.infra.redis import LocalRedis
+from tools.infra.kafka import LocalKafka
+from tools.infra.redis import LocalRedis
 from pipeline.settings import PROJECT_ROOT
 from tests.support.harness import Deployment, Worker, free_port, produce, read_all, run
 

@@ -59,7 +59,7 @@ from aiokafka.structs import TopicPartition
 from agents.ingest.decode import Malformed, decode
 from pipeline import economics
 from pipeline import settings as pipeline_settings
-from pipeline.simulate import SimConfig, generate
+from tools.simulate import SimConfig, generate
 from tests.support.reference import KEY_FIELD, MAX_AHEAD_MS, MAX_BEHIND_MS, ReferenceLedger
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.benchmark import report
-from pipeline.benchmark.backlog import agreement, stalls
-from pipeline.benchmark.runs import percentiles
+from tools.benchmark import report
+from tools.benchmark.backlog import agreement, stalls
+from tools.benchmark.runs import percentiles
 
 MACHINE = {"cores": 2, "cpu": "x", "memory_gib": 23.5, "python": "3.11.7", "kafka": "3.9.1", "java": "17",
            "aiokafka": "0.14.0", "faust": "0.15.3", "note": "one machine"}

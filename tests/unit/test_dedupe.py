@@ -304,8 +304,8 @@ def test_ids_need_a_changelog_before_commit() -> None:
 
 
 def test_the_memory_benchmark_runs_and_reports() -> None:
-    """A short run of the benchmark (pipeline/benchmark/dedupe.py), in its subprocess."""
-    from pipeline.benchmark import dedupe as bench
+    """A short run of the benchmark (tools/benchmark/dedupe.py), in its subprocess."""
+    from tools.benchmark import dedupe as bench
 
     figures = bench.run(1, days=0.02, batches_per_s=5.0, ids_per_batch=2, samples=4)
     assert figures["batches"] == 8_640 and figures["ids_end"] == 17_280

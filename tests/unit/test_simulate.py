@@ -7,7 +7,7 @@ from collections import Counter
 
 from agents.ingest.decode import Malformed, decode
 from pipeline import economics
-from pipeline.simulate import SimConfig, generate
+from tools.simulate import SimConfig, generate
 
 ECON = economics.load()
 

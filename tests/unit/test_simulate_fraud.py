@@ -12,8 +12,8 @@ import pytest
 
 from agents.ingest.decode import Malformed, decode
 from pipeline import economics
-from pipeline.simulate import SimConfig, generate
-from pipeline.simulate_fraud import PATTERNS, Script, inject, scripts
+from tools.simulate import SimConfig, generate
+from tools.simulate_fraud import PATTERNS, Script, inject, scripts
 from tests.support.reference import ReferenceLedger
 
 T0 = 1_780_000_000_000

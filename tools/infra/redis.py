@@ -12,8 +12,8 @@ from pathlib import Path
 
 import redis as redis_py
 
-from pipeline.infra import debian
-from pipeline.infra.procs import InfraError, LocalServer, check_port_free
+from tools.infra import debian
+from tools.infra.procs import InfraError, LocalServer, check_port_free
 
 SETTING = "PIPELINE_REDIS_URL"
 

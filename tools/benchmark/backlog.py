@@ -28,10 +28,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
 from pipeline import redis_client, topics
-from pipeline.benchmark.probes import ProcStats, board_total
-from pipeline.benchmark.runs import start_workers
+from tools.benchmark.probes import ProcStats, board_total
+from tools.benchmark.runs import start_workers
 from pipeline.settings import PROJECT_ROOT, Settings
-from pipeline.simulate import Message
+from tools.simulate import Message
 
 PEERS_DIR = PROJECT_ROOT / "bench" / "peers"
 MAX_RUN_S = 900  # an engine that has not answered every event by then failed the run

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import time
 
-from pipeline.infra.procs import InfraError, file_lock
+from tools.infra.procs import InfraError, file_lock
 from pipeline.settings import PROJECT_ROOT
 
 APT_TIMEOUT_S = 900

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 from pipeline import topics
 from pipeline.economics import Economics
 from pipeline.settings import Settings
-from pipeline.simulate import Message, message
+from tools.simulate import Message, message
 
 Event = tuple[str, dict[str, Any]]  # topic (no prefix), contract value
 

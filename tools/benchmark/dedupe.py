@@ -58,7 +58,7 @@ def run(args_seed: int, days: float = 10.0, batches_per_s: float = 5.0, ids_per_
     "path/to/file.py:Class" (the index class to drive, DedupeIndex's interface)."""
     params = {"seed": args_seed, "days": days, "batches_per_s": batches_per_s, "ids_per_batch": ids_per_batch,
               "samples": samples, "impl": impl}
-    done = subprocess.run([sys.executable, "-m", "pipeline.benchmark.dedupe", "--child", json.dumps(params)],
+    done = subprocess.run([sys.executable, "-m", "tools.benchmark.dedupe", "--child", json.dumps(params)],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"dedupe benchmark failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -169,7 +169,7 @@ def main(argv: list[str]) -> int:
         return 0
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.benchmark.dedupe")
+    parser = argparse.ArgumentParser(prog="python -m tools.benchmark.dedupe")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--days", type=float, default=10.0)
     parser.add_argument("--batches-per-s", type=float, default=5.0)

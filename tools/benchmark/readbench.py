@@ -13,7 +13,7 @@ from typing import Any
 
 from agents.readmodel import leaderboards
 from pipeline import redis_client
-from pipeline.benchmark.runs import percentiles
+from tools.benchmark.runs import percentiles
 from pipeline.settings import Settings
 
 STREAM = "bench-stream"

@@ -24,10 +24,10 @@ from aiokafka.structs import TopicPartition
 from agents.ingest.decode import decode
 from agents.readmodel import leaderboards
 from pipeline import redis_client, topics
-from pipeline.benchmark.probes import Lag, ProcStats
-from pipeline.local_worker import get, running_worker
+from tools.benchmark.probes import Lag, ProcStats
+from tools.local_worker import get, running_worker
 from pipeline.settings import PROJECT_ROOT, Settings
-from pipeline.simulate import Message
+from tools.simulate import Message
 
 INPUTS = list(topics.INPUTS)
 SAMPLE_S = 1.0

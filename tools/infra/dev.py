@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 from urllib.parse import unquote, urlparse
 
-from pipeline.infra.kafka import LocalKafka
-from pipeline.infra.procs import LocalServer
-from pipeline.infra.redis import LocalRedis
+from tools.infra.kafka import LocalKafka
+from tools.infra.procs import LocalServer
+from tools.infra.redis import LocalRedis
 from pipeline.settings import ConfigError, Settings, kafka_address, redis_address
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from pipeline import topics
-from pipeline.simulate import Message
+from tools.simulate import Message
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE

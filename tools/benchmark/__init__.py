@@ -34,11 +34,11 @@ import faust
 import redis
 
 from pipeline import economics, redis_client, settings, topics
-from pipeline.benchmark import backlog, readbench, report, runs
-from pipeline.infra import dev
-from pipeline.infra.kafka import KAFKA_VERSION
+from tools.benchmark import backlog, readbench, report, runs
+from tools.infra import dev
+from tools.infra.kafka import KAFKA_VERSION
 from pipeline.settings import PROJECT_ROOT, Settings
-from pipeline.simulate import SimConfig, generate
+from tools.simulate import SimConfig, generate
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 REFERENCE_BUDGET_S = 60.0  # the naive reference and the ceiling run at most this long
@@ -186,14 +186,14 @@ def main(args: argparse.Namespace) -> int:
     if args.scenario == "leaderboard-read":
         s = deployment(base, "read")
         try:
-            from pipeline.local_worker import running_worker
+            from tools.local_worker import running_worker
 
             with running_worker(s, log_dir / "bench-worker.log", runs.worker_env(s, s.web_port)):
                 figures = readbench.leaderboard_read(s, args.gifters, args.requests, args.seed)
         finally:
             cleanup(s)
     elif args.scenario == "dedupe":
-        from pipeline.benchmark import dedupe
+        from tools.benchmark import dedupe
 
         figures = dedupe.run(args.seed, days=args.days)
     elif args.scenario == "latency":

@@ -18,10 +18,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from pipeline import economics, settings, topics
-from pipeline.infra import dev
-from pipeline.local_worker import get, running_worker
+from tools.infra import dev
+from tools.local_worker import get, running_worker
 from pipeline.settings import Settings
-from pipeline.simulate import SimConfig, generate
+from tools.simulate import SimConfig, generate
 
 OUTCOMES_TIMEOUT_S = 300.0
 

@@ -35,13 +35,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from agents.ingest.decode import Malformed, decode
-from pipeline import causal, economics, redis_client, settings, topics
-from pipeline.benchmark import RESULTS, cleanup, deployment, machine, runs
-from pipeline.benchmark.probes import Lag, ProcStats
-from pipeline.infra import dev
-from pipeline.local_worker import get
+from pipeline import economics, redis_client, settings, topics
+from tools import causal
+from tools.benchmark import RESULTS, cleanup, deployment, machine, runs
+from tools.benchmark.probes import Lag, ProcStats
+from tools.infra import dev
+from tools.local_worker import get
 from pipeline.settings import Settings
-from pipeline.simulate import Message, SimConfig, generate
+from tools.simulate import Message, SimConfig, generate
 
 SAMPLE_S = 5.0
 DRAIN_TIMEOUT_S = 600.0
@@ -59,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop the local Redis this long halfway through, restart it empty (default 30; 0: none)")
     p.add_argument("--seed", type=int, default=5, help="random seed (default 5)")
     p.add_argument("--causal", action="store_true",
-                   help="a causal stream (pipeline/causal.py): the producer waits for each round's acknowledgements, "
+                   help="a causal stream (tools/causal.py): the producer waits for each round's acknowledgements, "
                         "so every outcome is fixed, and each is compared with the reference ledger's, exactly")
 
 

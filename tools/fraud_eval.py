@@ -3,7 +3,7 @@ rules, measured through the real pipeline (local Kafka, Redis and a worker).
 
 The labelled set is either generated (seeded): ordinary traffic of established
 viewers (each has recharged two days before; none is new), with labelled fraud
-instances and near-misses of every rule injected (pipeline/simulate_fraud.py); or read
+instances and near-misses of every rule injected (tools/simulate_fraud.py); or read
 from files, so a set the project does not contain is measured the same way:
 
 - `--events FILE`: JSON lines `{"topic": "gifts", "value": {...}}` (contract topics and
@@ -35,12 +35,13 @@ from aiokafka import AIOKafkaConsumer
 
 from agents.fraud.thresholds import DAY_MS, RULES
 from agents.ingest.decode import SPECS, Malformed, decode
-from pipeline import economics, settings, simulate_fraud
-from pipeline.benchmark import RESULTS, cleanup, deployment, machine, runs
-from pipeline.infra import dev
-from pipeline.local_worker import running_worker
+from pipeline import economics, settings
+from tools import simulate_fraud
+from tools.benchmark import RESULTS, cleanup, deployment, machine, runs
+from tools.infra import dev
+from tools.local_worker import running_worker
 from pipeline.settings import Settings
-from pipeline.simulate import Message, SimConfig, generate, message
+from tools.simulate import Message, SimConfig, generate, message
 
 SETTLE_S = 3.0  # after the last outcome, for alerts still on their way (gift_loop, payouts)
 MAX_WAIT_S = 600.0

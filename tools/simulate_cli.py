@@ -17,8 +17,10 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from pipeline import economics, settings, simulate_fraud, topics
-from pipeline.simulate import Message, SimConfig, generate, start_of
+from pipeline import economics, settings, topics
+
+from tools import simulate_fraud
+from tools.simulate import Message, SimConfig, generate, start_of
 
 PROGRESS_EVERY_S = 1.0
 MAX_EVENTS = 1_000_000_000
@@ -37,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duplicates", type=float, default=0.0, metavar="SHARE",
                    help="share of producer-retry duplicates (default 0)")
     p.add_argument("--fraud", type=int, default=0, metavar="N",
-                   help="inject N labelled instances of each fraud pattern (pipeline/simulate_fraud.py) (default 0)")
+                   help="inject N labelled instances of each fraud pattern (tools/simulate_fraud.py) (default 0)")
     p.add_argument("--near-misses", type=int, default=0, metavar="N",
                    help="inject N near-misses of each pattern, labelled, that must not alert (default 0)")
     p.add_argument("--labels", type=Path, default=None,

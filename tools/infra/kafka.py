@@ -21,7 +21,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from pipeline.infra.procs import InfraError, LocalServer, check_port_free, file_lock, port_open
+from tools.infra.procs import InfraError, LocalServer, check_port_free, file_lock, port_open
 from pipeline.settings import PROJECT_ROOT
 
 KAFKA_VERSION = "3.9.1"
@@ -213,7 +213,7 @@ class LocalKafka(LocalServer):
             if self.ssl_truststore:
                 props.update({"ssl.truststore.type": "PEM",
                               "ssl.truststore.certificates": _one_line(self.ssl_truststore)})
-        text = "# Written by pipeline/infra/kafka.py on every start; edits are lost.\n"
+        text = "# Written by tools/infra/kafka.py on every start; edits are lost.\n"
         text += "".join(f"{k}={v}\n" for k, v in props.items())
         self.properties_file.write_text(text)
         self.log4j_file.write_text(_LOG4J)
