@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from pipeline.engine.stage import Output
+from pipeline.topics import OUTCOMES
+
 Status = Literal["accepted", "rejected", "duplicate"]
 
 # Rejection reasons of the contract, in the order the checks run.
@@ -24,3 +27,26 @@ class Outcome:
     usd_cents: int | None
     balance_after: int | None
     ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Credited:
+    """Diamonds credited to a creator by one batch (counted in metrics once committed)."""
+
+    diamonds: int
+
+
+def publish(out: Output, outcome: Outcome) -> None:
+    """The outcome on `ledger-outcomes`, and counted in metrics once the batch commits."""
+    out.effects.append(outcome)
+    out.send(OUTCOMES, outcome.event_id, outcome)
+
+
+def outcomes_of(out: Output) -> list[Outcome]:
+    """The outcomes a batch published, in order (tests, tools)."""
+    return [e for e in out.effects if type(e) is Outcome]
+
+
+def credited_of(out: Output) -> int:
+    """The diamonds a batch credited."""
+    return sum(e.diamonds for e in out.effects if type(e) is Credited)

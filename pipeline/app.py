@@ -3,7 +3,7 @@
 Faust runs the worker (signals, logging, the aiohttp web server, services); the ledger
 itself runs as a service inside it (pipeline/engine), because Faust's per-message
 agents cannot carry the ledger's volume and its exactly-once mode is not trustworthy
-(README, "Design").
+(docs/design.md).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.credit.agent import CreatorLedger
+from agents.metrics import count_committed
 from agents.ledger.agent import UserLedger
 from agents.readmodel.redis_sink import WRITE_TIMEOUT_S, RedisReadModel
 from pipeline import fleet, redis_client, topics
@@ -60,7 +61,7 @@ class LedgerService(Service):
         super().__init__(**kwargs)
         self.settings = settings
         self.read_model = RedisReadModel(settings, redis_client.connect(settings, socket_timeout=WRITE_TIMEOUT_S))
-        self.engine = Engine(settings, stage_factory(settings, econ), self.read_model.write)
+        self.engine = Engine(settings, stage_factory(settings, econ), self.read_model.write, count_committed)
         self.fleet = fleet.Publisher(settings, lambda: self.engine.processed_total, lambda: len(self.engine.tasks))
 
     async def on_start(self) -> None:

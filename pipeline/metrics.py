@@ -1,4 +1,5 @@
-"""Prometheus metrics of the ledger (documented in the README, "Metrics").
+"""Prometheus metrics of the engine and the worker (docs/reference.md, "Metrics"); the
+ledger's own (outcomes, coins, diamonds, alerts) are in agents/metrics.py.
 
 Labels are low-cardinality only (type, status, reason, topic, table): never user or
 creator ids.
@@ -10,13 +11,6 @@ import collections
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from agents.fraud.alerts import Alert
-from agents.outcomes import Outcome
-
-EVENTS = Counter(
-    "ledger_events_total", "Ledger outcomes published, by event type, status and rejection reason.",
-    ["type", "status", "reason"],
-)
 DEAD_LETTERS = Counter("ledger_dead_letters_total", "Records of any topic sent to dead-letters.", ["topic"])
 MISROUTED = Counter(
     "ledger_misrouted_records_total", "Records on another partition than their key's (a producer without Kafka's "
@@ -32,12 +26,6 @@ FETCH_ERRORS = Counter(
 )
 UNDECODABLE_PARTITIONS = Gauge(
     "ledger_undecodable_partitions", "Input partitions paused because their fetched data cannot be decoded.")
-COINS_RECHARGED = Counter("ledger_coins_recharged_total", "Coins added by accepted recharges.")
-COINS_SPENT = Counter("ledger_coins_spent_total", "Coins spent on accepted gifts.")
-DIAMONDS_CREDITED = Counter("ledger_diamonds_credited_total", "Diamonds credited to creators.")
-DIAMONDS_PAID_OUT = Counter("ledger_diamonds_paid_out_total", "Diamonds deducted by accepted payouts.")
-USD_CENTS_PAID = Counter("ledger_payout_usd_cents_total", "US cents paid by accepted payouts.")
-FRAUD_ALERTS = Counter("fraud_alerts_total", "Fraud alerts published, by rule and severity.", ["rule", "severity"])
 TRANSACTIONS = Counter("ledger_transactions_total", "Kafka transactions, by result.", ["result"])
 BATCH_SECONDS = Histogram(
     "ledger_batch_duration_seconds", "Time to process and commit one partition's batch.",
@@ -48,10 +36,6 @@ CYCLE_SECONDS = Histogram(
     "(rules, all partitions), commit (the partitions' transactions, in parallel), read_model (Redis, in the background), read_model_wait (a cycle waiting for it: MAX_UNSUNK), end_offsets "
     "(the ListOffsets round trip of causal order).",
     ["phase"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-)
-OUTCOME_LATENCY = Histogram(
-    "ledger_event_to_outcome_seconds", "Event time (ts) to committed outcome, per event.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 TABLE_ENTRIES = Gauge("ledger_table_entries", "Entries in the worker's state tables.", ["table"])
 STATE_MEMORY = Gauge(
@@ -67,25 +51,6 @@ READ_MODEL_SECONDS = Histogram(
 )
 
 
-def count_outcomes(outcomes: list[Outcome], now_s: float) -> None:
-    """A committed batch's outcomes: counted per label set, not per outcome (the
-    per-call cost of a labelled counter is a lock and a lookup)."""
-    by_label: collections.Counter[tuple[str, str, str]] = collections.Counter()
-    sums = {"recharge": 0, "gift": 0, "payout": 0, "usd": 0}
-    for o in outcomes:
-        by_label[(o.type, o.status, o.reason or "")] += 1
-        if o.status == "accepted" and o.type != "spend_limit":
-            sums[o.type] += (o.diamonds if o.type == "payout" else o.coins) or 0
-            sums["usd"] += o.usd_cents or 0
-        OUTCOME_LATENCY.observe(max(0.0, now_s - o.ts / 1000))
-    for labels, n in by_label.items():
-        EVENTS.labels(*labels).inc(n)
-    COINS_RECHARGED.inc(sums["recharge"])
-    COINS_SPENT.inc(sums["gift"])
-    DIAMONDS_PAID_OUT.inc(sums["payout"])
-    USD_CENTS_PAID.inc(sums["usd"])
-
-
 def count_dead_letters(letters: list[tuple[str, str]]) -> None:
     for (topic, kind), n in collections.Counter(letters).items():
         DEAD_LETTERS.labels(topic).inc(n)
@@ -93,11 +58,6 @@ def count_dead_letters(letters: list[tuple[str, str]]) -> None:
             MISROUTED.labels(topic).inc(n)
         elif kind == "poison":
             POISON.labels(topic).inc(n)
-
-
-def count_alerts(alerts: list[Alert]) -> None:
-    for (rule, severity), n in collections.Counter((a.rule, a.severity) for a in alerts).items():
-        FRAUD_ALERTS.labels(rule, severity).inc(n)
 
 
 def forget_partition(partition: int, topics: list[str]) -> None:

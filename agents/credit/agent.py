@@ -16,6 +16,7 @@ from typing import Any
 from agents.credit.ops import Forwarded, Mark, Op, decode_op, parse_op, payout_op
 from agents.credit.progress import Progress
 from agents.credit.rules import HELD, CreditBatch, apply_credit, apply_payout, duplicate_payout, refused_payout
+from agents.outcomes import Credited, publish
 from agents.ingest.decode import Malformed
 from agents.fraud import concentration, loop
 from agents.fraud.loop import Pairs
@@ -27,7 +28,8 @@ from pipeline import topics
 from pipeline.economics import Economics
 from pipeline.engine.codec import loads
 from pipeline.engine.kv import KV
-from pipeline.engine.stage import Output, ReadModelUpdate, Stage
+from agents.stage import LedgerStage
+from pipeline.engine.stage import Output, ReadModelUpdate
 from pipeline.engine.store import Store
 from pipeline.invariants import require
 
@@ -42,7 +44,7 @@ MAX_HOLD_MS = 30_000
 MAX_TIME_CUTS = 64
 
 
-class CreatorLedger(Stage):
+class CreatorLedger(LedgerStage):
     inputs = (topics.CREATOR_OPS,)
     keyed_inputs = frozenset(inputs)  # by creator (marks are unkeyed, sent to each partition)
     watched_inputs = (topics.GIFTS, topics.PAYOUTS)  # their cuts (agents/credit/progress.py)
@@ -110,7 +112,7 @@ class CreatorLedger(Stage):
         elif isinstance(item, CreditBatch):
             self._credit(item, out)
         elif isinstance(item, Forwarded) and item.refused is not None:
-            out.outcome(refused_payout(self.table.get(item.creator_id) or CreatorState(), item.payout, item.refused))
+            publish(out, refused_payout(self.table.get(item.creator_id) or CreatorState(), item.payout, item.refused))
         elif isinstance(item, Leg):
             pairs = self.pairs.for_update(item.meeting_key)
             for alert in loop.meet(pairs, item, self.rules.gift_loop):
@@ -232,7 +234,7 @@ class CreatorLedger(Stage):
         apply_credit(state, item, self._stamp(), self._covered)
         if item.new_senders:
             concentration.record(state.senders, item.new_senders, self.rules.payout_concentration)
-        out.diamonds_credited += item.diamonds
+        out.effects.append(Credited(item.diamonds))
 
     def _payout(self, item: Payout, out: Output) -> None:
         self.dedupe.observe(item.ts)
@@ -251,7 +253,7 @@ class CreatorLedger(Stage):
                     self.raise_alert(alert, out)
                     state.seq += 1
                     state.check()
-        out.outcome(outcome)
+        publish(out, outcome)
 
     def commit(self) -> list[ReadModelUpdate]:
         for key, value in self.table.changes():

@@ -43,3 +43,8 @@ def alert(rule: str, severity: str, subject_type: Literal["user", "creator"], su
     details = {"window_start": window_start, "trigger_event_id": trigger_event_id, **figures}
     return Alert(f"{rule}:{subject_id}:{window_start}", rule, severity, subject_type, subject_id, ids,  # type: ignore[arg-type]
                  details, ts)
+
+
+def alerts_of(effects: list[Any]) -> list[Alert]:
+    """The alerts among a batch's effects (Output.effects), in order."""
+    return [e for e in effects if type(e) is Alert]

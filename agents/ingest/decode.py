@@ -15,6 +15,7 @@ from typing import Any, Callable
 import orjson
 
 from agents.ingest.records import Event, Gift, Payout, Recharge, SpendLimit
+from pipeline.engine.stage import Malformed  # the decoders' answer for bad content
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 CURRENCY_RE = re.compile(r"^[A-Za-z]{3}$")
@@ -22,14 +23,6 @@ MAX_TS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 MAX_VALUE_BYTES = 1_048_576
 MAX_REASON_CHARS = 300
 MAX_QUANTITY = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Malformed:
-    error: str
-    # "malformed" (its content), "misrouted" (on another partition than its key's) or
-    # "poison" (applying or committing it failed): each is counted in its own metric.
-    kind: str = "malformed"
 
 
 # (field, kind, low, high): kinds are "id", "int", "int?" (int or null), "str", "currency".

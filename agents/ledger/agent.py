@@ -17,12 +17,13 @@ from agents.fraud.sender import Leg
 from agents.ingest.records import Event, Payout, UserEvent
 from agents.ledger.rules import INVALID_TS, Credit, TimeBounds, apply_user_event, duplicate_outcome, out_of_time
 from agents.ledger.state import UserState
-from agents.outcomes import Outcome
+from agents.outcomes import Outcome, publish
 from agents.readmodel import leaderboards
 from pipeline import topics
 from pipeline.economics import DAY_MS, Economics
 from pipeline.engine.kv import KV
-from pipeline.engine.stage import Output, ReadModelUpdate, Stage
+from agents.stage import LedgerStage
+from pipeline.engine.stage import Output, ReadModelUpdate
 from pipeline.engine.store import Store
 from pipeline.invariants import require
 from pipeline.settings import DEFAULT_MAX_CLOCK_SKEW_MS
@@ -51,7 +52,7 @@ class CreditCombiner:
             self.pop(creator_id, out)
 
 
-class UserLedger(Stage):
+class UserLedger(LedgerStage):
     inputs = (topics.RECHARGES, topics.GIFTS, topics.SPEND_LIMITS, topics.PAYOUTS)
     keyed_inputs = frozenset((topics.RECHARGES, topics.GIFTS, topics.SPEND_LIMITS))  # payouts: re-keyed here
     changelog_topic = topics.USERS_CHANGELOG
@@ -89,7 +90,7 @@ class UserLedger(Stage):
             if isinstance(item, Payout):  # answered by the creator's ledger, with its balance
                 out.send(topics.CREATOR_OPS, item.creator_id, payout_op(item, refused=INVALID_TS))
             else:
-                out.outcome(out_of_time(self.table.get(item.key) or UserState(), item, self.econ))
+                publish(out, out_of_time(self.table.get(item.key) or UserState(), item, self.econ))
             return
         self.newest_ts = max(self.newest_ts, item.ts)
         if isinstance(item, Payout):
@@ -108,7 +109,7 @@ class UserLedger(Stage):
             if credit is not None:
                 self.credits.add(credit)
             self._watch(state, item, outcome, out)
-        out.outcome(outcome)
+        publish(out, outcome)
 
     def _watch(self, state: UserState, item: UserEvent, outcome: Outcome, out: Output) -> None:
         """The sender-side fraud rules; after the outcome is decided, never changing it."""

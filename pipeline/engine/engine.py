@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -50,8 +50,10 @@ MIN_SHARE = 250  # records per stage a task may apply in a cycle, at least (Engi
 
 
 class Engine:
-    def __init__(self, settings: Settings, stages: StageFactory, sink: ReadModelSink) -> None:
+    def __init__(self, settings: Settings, stages: StageFactory, sink: ReadModelSink,
+                 on_committed: Callable[[list[Any]], None] | None = None) -> None:
         self.settings = settings
+        self.on_committed = on_committed  # each committed batch's Output.effects (PartitionTask)
         self.make_stages = stages
         self.sink = sink  # committed state changes, written in the background (_sink_soon)
         self.tasks: dict[int, PartitionTask] = {}
@@ -395,7 +397,7 @@ class Engine:
         share = self.settings.state_cache_values // (self.settings.partitions * len(stages))
         for stage in stages:
             stage.limit_cache(share)
-        return PartitionTask(partition, stages, self.settings, quarantine)
+        return PartitionTask(partition, stages, self.settings, quarantine, self.on_committed)
 
     async def _build(self, tasks: list[PartitionTask]) -> None:
         """Take partitions on: fence with a new producer, restore state, seek to the

@@ -12,10 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from agents.fraud.alerts import Alert
-from agents.outcomes import Outcome
 from pipeline.engine.codec import dumps
-from pipeline.topics import FRAUD_ALERTS, OUTCOMES
 from pipeline.engine.kv import KV, MemoryKV
 from pipeline.engine.dedupe import SEGMENT_PREFIX, DedupeIndex
 from pipeline.engine.store import Store
@@ -42,60 +39,32 @@ class ReadModelUpdate:
     scores: tuple[tuple[str, str, int], ...] = ()
 
 
-class Output:
-    """Everything one batch of one partition writes; its outcomes, dead letters and
-    credited diamonds are counted in metrics only once its transaction has committed."""
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A record the engine cannot hand to its stage: it goes to dead-letters, with no
+    other effect. Decoders return it for bad content; the engine makes it for records
+    on the wrong partition or that could not be applied."""
 
-    __slots__ = ("messages", "outcomes", "diamonds_credited", "dead_letters", "alerts")
+    error: str
+    # "malformed" (its content), "misrouted" (on another partition than its key's) or
+    # "poison" (applying or committing it failed): each is counted in its own metric.
+    kind: str = "malformed"
+
+
+class Output:
+    """Everything one batch of one partition writes. `effects` are what the stages
+    decided, in the domain's own types: the engine hands them to its `on_committed`
+    hook (metrics) only once the batch's transaction has committed, and never reads them."""
+
+    __slots__ = ("messages", "dead_letters", "effects")
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
-        self.outcomes: list[Outcome] = []
-        self.diamonds_credited = 0
         self.dead_letters: list[tuple[str, str]] = []  # (source topic, Malformed.kind) of each
-        self.alerts: list[Alert] = []
+        self.effects: list[Any] = []
 
     def send(self, topic: str, key: str | None, value: Any, partition: int | None = None) -> None:
         self.messages.append(Message(topic, None if key is None else key.encode(), dumps(value), partition))
-
-    def outcome(self, outcome: Outcome) -> None:
-        self.outcomes.append(outcome)
-        self.send(OUTCOMES, outcome.event_id, outcome)
-
-    def alert(self, alert: Alert) -> None:
-        self.alerts.append(alert)
-        self.send(FRAUD_ALERTS, alert.subject_id, alert.to_json())
-
-
-ALERTS_PREFIX = "#alerts"
-MAX_LOGGED_ALERTS = 100
-
-
-@dataclass(slots=True)
-class AlertLog:
-    """A partition's latest alerts, kept in its state so that an emptied read model, or
-    one a crashed worker did not write, gets them again."""
-
-    alerts: list[dict[str, Any]] = field(default_factory=list)  # oldest first
-    seq: int = 0
-
-    def add(self, alert: Alert) -> None:
-        self.alerts.append(alert.to_json())
-        del self.alerts[:-MAX_LOGGED_ALERTS]
-        self.seq += 1
-
-    def to_json(self) -> dict[str, Any]:
-        return {"a": self.alerts, "q": self.seq}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "AlertLog":
-        assert len(data["a"]) <= MAX_LOGGED_ALERTS
-        return cls(data["a"], data["q"])
-
-
-def alert_update(alert: dict[str, Any]) -> ReadModelUpdate:
-    """An alert for the read model's capped feed (agents/readmodel/redis_sink.py)."""
-    return ReadModelUpdate("alert", alert["alert_id"], {"json": dumps(alert).decode(), "ts": alert["ts"]}, 0)
 
 
 class Stage(ABC):
@@ -122,10 +91,8 @@ class Stage(ABC):
     def __init__(self, table: Store[Any], dedupe_window_ms: int, side: dict[str, Store[Any]] | None = None,
                  kv: KV | None = None) -> None:
         self.table = table
-        self.alert_log: Store[AlertLog] = Store(AlertLog, AlertLog.from_json)
-        self._new_alerts: list[Alert] = []
         # key prefix (outside the id pattern) -> table
-        self.side = {**(side or {}), ALERTS_PREFIX: self.alert_log}
+        self.side = dict(side or {})
         assert all(prefix.startswith("#") for prefix in self.side)
         # One KV per stage and partition, a key namespace per table.
         self.kv: KV = MemoryKV() if kv is None else kv
@@ -168,11 +135,6 @@ class Stage(ABC):
         """Write what the stage combined over the batch; `idle`: every input is caught
         up; `applied`: per input, the offset below which every record is applied."""
 
-    def raise_alert(self, alert: Alert, out: Output) -> None:
-        out.alert(alert)
-        self.alert_log.for_update("").add(alert)
-        self._new_alerts.append(alert)
-
     def _tables(self) -> list[tuple[str, Store[Any]]]:
         return [("", self.table), *self.side.items()]
 
@@ -187,18 +149,15 @@ class Stage(ABC):
     def commit(self) -> list[ReadModelUpdate]:
         """The batch's transaction committed: publish its state; return what changed."""
         updates = [self.read_model(k, v) for k, v in self.table.changes()]
-        updates.extend(alert_update(a.to_json()) for a in self._new_alerts)
         for _, t in self._tables():
             t.commit()
         self.dedupe.commit()
-        self._new_alerts = []
         return updates
 
     def abort(self) -> None:
         for _, t in self._tables():
             t.abort()
         self.dedupe.abort()
-        self._new_alerts = []
 
     def restore(self, key: str, raw: bytes | None) -> None:
         """One changelog record, as written by `changelog()`; raises (ValueError, an
@@ -230,11 +189,9 @@ class Stage(ABC):
             t.end_restore()
 
     def snapshot(self) -> Iterator[ReadModelUpdate]:
-        """Every committed value and the latest alerts, to refill an emptied read model."""
+        """Every committed value, to refill an emptied read model."""
         for k, v in self.table.items():
             yield self.read_model(k, v, full=True)
-        for a in (self.alert_log.get("") or AlertLog()).alerts:
-            yield alert_update(a)
 
     def sizes(self) -> dict[str, int]:
         return {self.table_name: len(self.table), self.index_name: len(self.dedupe)}

@@ -19,14 +19,13 @@ from typing import Any, Callable
 from aiokafka import AIOKafkaProducer, errors
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from agents.ingest.decode import Malformed
 from pipeline import metrics
 from pipeline.engine.batches import RecordBatches
 from pipeline.engine.merge import NO_TIME, EventTimeMerge, Pending
 from pipeline.engine.partitioning import misrouted_error, partition_for
 from pipeline.engine.signing import UNSIGNED_ERROR, signer_of
 from pipeline.invariants import InvariantError, require
-from pipeline.engine.stage import Output, ReadModelUpdate, Stage
+from pipeline.engine.stage import Malformed, Output, ReadModelUpdate, Stage
 from pipeline.settings import Settings
 from pipeline.topics import DEAD_LETTERS, MAX_MESSAGE_BYTES
 
@@ -148,8 +147,10 @@ TRANSACTION_TIMEOUT_MS = 120_000  # above a broker restart (see Engine._recover)
 
 class PartitionTask:
     def __init__(self, partition: int, stages: list[Stage], settings: Settings,
-                 quarantine: "Quarantine | None" = None) -> None:
+                 quarantine: "Quarantine | None" = None, on_committed: Callable[[list[Any]], None] | None = None) -> None:
         self.partition = partition
+        # Given each committed batch's Output.effects (the domain's metrics).
+        self.on_committed = on_committed
         # Records to dead-letter instead of applying, and the batch size while one is
         # sought (engine.py): kept by the engine across this partition's rebuilds.
         self.quarantine = quarantine or Quarantine(settings.max_batch)
@@ -368,9 +369,8 @@ class PartitionTask:
         self.processed = []
         self.quarantine.committed(self.committed_offsets)
         updates = [u for stage in self.stages for u in stage.commit()]
-        metrics.count_outcomes(out.outcomes, time.time())
-        metrics.count_alerts(out.alerts)
-        metrics.DIAMONDS_CREDITED.inc(out.diamonds_credited)
+        if self.on_committed is not None:
+            self.on_committed(out.effects)
         metrics.count_dead_letters(out.dead_letters)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         return updates

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
+from agents import metrics as ledger_metrics
 from pipeline import metrics
 from tests.deploy.common import (
     COMPOSE_FILE,
@@ -64,8 +65,9 @@ def test_dashboard_uids_are_unique() -> None:
 def test_every_pipeline_metric_is_on_a_dashboard() -> None:
     """A metric no dashboard shows is one nobody looks at."""
     shown = {name for _, expr in dashboard_queries() for name in metric_names(expr)}
-    families = {m.describe()[0].name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)}
-    assert len(families) >= 15
+    families = {m.describe()[0].name for module in (metrics, ledger_metrics) for m in vars(module).values()
+                if isinstance(m, MetricWrapperBase)}
+    assert len(families) >= 20
     missing = {f for f in families if not shown & {f, f"{f}_total", f"{f}_bucket", f"{f}_sum", f"{f}_count"}}
     assert not missing, f"on no dashboard: {sorted(missing)}"
 

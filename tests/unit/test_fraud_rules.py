@@ -4,6 +4,8 @@ to the user ledger, its creator-ops records to the creator ledger."""
 
 from __future__ import annotations
 
+from agents.outcomes import outcomes_of
+from agents.fraud.alerts import alerts_of
 import dataclasses
 from typing import Any
 
@@ -67,8 +69,8 @@ class Mini:
         stage.end_batch(out, True, 0)
         stage.changelog()
         stage.commit()
-        self.alerts += out.alerts
-        self.outcomes += out.outcomes
+        self.alerts += alerts_of(out.effects)
+        self.outcomes += outcomes_of(out)
         return out
 
     def fired(self, rule: str) -> list[Alert]:

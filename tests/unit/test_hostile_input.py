@@ -5,6 +5,7 @@ of the contract), so a value is refused exactly when the contract refuses it."""
 
 from __future__ import annotations
 
+from agents.outcomes import outcomes_of
 import json
 import math
 import time
@@ -13,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from agents.ingest.decode import MAX_REASON_CHARS, MAX_VALUE_BYTES, SPECS, Malformed, decode
-from pipeline.schemas import validator
+from tools.schemas import validator
 
 TOPICS = tuple(SPECS)
 VALID: dict[str, dict[str, Any]] = {
@@ -124,7 +125,7 @@ def test_a_flood_of_one_event_id_changes_nothing() -> None:
         users.end_batch(out, True, 0)
         written.append([k for k, _ in users.changelog() if not k.startswith("#")])
         users.commit()
-        statuses += [o.status for o in out.outcomes]
+        statuses += [o.status for o in outcomes_of(out)]
     assert statuses.count("accepted") == 1 and statuses.count("duplicate") == 9_999
     state = users.table.get("u1")
     assert state is not None and (state.balance, state.recharged, state.seq) == (500, 500, 1)
@@ -153,7 +154,7 @@ def test_totals_beyond_2_53_stay_exact_in_state_changelog_and_read_model() -> No
     users.tick(out, 1)
     users.handle(topics.RECHARGES, Recharge("r", "u1", 1, 1, "USD", 1), out)
     creators.handle(topics.CREATOR_OPS, CreditBatch("c1", 6, 1, ((1, 3),)), out)
-    assert out.outcomes[0].balance_after == big + 1
+    assert outcomes_of(out)[0].balance_after == big + 1
     changelog = dict(users.changelog()) | dict(creators.changelog())
     assert loads(changelog["u1"])["b"] == big + 1 and loads(changelog["c1"])["l"] == big + 3
     updates = users.commit() + creators.commit()
