@@ -1,6 +1,6 @@
 """Runtime settings, read once from environment variables.
 
-Every setting has a documented default (README, "Settings") so a newcomer runs the
+Every setting has a documented default (docs/reference.md, "Settings") so a newcomer runs the
 pipeline with no configuration; a bad value raises ConfigError naming the variable and
 what would fix it, instead of failing later deep inside Kafka or Redis clients.
 """

@@ -17,7 +17,7 @@ from agents.fraud.thresholds import GiftLoop
 
 # Partners kept per account, the least recent leg going first: a popular creator has
 # many heavy fans, and a loop with one of them is missed only if 256 others sent a leg
-# since (documented in the README).
+# since (documented in docs/design.md).
 MAX_PARTNERS = 256
 
 
