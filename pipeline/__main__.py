@@ -7,6 +7,7 @@ import gc
 import importlib.util
 import sys
 
+from pipeline.invariants import refuse_optimized
 from pipeline.settings import ConfigError
 
 
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    refuse_optimized()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -37,6 +37,7 @@ from pipeline.engine.engine import Engine, PartitionMoved
 from pipeline.engine.kv import RocksKV
 from pipeline.engine.stage import Stage
 from pipeline.http_guard import MAX_BODY_BYTES
+from pipeline.invariants import refuse_optimized
 from pipeline.settings import ConfigError, Settings, redis_address
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,7 @@ def stage_factory(settings: Settings, econ: Economics) -> Callable[[int], list[S
 
 
 def create_app(settings: Settings, econ: Economics) -> LedgerApp:
+    refuse_optimized()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = LedgerApp(
         settings.topic("ledger-worker"),

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from agents.readmodel.leaderboards import as_text
 from pipeline import metrics, redis_client
 from pipeline.settings import Settings
+from pipeline.invariants import require
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,11 @@ class Report:
     ts: int  # ms, Redis's clock
 
     def __post_init__(self) -> None:
-        assert self.partitions >= 0 and self.lag >= 0 and self.dead_letters >= 0, self
-        assert self.events_per_s >= 0 and self.dead_letters_per_min >= 0, self
+        require(self.partitions >= 0, 'self.partitions >= 0')
+        require(self.lag >= 0, 'self.lag >= 0')
+        require(self.dead_letters >= 0, 'self.dead_letters >= 0')
+        require(self.events_per_s >= 0, 'self.events_per_s >= 0')
+        require(self.dead_letters_per_min >= 0, 'self.dead_letters_per_min >= 0')
 
 
 class Rate:

@@ -48,6 +48,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
 from pipeline.settings import Settings
+from pipeline.invariants import require
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,8 @@ async def _refuse_bodies(request: web.Request, handler: Any) -> web.StreamRespon
 def install(faust_web: Any, settings: Settings) -> None:
     """Guard the server of Faust's aiohttp driver `faust_web` (app.web); before it starts."""
     runner = faust_web._runner  # Faust's own AppRunner, not set up yet
-    assert isinstance(runner, web.AppRunner) and runner.server is None, "install before the web server starts"
+    assert isinstance(runner, web.AppRunner)
+    require(runner.server is None, "install before the web server starts")
     faust_web._runner = GuardedRunner(faust_web.web_app, Limits.of(settings))
     faust_web.web_app.on_response_prepare.append(_security_headers)
     faust_web.web_app.middlewares.insert(0, _refuse_bodies)

@@ -21,6 +21,7 @@ from aiokafka.structs import TopicPartition
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipeline.settings import ConfigError, Settings
+from pipeline.invariants import require
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ async def tls_failure(settings: Settings, timeout_s: float = 5.0) -> str | None:
 async def delete_topics(settings: Settings) -> None:
     """Delete every topic under this deployment's prefix (benchmarks clean up after
     themselves); refuses an empty prefix, which would mean every topic."""
-    assert settings.topic_prefix, "deleting every topic of a cluster is not a clean-up"
+    require(bool(settings.topic_prefix), "deleting every topic of a cluster is not a clean-up")
     admin = AIOKafkaAdminClient(**settings.kafka_options(), request_timeout_ms=30_000)
     await admin.start()
     try:

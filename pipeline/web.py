@@ -28,6 +28,7 @@ from pipeline.dashboard import routes as dashboard
 from pipeline.engine.kv import block_cache_bytes
 from pipeline.http_guard import install as guard_http
 from pipeline.settings import Settings
+from pipeline.invariants import require
 
 log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 2.0
@@ -73,7 +74,7 @@ def is_open(path: str) -> bool:
 def bearer_auth(tokens: tuple[str, ...]) -> Any:
     """Every path but the open ones needs `Authorization: Bearer <token>` with one of
     `tokens` (two while rotating); compared in constant time with each, and never logged."""
-    assert tokens
+    require(bool(tokens), "at least one token")
     expected = [f"Bearer {token}".encode() for token in tokens]
 
     @aioweb.middleware

@@ -102,7 +102,8 @@ class CreatorLedger(LedgerStage):
                 # A source applied what it had fetched, all below the ends asked after
                 # this mark was fetched: a mark beyond them was not written by a source.
                 gifts, payouts = self._cut[item.source]
-                require(item.gifts <= gifts and item.payouts <= payouts, "a progress mark within its topics' ends")
+                require(item.gifts <= gifts, "a progress mark within the gifts' end")
+                require(item.payouts <= payouts, "a progress mark within the payouts' end")
             p = self._progress()
             if (item.gifts, item.payouts) != p.applied.get(item.source):
                 self._marked_at[item.source] = self._now_ms  # progress, for _stalled

@@ -24,6 +24,7 @@ from agents.fraud.loop import parse_leg
 from agents.ingest.records import Payout
 from agents.ledger.rules import Credit
 from pipeline.economics import Economics
+from pipeline.invariants import require
 
 
 def credit_op(creator_id: str, credits: list[Credit], new_sender_ms: int) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def credit_op(creator_id: str, credits: list[Credit], new_sender_ms: int) -> dic
     by_ts: dict[int, int] = {}
     new: dict[tuple[str, int], list[Any]] = {}
     for c in credits:
-        assert c.creator_id == creator_id
+        require(c.creator_id == creator_id, 'c.creator_id == creator_id')
         by_ts[c.ts] = by_ts.get(c.ts, 0) + c.diamonds
         if c.sender_first_ts is not None and c.ts - c.sender_first_ts < new_sender_ms:
             entry = new.setdefault((c.sender_id, hour(c.ts)), [c.sender_id, c.sender_first_ts, c.ts, 0, c.event_id])
@@ -216,5 +217,5 @@ def parse_op(data: dict[str, Any]) -> CreditBatch | Payout | Mark | Leg:
     if data["op"] == "c":
         return CreditBatch(data["creator_id"], data["coins"], data["gifts"], tuple((t, d) for t, d in data["items"]),
                            tuple(tuple(e) for e in data.get("n", ())))
-    assert data["op"] == "p", data
+    require(data["op"] == "p", 'data["op"] == "p"')
     return Payout(data["event_id"], data["creator_id"], data["diamonds"], data["ts"])

@@ -116,6 +116,8 @@ class Progress:
         return progress
 
     def check(self) -> None:
-        require(0 <= self.covered <= self.cycle, "covered cycles <= cycles")
+        require(self.covered >= 0, "covered cycles >= 0")
+        require(self.covered <= self.cycle, "covered cycles <= cycles")
         require(len(self.cuts) <= MAX_CUTS, "waiting cuts <= MAX_CUTS")
-        require(all(g >= 0 and p >= 0 for g, p in self.applied.values()), "applied offsets >= 0")
+        require(all(g >= 0 for g, _ in self.applied.values()), "applied gift offsets >= 0")
+        require(all(p >= 0 for _, p in self.applied.values()), "applied payout offsets >= 0")

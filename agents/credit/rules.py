@@ -14,6 +14,7 @@ from agents.ledger.state import utc_day
 from agents.ingest.records import Payout
 from agents.outcomes import Outcome
 from pipeline.economics import Economics
+from pipeline.invariants import require
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +31,12 @@ class CreditBatch:
     new_senders: tuple[tuple[Any, ...], ...] = ()
 
     def __post_init__(self) -> None:
-        assert self.gifts > 0 and 0 <= self.diamonds <= self.coins
-        assert self.items and all(a[0] < b[0] for a, b in zip(self.items, self.items[1:]))
-        assert all(d >= 0 for _, d in self.items)
+        require(self.gifts > 0, 'self.gifts > 0')
+        require(self.diamonds >= 0, 'self.diamonds >= 0')
+        require(self.diamonds <= self.coins, 'self.diamonds <= self.coins')
+        require(bool(self.items), "a credit batch has items")
+        require(all(a[0] < b[0] for a, b in zip(self.items, self.items[1:])), "items in increasing order")
+        require(all(d >= 0 for _, d in self.items), 'all(d >= 0 for _, d in self.items)')
 
     @property
     def diamonds(self) -> int:
@@ -96,7 +100,7 @@ def apply_payout(state: CreatorState, ev: Payout, econ: Economics, hold: bool = 
     state.paid_out += ev.diamonds
     state.seq += 1
     state.check()
-    assert state.available == before - ev.diamonds
+    require(state.available == before - ev.diamonds, 'state.available == before - ev.diamonds')
     cents = econ.payout_cents(ev.diamonds)
     return Outcome(
         ev.event_id, "payout", "accepted", None, ev.creator_id, None, ev.diamonds, cents, available - ev.diamonds, ev.ts

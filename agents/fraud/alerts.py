@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
+from pipeline.invariants import require
 
 MAX_EVIDENCE = 100  # event ids carried by one alert (the newest, if more)
 
@@ -36,7 +37,9 @@ def alert(rule: str, severity: str, subject_type: Literal["user", "creator"], su
           window_start: int, event_ids: list[str], trigger_event_id: str, ts: int, **figures: Any) -> Alert:
     """`event_ids`: the triggering events, oldest first; the trigger is the event that
     crossed the threshold (it is also in `details`, for detection-delay measurements)."""
-    assert severity in ("low", "medium", "high") and event_ids and trigger_event_id in event_ids
+    require(severity in ("low", "medium", "high"), 'severity in ("low", "medium", "high")')
+    require(bool(event_ids), "an alert has evidence")
+    require(trigger_event_id in event_ids, 'trigger_event_id in event_ids')
     ids = tuple(event_ids[-MAX_EVIDENCE:])
     if trigger_event_id not in ids:
         ids = (*ids[1:], trigger_event_id)

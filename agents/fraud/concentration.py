@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 from agents.fraud.alerts import Alert, alert
 from agents.fraud.thresholds import HOUR_MS, PayoutConcentration
 from agents.ingest.records import Payout
+from pipeline.invariants import require
 
 MAX_NEW_SENDERS = 64
 IDS_PER_SENDER = 3  # evidence: a sender's first gift ids to this creator
@@ -49,7 +50,7 @@ class NewSenders:
         return cls() if data is None else cls(data[0], data[1], data[2])
 
     def check(self) -> None:
-        assert len(self.senders) <= MAX_NEW_SENDERS
+        require(len(self.senders) <= MAX_NEW_SENDERS, 'len(self.senders) <= MAX_NEW_SENDERS')
 
 
 def record(ns: NewSenders, credits: Iterable[NewCredit], rules: PayoutConcentration) -> None:
@@ -83,7 +84,9 @@ def record(ns: NewSenders, credits: Iterable[NewCredit], rules: PayoutConcentrat
         for sender in ranked[MAX_NEW_SENDERS:]:
             del ns.senders[sender]
     ns.check()
-    assert all(len(s[2]) <= IDS_PER_SENDER and all(d > 0 for _, d in s[1]) for s in ns.senders.values())
+    for s in ns.senders.values():
+        require(len(s[2]) <= IDS_PER_SENDER, "a sender keeps at most IDS_PER_SENDER ids")
+        require(all(d > 0 for _, d in s[1]), "a sender's diamonds are positive")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from typing import Any
 from agents.fraud.alerts import Alert, alert
 from agents.fraud.sender import Leg
 from agents.fraud.thresholds import GiftLoop
+from pipeline.invariants import require
 
 # Partners kept per account, the least recent leg going first: a popular creator has
 # many heavy fans, and a loop with one of them is missed only if 256 others sent a leg
@@ -41,7 +42,7 @@ class Pairs:
         return cls(data["p"], data["q"])
 
     def check(self) -> None:
-        assert len(self.partners) <= MAX_PARTNERS
+        require(len(self.partners) <= MAX_PARTNERS, 'len(self.partners) <= MAX_PARTNERS')
 
 
 def meet(pairs: Pairs, leg: Leg, rules: GiftLoop) -> list[Alert]:
@@ -50,7 +51,7 @@ def meet(pairs: Pairs, leg: Leg, rules: GiftLoop) -> list[Alert]:
     that start inside the alerted window are ignored."""
     me = leg.meeting_key
     partner = leg.recipient if leg.sender == me else leg.sender
-    assert partner != me, "a self gift is rejected and never a leg"
+    require(partner != me, "a self gift is rejected and never a leg")
     way = 0 if leg.sender == me else 1
     _prune(pairs, leg.end, rules, room_for=partner)
     entry = pairs.partners.setdefault(partner, [None, None, 0])

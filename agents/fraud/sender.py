@@ -17,6 +17,7 @@ from agents.fraud.thresholds import MAX_COUNT, FraudRules, GiftLoop, RechargeBur
 from agents.fraud.window import Burst
 from agents.ingest.records import Gift, Recharge, UserEvent
 from agents.outcomes import Outcome
+from pipeline.invariants import require
 
 # gift_loop: recipients of one sender tracked at once, and gifts kept per recipient
 # (the oldest two are merged beyond that, keeping the older time: the span a merged
@@ -102,11 +103,14 @@ class SenderWatch:
                    Burst.from_json(data.get("x")), data.get("s", {}))
 
     def check(self) -> None:
-        assert len(self.sent) <= MAX_RECIPIENTS
+        require(len(self.sent) <= MAX_RECIPIENTS, 'len(self.sent) <= MAX_RECIPIENTS')
         if self.burn is not None:
-            assert self.first_recharge_ts is not None and self.burn.spent >= 0 and len(self.burn.event_ids) <= BURN_EVIDENCE
+            assert self.first_recharge_ts is not None  # narrowing; python -O is refused
+            require(self.burn.spent >= 0, 'self.burn.spent >= 0')
+            require(len(self.burn.event_ids) <= BURN_EVIDENCE, 'len(self.burn.event_ids) <= BURN_EVIDENCE')
         # a window holds fewer events than its count threshold (at most MAX_COUNT)
-        assert len(self.gifts.entries) < MAX_COUNT and len(self.rejections.entries) < MAX_COUNT
+        require(len(self.gifts.entries) < MAX_COUNT, 'len(self.gifts.entries) < MAX_COUNT')
+        require(len(self.rejections.entries) < MAX_COUNT, 'len(self.rejections.entries) < MAX_COUNT')
 
 
 def observe(watch: SenderWatch, ev: UserEvent, outcome: Outcome, rules: FraudRules) -> tuple[list[Alert], Leg | None]:
@@ -124,7 +128,8 @@ def observe(watch: SenderWatch, ev: UserEvent, outcome: Outcome, rules: FraudRul
                                 ev.event_id, ev.ts, rejected_gifts=hit.count, window_end=hit.end))
     elif isinstance(ev, Gift) and outcome.status == "accepted":
         coins = outcome.coins
-        assert coins is not None and coins > 0
+        assert coins is not None  # narrowing; python -O is refused
+        require(coins > 0, 'coins > 0')
         v = rules.gift_velocity
         hit = watch.gifts.observe(ev.ts, coins, ev.event_id, v.window_ms, v.gifts, v.coins)
         if hit is not None:
@@ -135,7 +140,9 @@ def observe(watch: SenderWatch, ev: UserEvent, outcome: Outcome, rules: FraudRul
             alerts.append(burned)
         leg = _sent(watch, ev, coins, rules.gift_loop)
     watch.check()
-    assert len(watch.gifts.entries) < rules.gift_velocity.gifts and len(watch.rejections.entries) < rules.rejection_probe.rejections
+    require(len(watch.gifts.entries) < rules.gift_velocity.gifts, "gift_velocity keeps fewer gifts than its threshold")
+    require(len(watch.rejections.entries) < rules.rejection_probe.rejections,
+            "rejection_probe keeps fewer rejections than its threshold")
     return alerts, leg
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 from typing import Any
+from pipeline.invariants import require
 
 Entry = list[Any]  # [ts, amount, event_id]
 
@@ -38,7 +39,9 @@ class Burst:
                 max_amount: int | None = None) -> Crossing | None:
         """Add an event; the window it completes if that reaches `max_count` events or
         `max_amount` (None: no amount threshold)."""
-        assert window_ms > 0 and max_count > 0 and amount >= 0
+        require(window_ms > 0, 'window_ms > 0')
+        require(max_count > 0, 'max_count > 0')
+        require(amount >= 0, 'amount >= 0')
         if ts < self.quiet_until:
             return None  # inside a window that already alerted
         bisect.insort(self.entries, [ts, amount, event_id])

@@ -44,7 +44,8 @@ class TimeBounds:
     behind_ms: int
 
     def __post_init__(self) -> None:
-        require(0 <= self.ahead_ms <= DAY_MS, "clock skew allowance is within a day")
+        require(self.ahead_ms >= 0, "clock skew allowance is not negative")
+        require(self.ahead_ms <= DAY_MS, "clock skew allowance is within a day")
         require(self.behind_ms >= DAY_MS, "the past bound covers at least the duplicate window")
 
     def admits(self, ts: int, now_ms: float) -> bool:
@@ -103,9 +104,11 @@ def apply_gift(state: UserState, ev: Gift, econ: Economics) -> tuple[Outcome, Cr
     if reason is not None:
         outcome = Outcome(ev.event_id, "gift", "rejected", reason, ev.sender_id, coins, None, None, state.balance, ev.ts)
         return outcome, None
-    assert coins is not None and coins > 0
+    assert coins is not None  # narrowing; python -O is refused
+    require(coins > 0, 'coins > 0')
     diamonds = econ.creator_diamonds(coins)
-    assert 0 <= diamonds <= coins  # the fee, coins - diamonds, is never negative
+    require(diamonds >= 0, 'diamonds >= 0')
+    require(diamonds <= coins, 'diamonds <= coins')  # the fee, coins - diamonds, is never negative
     before = state.balance
     state.balance -= coins
     state.spent += coins
@@ -113,7 +116,7 @@ def apply_gift(state: UserState, ev: Gift, econ: Economics) -> tuple[Outcome, Cr
     state.add_stream_spend(ev.stream_id, utc_day(ev.ts), coins)
     state.seq += 1
     state.check()
-    assert state.balance == before - coins
+    require(state.balance == before - coins, 'state.balance == before - coins')
     outcome = Outcome(ev.event_id, "gift", "accepted", None, ev.sender_id, coins, diamonds, None, state.balance, ev.ts)
     return outcome, Credit(ev.creator_id, ev.stream_id, ev.sender_id, coins, diamonds, ev.ts, ev.event_id, state.first_ts)
 

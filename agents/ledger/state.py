@@ -71,7 +71,7 @@ class UserState:
         return len(self.day_spend) >= MAX_SPEND_DAYS and day < min(self.day_spend)
 
     def add_day_spend(self, day: int, coins: int) -> None:
-        assert not self.day_total_forgotten(day)
+        require(not self.day_total_forgotten(day), 'not self.day_total_forgotten(day)')
         self.day_spend[day] = self.day_spend.get(day, 0) + coins
         self.touched.add(("day", day))
         if len(self.day_spend) > MAX_SPEND_DAYS:

@@ -15,6 +15,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from agents.readmodel.leaderboards import as_text
+from pipeline.invariants import require
 
 FEED = "fraud:alerts"
 MAX_FEED = 10_000
@@ -26,7 +27,7 @@ def hash_name(alert_id: str) -> str:
 
 async def latest(redis: Redis, prefix: str, limit: int) -> list[dict[str, Any]]:
     """The newest `limit` alerts, newest first (ties by alert id, descending)."""
-    assert limit >= 1
+    require(limit >= 1, 'limit >= 1')
     ids = await redis.zrevrange(prefix + FEED, 0, limit - 1)
     if not ids:
         return []

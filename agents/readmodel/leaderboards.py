@@ -12,6 +12,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from agents.credit.state import WINDOWS
+from pipeline.invariants import require
 
 CREATORS_ALL = "lb:creators:all"
 MAX_LIMIT = 1_000
@@ -71,7 +72,8 @@ async def top(redis: Redis, key: str, limit: int) -> list[tuple[str, int]]:
     """The `limit` best (member, score): score descending, ties by member ascending.
     Redis orders ties by member descending in a reversed range, so the members tied at
     the cut are read again in ascending order."""
-    assert 1 <= limit <= MAX_LIMIT
+    require(limit >= 1, "limit >= 1")
+    require(limit <= MAX_LIMIT, "limit <= MAX_LIMIT")
     head = await redis.zrevrange(key, 0, limit - 1, withscores=True)
     if not head:
         return []

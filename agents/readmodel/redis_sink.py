@@ -25,6 +25,7 @@ from agents.readmodel import alerts, leaderboards
 from pipeline.engine.codec import dumps
 from pipeline.engine.stage import ReadModelUpdate
 from pipeline.settings import Settings
+from pipeline.invariants import require
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def merged(a: ReadModelUpdate, b: ReadModelUpdate) -> ReadModelUpdate:
     it (a refill's full update carries boards that a live update of the same seq,
     pending beside it, did not touch: seen after a SIGKILL, a stream board missing a
     gifter)."""
-    assert (a.kind, a.id) == (b.kind, b.id)
+    require((a.kind, a.id) == (b.kind, b.id), '(a.kind, a.id) == (b.kind, b.id)')
     older, newer = (a, b) if a.seq <= b.seq else (b, a)
     scores = {z[:2]: z for z in older.scores} | {z[:2]: z for z in newer.scores}
     return ReadModelUpdate(newer.kind, newer.id, newer.fields, newer.seq, tuple(scores.values()))

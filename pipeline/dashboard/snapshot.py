@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from agents.readmodel import alerts, leaderboards
 from pipeline import fleet
+from pipeline.invariants import require
 
 TOP_N = 10
 ALERTS_SHOWN = 20
@@ -32,7 +33,7 @@ class Selection:
 def per_minute(windows: list[tuple[int, int]], now_ms: int, minutes: int = CHART_MINUTES) -> list[dict[str, int]]:
     """The last `minutes` one-minute windows up to the newest of now and the newest
     window, quiet minutes as zero, oldest first: a chart with gaps would hide a pause."""
-    assert minutes >= 1
+    require(minutes >= 1, 'minutes >= 1')
     newest = max([now_ms - now_ms % MINUTE_MS] + [start for start, _ in windows])
     by_start = dict(windows)
     starts = range(newest - (minutes - 1) * MINUTE_MS, newest + 1, MINUTE_MS)

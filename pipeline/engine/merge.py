@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
+from pipeline.invariants import require
 
 NO_TIME = -1  # malformed input carries no event time: merged as early as possible
 
@@ -40,7 +41,7 @@ class Pending:
 
 class EventTimeMerge:
     def __init__(self, inputs: tuple[str, ...], max_idle_ms: int) -> None:
-        assert inputs
+        require(bool(inputs), "a merge has inputs")
         self.inputs = inputs
         self.max_idle_ms = max_idle_ms
         self.buffers: dict[str, deque[Pending]] = {t: deque() for t in inputs}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pipeline.invariants import require
 
 HEADER = "ledger-sig"
 TAG_BYTES = 16
@@ -29,7 +30,8 @@ def signer_of(keys: tuple[str, ...], accept_unsigned: bool) -> "Signer | None":
 
 class Signer:
     def __init__(self, keys: tuple[bytes, ...], accept_unsigned: bool = False) -> None:
-        assert keys and all(len(k) >= 32 for k in keys)
+        require(bool(keys), "at least one key")
+        require(all(len(k) >= 32 for k in keys), 'all(len(k) >= 32 for k in keys)')
         self.keys = keys
         self.accept_unsigned = accept_unsigned  # PIPELINE_ACCEPT_UNSIGNED: a transition only
 

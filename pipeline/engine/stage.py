@@ -16,6 +16,7 @@ from pipeline.engine.codec import dumps
 from pipeline.engine.kv import KV, MemoryKV
 from pipeline.engine.dedupe import SEGMENT_PREFIX, DedupeIndex
 from pipeline.engine.store import Store
+from pipeline.invariants import require
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +94,12 @@ class Stage(ABC):
         self.table = table
         # key prefix (outside the id pattern) -> table
         self.side = dict(side or {})
-        assert all(prefix.startswith("#") for prefix in self.side)
+        require(all(prefix.startswith("#") for prefix in self.side), 'all(prefix.startswith("#") for prefix in self.side)')
         # One KV per stage and partition, a key namespace per table.
         self.kv: KV = MemoryKV() if kv is None else kv
         for namespace, t in [("t:", table), *((f"{p}:", t) for p, t in self.side.items())]:
-            assert len(t) == 0 and not t.dirty, "a table is bound to its stage's KV before use"
+            require(len(t) == 0, 'len(t) == 0')
+            require(not t.dirty, 'not t.dirty')
             t.kv, t.prefix = self.kv, namespace.encode()
         self.dedupe = DedupeIndex(dedupe_window_ms, kv=self.kv, prefix=b"i:")
 

@@ -564,9 +564,9 @@ def test_progress_json_round_trip() -> None:
 
 @pytest.mark.parametrize("data, what", [
     ({"a": [], "c": 2, "v": 3, "q": 0}, "covered cycles <= cycles"),
-    ({"a": [], "c": 2, "v": -1, "q": 0}, "covered cycles <= cycles"),
-    ({"a": [[0, -1, 0]], "c": 2, "v": 1, "q": 0}, "applied offsets >= 0"),
-    ({"a": [[0, 0, -5]], "c": 2, "v": 1, "q": 0}, "applied offsets >= 0"),
+    ({"a": [], "c": 2, "v": -1, "q": 0}, "covered cycles >= 0"),
+    ({"a": [[0, -1, 0]], "c": 2, "v": 1, "q": 0}, "applied gift offsets >= 0"),
+    ({"a": [[0, 0, -5]], "c": 2, "v": 1, "q": 0}, "applied payout offsets >= 0"),
 ])
 def test_progress_check_refuses_broken_values(data: dict[str, Any], what: str) -> None:
     with pytest.raises(InvariantError, match=what):
@@ -604,7 +604,7 @@ def test_a_mark_beyond_the_topics_ends_is_refused(ledger: CreatorLedger) -> None
     out = Output()
     ledger.watch(cut(1, 1, 1, 0))
     ledger.tick(out, 0)
-    with pytest.raises(InvariantError, match="within its topics' ends"):
+    with pytest.raises(InvariantError, match="a progress mark within the gifts' end"):
         ledger.handle(OPS, Mark(1, 10**15, 0), out)
     ledger.handle(OPS, Mark(1, 1, 0), out)  # at the ends: fine
     ledger.watch({})  # ends unknown this cycle: nothing to hold a mark against
