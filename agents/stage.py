@@ -4,8 +4,9 @@ one a crashed worker did not write, gets them again."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from agents.fraud.alerts import Alert
 from pipeline.engine.codec import dumps
@@ -33,7 +34,7 @@ class AlertLog:
         return {"a": self.alerts, "q": self.seq}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "AlertLog":
+    def from_json(cls, data: dict[str, Any]) -> AlertLog:
         require(len(data["a"]) <= MAX_LOGGED_ALERTS, "an alert log holds at most MAX_LOGGED_ALERTS alerts")
         return cls(data["a"], data["q"])
 

@@ -73,7 +73,7 @@ def create_app() -> faust.App:
                 if credit is not None:
                     await credits.send(key=credit.creator_id.encode(), value=dumps(
                         {"c": credit.creator_id, "coins": credit.coins, "d": credit.diamonds, "ts": credit.ts}))
-                    stream_id = getattr(ev, "stream_id")
+                    stream_id = ev.stream_id
                     await redis.zadd(prefix + leaderboards.stream_key(stream_id), {ev.key: state.streams[stream_id][0]})
             await redis.hset(prefix + "user:" + ev.key, mapping={"coins": state.balance, "spent_coins": state.spent})
             await outcomes.send(key=ev.event_id.encode(), value=dumps(outcome))

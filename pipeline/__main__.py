@@ -71,7 +71,7 @@ def _no_tools(args: argparse.Namespace) -> int:
     return 2
 
 
-def _tool_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _tool_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     if importlib.util.find_spec("tools") is not None:
         from tools.cli import register
 

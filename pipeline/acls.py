@@ -27,8 +27,9 @@ import argparse
 import asyncio
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError, for_code
@@ -198,7 +199,7 @@ async def apply(settings: Settings, acls: list[Acl], timeout_s: float = 30.0) ->
     try:
         try:
             await asyncio.wait_for(client.bootstrap(), timeout_s)
-        except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, KafkaError, OSError) as exc:
             if settings.kafka_security_protocol.endswith("SSL") and (tls := await topics.tls_failure(settings)):
                 raise ConfigError(tls) from None
             raise ConfigError(

@@ -16,8 +16,9 @@ import os
 import shutil
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import faust
@@ -28,8 +29,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.credit.agent import CreatorLedger
-from agents.metrics import count_committed
 from agents.ledger.agent import UserLedger
+from agents.metrics import count_committed
 from agents.readmodel.redis_sink import WRITE_TIMEOUT_S, RedisReadModel
 from pipeline import fleet, redis_client, topics
 from pipeline.economics import Economics

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from agents.fraud.thresholds import FraudRules
 from agents.fraud.thresholds import parse as parse_fraud

@@ -18,16 +18,17 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio import Redis
 
 from agents.readmodel.leaderboards import as_text
 from pipeline import metrics, redis_client
-from pipeline.settings import Settings
 from pipeline.invariants import require
+from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class Publisher:
                     if not self.stopped:
                         await self.publish(self.report(time.monotonic(), await redis_ms(self.client)))
                 self.failing = False
-            except (aioredis.RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aioredis.RedisError, OSError) as exc:
                 if not self.failing:
                     log.warning("fleet report not written (Redis): %r; retrying every %.0f s", exc, PUBLISH_INTERVAL_S)
                 self.failing = True
@@ -142,7 +143,7 @@ class Publisher:
                 key = self.settings.redis_key
                 await self.client.zrem(key(WORKERS), self.worker)
                 await self.client.delete(key(report_key(self.worker)))
-            except (aioredis.RedisError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aioredis.RedisError, OSError):
                 pass  # Redis away: the report expires by itself
             await self.client.aclose()
 

@@ -47,8 +47,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
-from pipeline.settings import Settings
 from pipeline.invariants import require
+from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Limits:
     max_connections_per_client: int
 
     @classmethod
-    def of(cls, settings: Settings) -> "Limits":
+    def of(cls, settings: Settings) -> Limits:
         return cls(float(settings.http_head_timeout_s), float(settings.http_idle_timeout_s),
                    settings.http_max_connections, settings.http_max_connections_per_client)
 

@@ -12,16 +12,17 @@ import asyncio
 import json
 import logging
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.structs import TopicPartition
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import TopicPartition
 
-from pipeline.settings import ConfigError, Settings
 from pipeline.invariants import require
+from pipeline.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0, extra: tupl
     kafka_log.setLevel(logging.CRITICAL)
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
-    except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, KafkaError, OSError) as exc:
         if settings.kafka_security_protocol.endswith("SSL"):
             tls = await tls_failure(settings)
             if tls is not None:
@@ -142,7 +143,7 @@ async def tls_failure(settings: Settings, timeout_s: float = 5.0) -> str | None:
             return (f"Kafka at {server} failed TLS verification ({exc.verify_message.rstrip('.')}); set PIPELINE_KAFKA_CA_FILE "
                     "to the PEM file of the CA that signed the brokers' certificates, and make "
                     "PIPELINE_BOOTSTRAP_SERVERS name hosts those certificates are for")
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             continue  # down, or not TLS: the caller's message says so
         writer.close()
     return None

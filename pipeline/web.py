@@ -11,7 +11,8 @@ import hmac
 import logging
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web as aioweb
 from aiohttp.http_exceptions import HttpProcessingError
@@ -19,16 +20,16 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from agents.ingest.decode import ID_RE
 from agents.credit.state import WINDOWS
+from agents.ingest.decode import ID_RE
 from agents.readmodel import alerts, leaderboards
 from agents.readmodel.redis_sink import hash_key
 from pipeline import metrics, redis_client
 from pipeline.dashboard import routes as dashboard
 from pipeline.engine.kv import block_cache_bytes
 from pipeline.http_guard import install as guard_http
-from pipeline.settings import Settings
 from pipeline.invariants import require
+from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 2.0

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.harness import Deployment, Worker, free_port
 from tools.infra.kafka import LocalKafka
 from tools.infra.redis import LocalRedis
-from tests.support.harness import Deployment, Worker, free_port
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 

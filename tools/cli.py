@@ -47,7 +47,7 @@ def _soak(args: argparse.Namespace) -> int:
     return soak.main(args)
 
 
-def register(sub: "argparse._SubParsersAction[Any]", helps: dict[str, str]) -> None:
+def register(sub: argparse._SubParsersAction[Any], helps: dict[str, str]) -> None:
     p = sub.add_parser("dev", help=helps["dev"])
     p.add_argument("action", choices=("up", "down", "status"), help="start (idempotent), stop, or show them")
     p.set_defaults(func=_dev)

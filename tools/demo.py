@@ -18,9 +18,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from pipeline import economics, settings, topics
+from pipeline.settings import Settings
 from tools.infra import dev
 from tools.local_worker import get, running_worker
-from pipeline.settings import Settings
 from tools.simulate import SimConfig, generate
 
 OUTCOMES_TIMEOUT_S = 300.0

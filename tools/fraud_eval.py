@@ -36,11 +36,11 @@ from aiokafka import AIOKafkaConsumer
 from agents.fraud.thresholds import DAY_MS, RULES
 from agents.ingest.decode import SPECS, Malformed, decode
 from pipeline import economics, settings
+from pipeline.settings import Settings
 from tools import simulate_fraud
 from tools.benchmark import RESULTS, cleanup, deployment, machine, runs
 from tools.infra import dev
 from tools.local_worker import running_worker
-from pipeline.settings import Settings
 from tools.simulate import Message, SimConfig, generate, message
 
 SETTLE_S = 3.0  # after the last outcome, for alerts still on their way (gift_loop, payouts)
@@ -233,7 +233,7 @@ def main(args: argparse.Namespace) -> int:
     finally:
         cleanup(s)
     unlabelled = sum(1 for _, a in alerts if not any(_matches(a, lab) for lab in labels))
-    result = {"scenario": "fraud-eval", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    result = {"scenario": "fraud-eval", "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "machine": machine(), "set": described, "command": _command(args),
               "events": len(messages), "alerts": len(alerts), "alerts_on_unlabelled": unlabelled,
               "rules": score(labels, alerts, sent_at), "targets": TARGETS}

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
+from collections.abc import Iterator
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema.protocols import Validator
@@ -75,7 +76,7 @@ ContractValidator = validators.extend(
 )
 
 
-@lru_cache(maxsize=None)
+@cache
 def validator(topic: str) -> Validator:
     """A draft 2020-12 validator of `topic`'s values (no format checking: none is used)."""
     schema = load_schema(topic)

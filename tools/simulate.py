@@ -14,8 +14,8 @@ import itertools
 import json
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from pipeline import topics
 from pipeline.economics import Economics

@@ -18,7 +18,6 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from pipeline import economics, settings, topics
-
 from tools import simulate_fraud
 from tools.simulate import Message, SimConfig, generate, start_of
 

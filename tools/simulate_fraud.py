@@ -14,9 +14,10 @@ from __future__ import annotations
 import heapq
 import json
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from pipeline import topics
 from tools.simulate import Message

@@ -31,17 +31,18 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from agents.ingest.decode import Malformed, decode
 from pipeline import economics, redis_client, settings, topics
+from pipeline.settings import Settings
 from tools import causal
 from tools.benchmark import RESULTS, cleanup, deployment, machine, runs
 from tools.benchmark.probes import Lag, ProcStats
 from tools.infra import dev
 from tools.local_worker import get
-from pipeline.settings import Settings
 from tools.simulate import Message, SimConfig, generate
 
 SAMPLE_S = 5.0
@@ -314,7 +315,7 @@ def main(args: argparse.Namespace) -> int:
         result = asyncio.run(run(s, args, log_dir, base))
     finally:
         cleanup(s)
-    result = {"scenario": "soak", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    result = {"scenario": "soak", "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "machine": machine(), "command": f"python -m pipeline soak --minutes {args.minutes} --workers {args.workers} "
               f"--rate {args.rate:.0f} --kill-every {args.kill_every:.0f} --redis-outage {args.redis_outage:.0f} --seed {args.seed}"
               + (" --causal" if args.causal else ""), **result}

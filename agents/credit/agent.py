@@ -16,19 +16,19 @@ from typing import Any
 from agents.credit.ops import Forwarded, Mark, Op, decode_op, parse_op, payout_op
 from agents.credit.progress import Progress
 from agents.credit.rules import HELD, CreditBatch, apply_credit, apply_payout, duplicate_payout, refused_payout
-from agents.outcomes import Credited, publish
-from agents.ingest.decode import Malformed
+from agents.credit.state import MAX_HELD, CreatorState
 from agents.fraud import concentration, loop
 from agents.fraud.loop import Pairs
 from agents.fraud.sender import Leg
-from agents.credit.state import MAX_HELD, CreatorState
+from agents.ingest.decode import Malformed
 from agents.ingest.records import Payout
+from agents.outcomes import Credited, publish
 from agents.readmodel import leaderboards
+from agents.stage import LedgerStage
 from pipeline import topics
 from pipeline.economics import Economics
 from pipeline.engine.codec import loads
 from pipeline.engine.kv import KV
-from agents.stage import LedgerStage
 from pipeline.engine.stage import Output, ReadModelUpdate
 from pipeline.engine.store import Store
 from pipeline.invariants import require

@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 
 from agents.credit.rules import CreditBatch
-from agents.ingest.decode import ID_RE, MAX_QUANTITY, MAX_TS, MAX_REASON_CHARS, MAX_VALUE_BYTES, Malformed
 from agents.fraud.concentration import hour
-from agents.fraud.sender import Leg
 from agents.fraud.loop import parse_leg
+from agents.fraud.sender import Leg
+from agents.ingest.decode import ID_RE, MAX_QUANTITY, MAX_REASON_CHARS, MAX_TS, MAX_VALUE_BYTES, Malformed
 from agents.ingest.records import Payout
 from agents.ledger.rules import Credit
 from pipeline.economics import Economics

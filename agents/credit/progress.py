@@ -109,7 +109,7 @@ class Progress:
                 "v": self.covered, "q": self.seq}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Progress":
+    def from_json(cls, data: dict[str, Any]) -> Progress:
         progress = cls({a[0]: (a[1], a[2]) for a in data["a"]}, {a[0]: (a[3] if len(a) > 3 else 0) for a in data["a"]},
                        data["c"], data["v"], data["q"])
         progress.check()

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.credit.state import MAX_DAYS, CreatorState
-from agents.ledger.state import utc_day
 from agents.ingest.records import Payout
+from agents.ledger.state import utc_day
 from agents.outcomes import Outcome
 from pipeline.economics import Economics
 from pipeline.invariants import require

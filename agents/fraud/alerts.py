@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
+
 from pipeline.invariants import require
 
 MAX_EVIDENCE = 100  # event ids carried by one alert (the newest, if more)

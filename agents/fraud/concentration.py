@@ -13,8 +13,9 @@ threshold, never flagged wrongly.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from agents.fraud.alerts import Alert, alert
 from agents.fraud.thresholds import HOUR_MS, PayoutConcentration
@@ -46,7 +47,7 @@ class NewSenders:
         return [self.senders, self.newest, self.quiet_until]
 
     @classmethod
-    def from_json(cls, data: list[Any] | None) -> "NewSenders":
+    def from_json(cls, data: list[Any] | None) -> NewSenders:
         return cls() if data is None else cls(data[0], data[1], data[2])
 
     def check(self) -> None:

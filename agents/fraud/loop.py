@@ -38,7 +38,7 @@ class Pairs:
         return {"p": self.partners, "q": self.seq}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Pairs":
+    def from_json(cls, data: dict[str, Any]) -> Pairs:
         return cls(data["p"], data["q"])
 
     def check(self) -> None:

@@ -95,7 +95,7 @@ class SenderWatch:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> "SenderWatch":
+    def from_json(cls, data: dict[str, Any] | None) -> SenderWatch:
         if data is None:
             return cls()
         b = data.get("b")

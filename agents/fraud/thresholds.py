@@ -8,8 +8,9 @@ with the key named. Windows are event time, in milliseconds.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from pipeline.settings import ConfigError
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 from typing import Any
+
 from pipeline.invariants import require
 
 Entry = list[Any]  # [ts, amount, event_id]
@@ -69,5 +70,5 @@ class Burst:
         return [self.entries, self.quiet_until]
 
     @classmethod
-    def from_json(cls, data: list[Any] | None) -> "Burst":
+    def from_json(cls, data: list[Any] | None) -> Burst:
         return cls() if data is None else cls(data[0], data[1])

@@ -11,18 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from agents.credit.ops import credit_op, mark_op, payout_op
-from agents.ingest.decode import Malformed, decode
 from agents.fraud import sender
 from agents.fraud.sender import Leg
+from agents.ingest.decode import Malformed, decode
 from agents.ingest.records import Event, Payout, UserEvent
 from agents.ledger.rules import INVALID_TS, Credit, TimeBounds, apply_user_event, duplicate_outcome, out_of_time
 from agents.ledger.state import UserState
 from agents.outcomes import Outcome, publish
 from agents.readmodel import leaderboards
+from agents.stage import LedgerStage
 from pipeline import topics
 from pipeline.economics import DAY_MS, Economics
 from pipeline.engine.kv import KV
-from agents.stage import LedgerStage
 from pipeline.engine.stage import Output, ReadModelUpdate
 from pipeline.engine.store import Store
 from pipeline.invariants import require

@@ -89,7 +89,7 @@ class UserState:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "UserState":
+    def from_json(cls, data: dict[str, Any]) -> UserState:
         state = cls(
             data["b"], data["r"], data["s"], data["l"], {d: c for d, c in data["d"]}, data["q"], data.get("st", {}),
             first_ts=data.get("f"), watch=SenderWatch.from_json(data.get("w")),

@@ -15,17 +15,18 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from pipeline import metrics
 from agents.readmodel import alerts, leaderboards
+from pipeline import metrics
 from pipeline.engine.codec import dumps
 from pipeline.engine.stage import ReadModelUpdate
-from pipeline.settings import Settings
 from pipeline.invariants import require
+from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 

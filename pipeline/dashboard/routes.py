@@ -115,7 +115,7 @@ async def _stream(request: web.Request, redis: Redis, prefix: str, chosen: Selec
                 last_write = now
             try:
                 await asyncio.wait_for(closing.wait(), PUSH_INTERVAL_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
     except ConnectionError:
         pass  # the viewer left; the response has begun, so no JSON error can follow

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.engine.codec import dumps, loads
 from pipeline.engine.kv import KV, MemoryKV, Op

@@ -13,7 +13,8 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -272,7 +273,7 @@ class Engine:
                 ends: dict[TopicPartition, int] = await asyncio.wait_for(self.consumer.end_offsets(sorted(wanted)),
                                                                          END_OFFSETS_TIMEOUT_S)
             return ends
-        except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, KafkaError, OSError) as exc:
             log.warning("end offsets unknown this cycle (%s): empty inputs count as lagging", exc.__class__.__name__)
             return {}
 
@@ -290,7 +291,7 @@ class Engine:
             with metrics.CYCLE_SECONDS.labels("end_offsets").time():
                 found = await asyncio.wait_for(self.consumer.offsets_for_times({tp: at for tp in tps}),
                                                END_OFFSETS_TIMEOUT_S)
-        except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, KafkaError, OSError) as exc:
             log.warning("offsets at a broker time unknown this cycle (%s)", exc.__class__.__name__)
             return None
         return at, {key: ends[key] if found.get(tp) is None else found[tp].offset for tp, key in tps.items()}
@@ -378,7 +379,7 @@ class Engine:
         if tasks:
             try:
                 await self._build(tasks)
-            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, KafkaError, OSError) as exc:
                 for task in tasks:
                     if self.tasks.get(task.partition) is task:
                         del self.tasks[task.partition]

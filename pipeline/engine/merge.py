@@ -18,8 +18,10 @@ unless both were written in the same millisecond.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
+
 from pipeline.invariants import require
 
 NO_TIME = -1  # malformed input carries no event time: merged as early as possible

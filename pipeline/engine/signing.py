@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+
 from pipeline.invariants import require
 
 HEADER = "ledger-sig"
@@ -24,7 +25,7 @@ UNSIGNED_ERROR = ("not signed by this deployment: internal records carry a tag o
                   "(a forged record, or one written with another key)")
 
 
-def signer_of(keys: tuple[str, ...], accept_unsigned: bool) -> "Signer | None":
+def signer_of(keys: tuple[str, ...], accept_unsigned: bool) -> Signer | None:
     return Signer(tuple(k.encode() for k in keys), accept_unsigned) if keys else None
 
 

@@ -9,12 +9,13 @@ does it call `commit()` (or `abort()` if the transaction failed).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from pipeline.engine.codec import dumps
-from pipeline.engine.kv import KV, MemoryKV
 from pipeline.engine.dedupe import SEGMENT_PREFIX, DedupeIndex
+from pipeline.engine.kv import KV, MemoryKV
 from pipeline.engine.store import Store
 from pipeline.invariants import require
 

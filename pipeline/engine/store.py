@@ -9,7 +9,8 @@ key touched by a batch is written to the changelog once, however often it change
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
 from pipeline.engine.codec import dumps, loads
 from pipeline.engine.kv import KV, MemoryKV, Op

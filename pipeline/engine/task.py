@@ -14,7 +14,8 @@ import hashlib
 import itertools
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer, errors
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
@@ -24,8 +25,8 @@ from pipeline.engine.batches import RecordBatches
 from pipeline.engine.merge import NO_TIME, EventTimeMerge, Pending
 from pipeline.engine.partitioning import misrouted_error, partition_for
 from pipeline.engine.signing import UNSIGNED_ERROR, signer_of
-from pipeline.invariants import InvariantError, require
 from pipeline.engine.stage import Malformed, Output, ReadModelUpdate, Stage
+from pipeline.invariants import InvariantError, require
 from pipeline.settings import Settings
 from pipeline.topics import DEAD_LETTERS, MAX_MESSAGE_BYTES
 
@@ -147,7 +148,7 @@ TRANSACTION_TIMEOUT_MS = 120_000  # above a broker restart (see Engine._recover)
 
 class PartitionTask:
     def __init__(self, partition: int, stages: list[Stage], settings: Settings,
-                 quarantine: "Quarantine | None" = None, on_committed: Callable[[list[Any]], None] | None = None) -> None:
+                 quarantine: Quarantine | None = None, on_committed: Callable[[list[Any]], None] | None = None) -> None:
         self.partition = partition
         # Given each committed batch's Output.effects (the domain's metrics).
         self.on_committed = on_committed

@@ -5,8 +5,8 @@ phone's width. The populated page is saved as a screenshot (var/screenshots/).""
 
 from __future__ import annotations
 
-import time
 import json
+import time
 import tomllib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,14 +16,13 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from pipeline import economics
-
-from tools import simulate_fraud
 from pipeline.dashboard import routes
-from tools.infra.debian import require
 from pipeline.settings import PROJECT_ROOT
-from tools.simulate import Message, SimConfig, generate, message
 from pipeline.topics import GIFTS, RECHARGES
 from tests.support.harness import Deployment, Worker, produce, run
+from tools import simulate_fraud
+from tools.infra.debian import require
+from tools.simulate import Message, SimConfig, generate, message
 
 pytestmark = pytest.mark.integration
 

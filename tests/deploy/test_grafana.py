@@ -45,7 +45,7 @@ def test_dashboard_is_well_formed(path: Path) -> None:
         assert panel["type"] == "timeseries", where
         assert panel["datasource"] == DATASOURCE, where
         pos = panel["gridPos"]
-        assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24 and pos["h"] > 0, where
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24 and pos["h"] > 0, where
         area = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
         assert not area & cells, f"{where} overlaps another panel"
         cells |= area

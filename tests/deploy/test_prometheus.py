@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import yaml
 
-from tools.infra.debian import require
 from tests.deploy.common import (
     PROMETHEUS_CONFIG,
     RULE_FILES,
@@ -31,6 +30,7 @@ from tests.deploy.common import (
 )
 from tests.support.eventgen import user_stream
 from tests.support.harness import Deployment, Worker, free_port, produce, run
+from tools.infra.debian import require
 
 SEVERITIES = {"critical", "warning", "info"}
 PROMETHEUS_TIMEOUT_S = 60.0

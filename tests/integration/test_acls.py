@@ -15,17 +15,18 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import TopicAuthorizationFailedError
 from aiokafka.structs import TopicPartition
 
-from tools.infra.kafka import LocalKafka
-from tools.infra.redis import LocalRedis
 from pipeline.settings import PROJECT_ROOT
 from tests.support.harness import Deployment, Worker, free_port
+from tools.infra.kafka import LocalKafka
+from tools.infra.redis import LocalRedis
 
 pytestmark = pytest.mark.integration
 USERS = {name: f"{name}-Pa55-word" for name in ("admin", "ledger", "payments", "gifting", "dashboards")}

@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from tools.infra.kafka import LocalKafka, new_cluster_id
 from tests.conftest import Cluster
 from tests.integration.test_ledger_e2e import (
-    CREATORS, DONE_TIMEOUT_S, EVENTS, _assert_same_outcomes, _backlog, _check_state, _eventually, _users_of,
+    CREATORS,
+    DONE_TIMEOUT_S,
+    EVENTS,
+    _assert_same_outcomes,
+    _backlog,
+    _check_state,
+    _eventually,
+    _users_of,
 )
 from tests.support.harness import Deployment, Worker, free_port, read_all, run, wait_end_offsets
+from tools.infra.kafka import LocalKafka, new_cluster_id
 
 pytestmark = pytest.mark.integration
 BROKER_DOWN_S = 5

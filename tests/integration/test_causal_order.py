@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 
 from pipeline import economics, topics
-
-from tools import causal
 from tests.support.harness import Deployment, Worker, run
 from tests.support.reference import ReferenceLedger
+from tools import causal
 
 pytestmark = pytest.mark.integration
 

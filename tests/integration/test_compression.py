@@ -14,17 +14,18 @@ import struct
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline import topics
-from tools.infra.debian import kcat
 from tests.conftest import Cluster
 from tests.support.harness import Deployment, Worker, one_worker, run
+from tools.infra.debian import kcat
 
 pytestmark = pytest.mark.integration
 

@@ -131,7 +131,7 @@ def read_until_closed(sock: socket.socket, started: float, limit_s: float = 30.0
             data += chunk
     except ConnectionResetError:
         pass
-    except socket.timeout:
+    except TimeoutError:
         raise AssertionError(f"still open after {limit_s}s; got {data[:200]!r}") from None
     finally:
         sock.close()
@@ -155,7 +155,7 @@ def slowloris(worker: Worker) -> tuple[float, bytes, int]:
     while time.monotonic() - started < 30:
         try:
             chunk = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             try:
                 sock.sendall(f"X-Slow-{sent}: x\r\n".encode())
                 sent += 1
@@ -208,7 +208,7 @@ def dashboard_stream(worker: Worker, hold_s: float) -> bytes:
         while time.monotonic() < deadline:
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             assert chunk, f"the stream was closed after {data[:300]!r}"
             data += chunk

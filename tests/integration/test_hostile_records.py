@@ -13,7 +13,8 @@ import sys
 import time
 import urllib.request
 import zlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -23,10 +24,10 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from pipeline import topics
 from pipeline.engine.partitioning import partition_for
-from tools.infra.debian import require
 from pipeline.settings import PROJECT_ROOT
 from tests.conftest import Cluster
 from tests.support.harness import Deployment, Worker, one_worker, run
+from tools.infra.debian import require
 
 pytestmark = pytest.mark.integration
 

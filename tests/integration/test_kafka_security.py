@@ -9,15 +9,15 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from tools.infra.kafka import LocalKafka
 from pipeline.settings import PROJECT_ROOT
 from tests.conftest import Cluster
 from tests.support.harness import Deployment, Worker, free_port, produce, read_all, run
+from tools.infra.kafka import LocalKafka
 
 pytestmark = pytest.mark.integration
 USER, PASSWORD = "ledger", "scram-Pa55-word"

@@ -12,14 +12,15 @@ import json
 import time
 import urllib.request
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.eventgen import Stream, payout_stream, user_stream
 from tests.conftest import Cluster
+from tests.support.eventgen import Stream, payout_stream, user_stream
 from tests.support.harness import Deployment, Sent, Worker, produce, read_all, run, wait_end_offsets
 from tests.support.reference import ReferenceLedger
 

@@ -9,15 +9,15 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from tools.infra.redis import LocalRedis
 from pipeline.settings import PROJECT_ROOT
 from tests.integration.test_ledger_e2e import _eventually
 from tests.support.harness import Deployment, Worker, free_port, produce, read_all, run
+from tools.infra.redis import LocalRedis
 
 pytestmark = pytest.mark.integration
 SECRET = "s3cret-Pa55"

@@ -12,9 +12,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import trustme
@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives import serialization
 
 from agents.readmodel.redis_sink import hash_key
 from pipeline import redis_client
-from tools.infra.kafka import LocalKafka
-from tools.infra.redis import LocalRedis
 from pipeline.settings import PROJECT_ROOT
 from tests.support.harness import Deployment, Worker, free_port, produce, read_all, run
+from tools.infra.kafka import LocalKafka
+from tools.infra.redis import LocalRedis
 
 pytestmark = pytest.mark.integration
 REDIS_PASSWORD = "tls-redis-Pa55"

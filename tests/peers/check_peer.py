@@ -48,8 +48,9 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -59,8 +60,8 @@ from aiokafka.structs import TopicPartition
 from agents.ingest.decode import Malformed, decode
 from pipeline import economics
 from pipeline import settings as pipeline_settings
-from tools.simulate import SimConfig, generate
 from tests.support.reference import KEY_FIELD, MAX_AHEAD_MS, MAX_BEHIND_MS, ReferenceLedger
+from tools.simulate import SimConfig, generate
 
 ROOT = Path(__file__).resolve().parents[2]
 INPUTS = ("recharges", "gifts", "payouts", "spend-limits")

@@ -19,9 +19,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
@@ -102,7 +103,7 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self, wait: bool = True) -> "Worker":
+    def start(self, wait: bool = True) -> Worker:
         assert self.proc is None or self.proc.poll() is not None
         log = open(self.log_path, "ab")
         log.write(f"\n===== start {self.starts} =====\n".encode())
@@ -248,7 +249,7 @@ def run(coro: Any) -> Any:
 
 
 @contextlib.contextmanager
-def one_worker(bootstrap: str, redis_url: str, workdir: Path, name: str) -> Iterator[tuple["Deployment", "Worker"]]:
+def one_worker(bootstrap: str, redis_url: str, workdir: Path, name: str) -> Iterator[tuple[Deployment, Worker]]:
     """A deployment of its own and one worker for a whole test module, whose tests
     must each leave it running: a crash it logged fails the module."""
     d = Deployment(bootstrap, redis_url, f"t{os.urandom(5).hex()}-", workdir)

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import topics
 from pipeline.acls import desired, parse_plan, table
-from pipeline.settings import ConfigError, PROJECT_ROOT, load
+from pipeline.settings import PROJECT_ROOT, ConfigError, load
 
 
 def _plan(prefix: str = "p1-", redrive: bool = False):

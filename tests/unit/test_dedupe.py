@@ -9,8 +9,14 @@ from typing import Any
 import pytest
 
 from pipeline.engine.codec import dumps
-from pipeline.engine.dedupe import (BUCKETS_PER_WINDOW, MAX_EXPIRE_PER_BATCH, MAX_SEGMENT_IDS, Bucket,
-                                    DedupeIndex, MAX_CLOCK_SKEW_MS)
+from pipeline.engine.dedupe import (
+    BUCKETS_PER_WINDOW,
+    MAX_CLOCK_SKEW_MS,
+    MAX_EXPIRE_PER_BATCH,
+    MAX_SEGMENT_IDS,
+    Bucket,
+    DedupeIndex,
+)
 from pipeline.engine.kv import KV, MemoryKV
 from pipeline.invariants import InvariantError
 from tests.unit.test_store_merge import batch, kv  # noqa: F401 - kv: the fixture on both backends

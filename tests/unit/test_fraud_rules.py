@@ -4,20 +4,18 @@ to the user ledger, its creator-ops records to the creator ledger."""
 
 from __future__ import annotations
 
-from agents.outcomes import outcomes_of
-from agents.fraud.alerts import alerts_of
 import dataclasses
 from typing import Any
 
 import pytest
 
 from agents.credit.agent import CreatorLedger
-from agents.fraud.alerts import Alert
+from agents.fraud.alerts import Alert, alerts_of
 from agents.fraud.thresholds import FraudRules, GiftVelocity
 from agents.fraud.window import Burst
 from agents.ingest.records import Gift, Payout, Recharge
 from agents.ledger.agent import UserLedger
-from agents.outcomes import Outcome
+from agents.outcomes import Outcome, outcomes_of
 from pipeline import economics, topics
 from pipeline.economics import Economics
 from pipeline.engine.stage import Output

@@ -5,7 +5,6 @@ of the contract), so a value is refused exactly when the contract refuses it."""
 
 from __future__ import annotations
 
-from agents.outcomes import outcomes_of
 import json
 import math
 import time
@@ -13,7 +12,9 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from agents.ingest.decode import MAX_REASON_CHARS, MAX_VALUE_BYTES, SPECS, Malformed, decode
+from agents.outcomes import outcomes_of
 from tools.schemas import validator
 
 TOPICS = tuple(SPECS)

@@ -17,9 +17,7 @@ applied everything below gifts offset g and payouts offset p.
 
 from __future__ import annotations
 
-from agents.outcomes import outcomes_of, credited_of
 import copy
-
 from typing import Any
 
 import orjson
@@ -31,6 +29,7 @@ from agents.credit.progress import Progress
 from agents.credit.rules import CreditBatch
 from agents.credit.state import CreatorState
 from agents.ingest.records import Payout
+from agents.outcomes import credited_of, outcomes_of
 from pipeline import economics, topics
 from pipeline.engine.codec import dumps, loads
 from pipeline.engine.stage import Output

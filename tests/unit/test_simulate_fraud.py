@@ -12,9 +12,9 @@ import pytest
 
 from agents.ingest.decode import Malformed, decode
 from pipeline import economics
+from tests.support.reference import ReferenceLedger
 from tools.simulate import SimConfig, generate
 from tools.simulate_fraud import PATTERNS, Script, inject, scripts
-from tests.support.reference import ReferenceLedger
 
 T0 = 1_780_000_000_000
 MIN, DAY = 60_000, 86_400_000

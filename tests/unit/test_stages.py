@@ -6,9 +6,7 @@ as it arrives: the plain rules (payout ordering: test_payout_order.py).
 
 from __future__ import annotations
 
-from agents.outcomes import outcomes_of, credited_of
 import copy
-
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +15,6 @@ import pytest
 
 from agents.credit.agent import CreatorLedger
 from agents.credit.ops import Mark
-
 from agents.credit.rules import CreditBatch
 from agents.credit.state import CreatorState
 from agents.fraud.concentration import NewSenders
@@ -25,6 +22,7 @@ from agents.fraud.sender import SenderWatch
 from agents.ingest.records import Gift, Payout, Recharge, SpendLimit
 from agents.ledger.agent import UserLedger
 from agents.ledger.state import UserState
+from agents.outcomes import credited_of, outcomes_of
 from pipeline import economics, topics
 from pipeline.economics import Economics
 from pipeline.engine.codec import dumps, loads

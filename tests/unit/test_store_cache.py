@@ -102,11 +102,11 @@ def test_a_smaller_limit_evicts_at_once_and_zero_turns_the_cache_off() -> None:
 def test_a_worker_budget_is_split_over_partitions_and_stages() -> None:
     """The engine gives each stage its share of PIPELINE_STATE_CACHE_VALUES as if the
     worker held every partition; a stage's side tables get a small part of it."""
+    from agents.credit.agent import CreatorLedger
+    from agents.ledger.agent import UserLedger
     from pipeline import economics
     from pipeline.engine.engine import Engine
     from pipeline.settings import Settings
-    from agents.credit.agent import CreatorLedger
-    from agents.ledger.agent import UserLedger
 
     econ = economics.load(None)
     settings = Settings(partitions=4, state_cache_values=80_000)

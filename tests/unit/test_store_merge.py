@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from pipeline.engine.codec import dumps
+from pipeline.engine.dedupe import MAX_EXPIRE_PER_BATCH, DedupeIndex
 from pipeline.engine.kv import KV, MemoryKV, RocksKV
 from pipeline.engine.merge import NO_TIME, EventTimeMerge, Pending
-from pipeline.engine.dedupe import MAX_EXPIRE_PER_BATCH, DedupeIndex
 from pipeline.engine.store import Store
 
 WINDOW = 1_000
@@ -26,7 +27,7 @@ class Box:
     n: int = 0
     seq: int = 0
 
-    def copy(self) -> "Box":
+    def copy(self) -> Box:
         return Box(self.n, self.seq)
 
     def bump(self, by: int = 1) -> None:

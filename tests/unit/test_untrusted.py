@@ -5,7 +5,6 @@ quarantine that finds the one record a transaction fails on."""
 
 from __future__ import annotations
 
-from agents.outcomes import outcomes_of
 import base64
 import hashlib
 import json
@@ -21,11 +20,19 @@ from agents.ingest.decode import Malformed, decode, parse_json
 from agents.ingest.records import Gift, Payout, Recharge
 from agents.ledger.agent import UserLedger
 from agents.ledger.rules import TimeBounds
+from agents.outcomes import outcomes_of
 from pipeline import economics, topics
 from pipeline.engine.partitioning import partition_for
 from pipeline.engine.stage import Output
-from pipeline.engine.task import (MAX_DEAD_LETTER_PAYLOAD, SKIPPED, WITH_PAYLOAD, WITHOUT_PAYLOAD, Quarantine,
-                                  TransactionFailed, dead_letter)
+from pipeline.engine.task import (
+    MAX_DEAD_LETTER_PAYLOAD,
+    SKIPPED,
+    WITH_PAYLOAD,
+    WITHOUT_PAYLOAD,
+    Quarantine,
+    TransactionFailed,
+    dead_letter,
+)
 from pipeline.invariants import InvariantError, require
 
 ECON = economics.load()

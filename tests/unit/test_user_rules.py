@@ -7,7 +7,6 @@ day), never computed with the functions under test.
 from __future__ import annotations
 
 import copy
-
 import itertools
 
 import pytest

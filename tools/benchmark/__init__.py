@@ -34,10 +34,10 @@ import faust
 import redis
 
 from pipeline import economics, redis_client, settings, topics
+from pipeline.settings import PROJECT_ROOT, Settings
 from tools.benchmark import backlog, readbench, report, runs
 from tools.infra import dev
 from tools.infra.kafka import KAFKA_VERSION
-from pipeline.settings import PROJECT_ROOT, Settings
 from tools.simulate import SimConfig, generate
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
@@ -202,7 +202,7 @@ def main(args: argparse.Namespace) -> int:
         figures = state(base, args, log_dir)
     else:
         figures = throughput(base, args.scenario, args, log_dir)
-    result = {"scenario": args.scenario, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    result = {"scenario": args.scenario, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "machine": machine(), "figures": figures}
     name = args.scenario if args.scenario != "latency" or args.rate == 5_000 else f"latency-{args.rate:.0f}"
     stem = RESULTS / f"{dt.date.today().isoformat()}-{name}"

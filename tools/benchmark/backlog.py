@@ -17,10 +17,11 @@ import signal
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -28,9 +29,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
 from pipeline import redis_client, topics
+from pipeline.settings import PROJECT_ROOT, Settings
 from tools.benchmark.probes import ProcStats, board_total
 from tools.benchmark.runs import start_workers
-from pipeline.settings import PROJECT_ROOT, Settings
 from tools.simulate import Message
 
 PEERS_DIR = PROJECT_ROOT / "bench" / "peers"

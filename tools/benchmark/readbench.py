@@ -13,8 +13,8 @@ from typing import Any
 
 from agents.readmodel import leaderboards
 from pipeline import redis_client
-from tools.benchmark.runs import percentiles
 from pipeline.settings import Settings
+from tools.benchmark.runs import percentiles
 
 STREAM = "bench-stream"
 

@@ -12,21 +12,22 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from collections import Counter
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from agents.ingest.decode import decode
 from agents.readmodel import leaderboards
 from pipeline import redis_client, topics
+from pipeline.settings import PROJECT_ROOT, Settings
 from tools.benchmark.probes import Lag, ProcStats
 from tools.local_worker import get, running_worker
-from pipeline.settings import PROJECT_ROOT, Settings
 from tools.simulate import Message
 
 INPUTS = list(topics.INPUTS)

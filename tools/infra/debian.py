@@ -12,8 +12,8 @@ import shutil
 import subprocess
 import time
 
-from tools.infra.procs import InfraError, file_lock
 from pipeline.settings import PROJECT_ROOT
+from tools.infra.procs import InfraError, file_lock
 
 APT_TIMEOUT_S = 900
 _INSTALL_LOCK = PROJECT_ROOT / "var" / "cache" / "apt-install.lock"

@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from urllib.parse import unquote, urlparse
 
+from pipeline.settings import ConfigError, Settings, kafka_address, redis_address
 from tools.infra.kafka import LocalKafka
 from tools.infra.procs import LocalServer
 from tools.infra.redis import LocalRedis
-from pipeline.settings import ConfigError, Settings, kafka_address, redis_address
 
 
 def _kafka(settings: Settings) -> LocalKafka:

@@ -21,8 +21,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from tools.infra.procs import InfraError, LocalServer, check_port_free, file_lock, port_open
 from pipeline.settings import PROJECT_ROOT
+from tools.infra.procs import InfraError, LocalServer, check_port_free, file_lock, port_open
 
 KAFKA_VERSION = "3.9.1"
 POM = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from quixstreams import Application, State, message_context
 from quixstreams.models import Deserializer, TopicConfig
@@ -31,7 +31,7 @@ import contract as c  # noqa: E402
 logger = logging.getLogger("quix-peer")
 
 
-def env(name: str, default: Optional[str] = None) -> str:
+def env(name: str, default: str | None = None) -> str:
     value = os.environ.get(name, default)
     if value is None:
         sys.exit(f"quix peer: {name} must be set")
@@ -110,7 +110,7 @@ def wire_timestamp(value: Any, key: Any, timestamp: int, headers: Any) -> int:
     return min(max(timestamp, 1), c.now_ms() + c.MAX_AHEAD_MS)
 
 
-def to_dead_letter(value: Optional[dict[str, Any]], error: Optional[str] = None) -> dict[str, Any]:
+def to_dead_letter(value: dict[str, Any] | None, error: str | None = None) -> dict[str, Any]:
     ctx = message_context()
     if value is None:
         return {"_dead": c.dead_letter(ctx.topic, ctx.partition, ctx.offset, "empty value (null)", None)}
@@ -146,7 +146,7 @@ def build(app: Application):
         source = app.topic(IN + topic, key_deserializer="bytes", value_deserializer=InputDeserializer(topic),
                            timestamp_extractor=event_time)
 
-        def route(value: Optional[dict[str, Any]], key: Optional[bytes], timestamp: int, headers: Any) -> dict[str, Any]:
+        def route(value: dict[str, Any] | None, key: bytes | None, timestamp: int, headers: Any) -> dict[str, Any]:
             if value is None or "_malformed" in value:
                 return to_dead_letter(value)
             problem = c.check_envelope(topic, value, key, message_context().partition, PARTITIONS)
@@ -207,7 +207,7 @@ def build(app: Application):
                           "credits-by-creator", "creator_id", "credit")
 
     # --- creator stage: credits and payouts of a creator share one state --------------
-    def creator_step(value: dict[str, Any], state: State) -> Optional[dict[str, Any]]:
+    def creator_step(value: dict[str, Any], state: State) -> dict[str, Any] | None:
         if "_malformed" in value:
             return to_dead_letter(value)
         outcome = c.apply_creator_event(value, state, c.now_ms())

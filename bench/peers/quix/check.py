@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import economics  # noqa: E402
 from pipeline import settings as pipeline_settings  # noqa: E402
-from tools.simulate import SimConfig, generate  # noqa: E402
 from tests.peers import check_peer as cp  # noqa: E402
 from tests.support.reference import KEY_FIELD, ReferenceLedger  # noqa: E402
+from tools.simulate import SimConfig, generate  # noqa: E402
 
 TOPIC_OF = {"recharge": "recharges", "gift": "gifts", "spend_limit": "spend-limits", "payout": "payouts"}
 

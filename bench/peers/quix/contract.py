@@ -19,7 +19,7 @@ import re
 import time
 from datetime import timedelta
 from functools import lru_cache
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -49,7 +49,7 @@ DEAD_LETTER_PAYLOAD_BYTES = 65_536
 
 # topic (contract name) -> (outcome type, key field, (field, kind, lo, hi) ...)
 _ID = ("id", None, None)
-SPECS: dict[str, tuple[str, str, tuple[tuple[str, str, Optional[int], Optional[int]], ...]]] = {
+SPECS: dict[str, tuple[str, str, tuple[tuple[str, str, int | None, int | None], ...]]] = {
     "recharges": ("recharge", "user_id", (
         ("event_id", *_ID), ("user_id", *_ID), ("coins", "int", 1, 1_000_000),
         ("amount_cents", "int", 0, None), ("currency", "currency", None, None), ("ts", "int", 0, MAX_TS))),
@@ -114,7 +114,7 @@ def parse_json(raw: bytes) -> Any:
     return data
 
 
-def _field_problem(name: str, kind: str, lo: Optional[int], hi: Optional[int], value: Any) -> Optional[str]:
+def _field_problem(name: str, kind: str, lo: int | None, hi: int | None, value: Any) -> str | None:
     if kind == "id":
         if type(value) is not str or not ID_RE.fullmatch(value):
             return f"{name} must be a string matching ^[A-Za-z0-9_.:-]{{1,64}}$"
@@ -161,7 +161,7 @@ def validate(topic: str, data: Any, internal: bool = False) -> dict[str, Any] | 
     return event
 
 
-def decode_value(topic: str, raw: Optional[bytes]) -> dict[str, Any] | Malformed:
+def decode_value(topic: str, raw: bytes | None) -> dict[str, Any] | Malformed:
     """Never raises: one bad message must never stop the app."""
     if not raw:
         return Malformed("empty value")
@@ -207,7 +207,7 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def check_envelope(topic: str, event: dict[str, Any], key: Optional[bytes], partition: int, partitions: int) -> Optional[str]:
+def check_envelope(topic: str, event: dict[str, Any], key: bytes | None, partition: int, partitions: int) -> str | None:
     """The checks that need the message itself: key == id field, and the partition."""
     key_field = SPECS[topic][1]
     if key is None:
@@ -226,7 +226,7 @@ def check_envelope(topic: str, event: dict[str, Any], key: Optional[bytes], part
     return None
 
 
-def dead_letter(source_topic: str, partition: int, offset: int, error: str, payload: Optional[bytes]) -> dict[str, Any]:
+def dead_letter(source_topic: str, partition: int, offset: int, error: str, payload: bytes | None) -> dict[str, Any]:
     payload = payload or b""
     return {
         "source_topic": source_topic,
@@ -242,7 +242,7 @@ def dead_letter(source_topic: str, partition: int, offset: int, error: str, payl
 # --- The ledgers ----------------------------------------------------------------------
 class KV(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
-    def set(self, key: str, value: Any, ttl: Optional[timedelta] = None) -> None: ...
+    def set(self, key: str, value: Any, ttl: timedelta | None = None) -> None: ...
 
 
 def now_ms() -> int:
@@ -261,12 +261,12 @@ def _outcome(ev: dict[str, Any], subject: str) -> dict[str, Any]:
     }
 
 
-def gift_cost(ev: dict[str, Any]) -> Optional[int]:
+def gift_cost(ev: dict[str, Any]) -> int | None:
     price = CATALOG.get(ev["gift_id"])
     return None if price is None else price * ev["quantity"]
 
 
-def apply_user_event(ev: dict[str, Any], state: KV, now: int) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+def apply_user_event(ev: dict[str, Any], state: KV, now: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """A recharge, gift or spend limit of the user keyed by `state`.
 
     Returns the outcome and, for an accepted gift, the credit for its creator."""
@@ -324,7 +324,7 @@ def apply_user_event(ev: dict[str, Any], state: KV, now: int) -> tuple[dict[str,
     return out, credit
 
 
-def apply_creator_event(ev: dict[str, Any], state: KV, now: int) -> Optional[dict[str, Any]]:
+def apply_creator_event(ev: dict[str, Any], state: KV, now: int) -> dict[str, Any] | None:
     """A credit (from an accepted gift; no outcome) or a payout of the creator keyed by `state`."""
     diamonds = state.get("diamonds", 0)
     if ev["type"] == "credit":
