@@ -15,8 +15,10 @@ GIFT_REASONS = ("unknown_gift", "self_gift", "insufficient_coins", "spend_limit_
 PAYOUT_REASONS = ("below_min_payout", "insufficient_diamonds")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
+    """Built by name: ten fields, several of them optional ints, are too easy to shift."""
+
     event_id: str
     type: str
     status: Status

@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     refuse_optimized()
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        return code
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -142,7 +142,7 @@ def desired(settings: Settings, plan: Plan) -> list[Acl]:
 
 # --- wire -----------------------------------------------------------------------------
 
-class _DescribeAll(Request[DescribeAclsRequest_v1]):
+class _DescribeAll(Request[DescribeAclsRequest_v1]):  # type: ignore[misc]  # aiokafka has no type information
     API_KEY = 29
 
     def build(self, request_struct_class: type[DescribeAclsRequest_v1]) -> DescribeAclsRequest_v1:
@@ -150,7 +150,7 @@ class _DescribeAll(Request[DescribeAclsRequest_v1]):
         return request_struct_class(_ANY, None, _ANY, None, None, _ANY, _ANY)
 
 
-class _Create(Request[CreateAclsRequest_v1]):
+class _Create(Request[CreateAclsRequest_v1]):  # type: ignore[misc]  # aiokafka has no type information
     API_KEY = 30
 
     def __init__(self, acls: list[Acl]) -> None:
@@ -158,7 +158,8 @@ class _Create(Request[CreateAclsRequest_v1]):
 
     def build(self, request_struct_class: type[CreateAclsRequest_v1]) -> CreateAclsRequest_v1:
         return request_struct_class([
-            (RESOURCE_TYPES[a.resource], a.name, PATTERNS[a.pattern], a.principal, HOST, OPERATIONS[a.operation], _ALLOW)
+            (RESOURCE_TYPES[a.resource], a.name, PATTERNS[a.pattern], a.principal, HOST, OPERATIONS[a.operation],
+             _ALLOW)
             for a in self.acls
         ])
 
@@ -178,7 +179,7 @@ def _check(error_code: int, message: str | None, settings: Settings) -> None:
 
 def _existing(response: Any, settings: Settings) -> set[tuple[str, ...]]:
     _check(response.error_code, response.error_message, settings)
-    keys = set()
+    keys: set[tuple[str, ...]] = set()
     for resource_type, name, pattern, entries in response.resources:
         for principal, host, operation, permission in entries:
             resource = _CODE_NAMES["resource"].get(resource_type)
@@ -239,7 +240,10 @@ def table(acls: list[Acl], states: dict[tuple[str, ...], str] | None = None) -> 
                         else "created " + ",".join(created))
         lines.append(line)
     widths = [max(len(r[i]) for r in [head, *lines]) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines)])
 
 
@@ -270,7 +274,8 @@ def main(args: argparse.Namespace) -> int:
     acls = desired(s, parse_plan(args.pipeline_principal, args.producer, args.reader, args.redrive))
     if not args.apply:
         print(table(acls))
-        print(f"\n{_covered(s)}.\n{len(acls)} ACLs (allow, any host); nothing changed: --apply creates the missing ones")
+        print(f"\n{_covered(s)}.\n{len(acls)} ACLs (allow, any host); "
+              "nothing changed: --apply creates the missing ones")
         return 0
     states = asyncio.run(apply(s, acls))
     print(table(acls, states))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import itertools
 import logging
 import os
@@ -95,7 +96,8 @@ class LedgerService(Service):
             for partition in list(self.engine.tasks):
                 force = partition in self.engine.needs_refill
                 try:
-                    done = await self.read_model.refill(partition, lambda p=partition: self.engine.snapshot(p), force)
+                    snapshot = functools.partial(self.engine.snapshot, partition)
+                    done = await self.read_model.refill(partition, snapshot, force)
                 except PartitionMoved:
                     continue  # revoked, rebuilt or stopping: its next task is refilled in full
                 if done or not force:
@@ -254,7 +256,7 @@ def create_app(settings: Settings, econ: Economics) -> LedgerApp:
     service = LedgerService(settings, econ, loop=None, beacon=app.beacon)
     app.ledger = service  # type: ignore[attr-defined]
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]  # Faust has no type information
     async def _start_ledger() -> None:
         await app.add_runtime_dependency(service)
 

@@ -72,7 +72,8 @@ def parse(data: Mapping[str, Any], source: str = "economics") -> Economics:
         if not _GIFT_ID_RE.match(gift_id):
             raise ConfigError(f"{source}: gift id {gift_id!r} in `gifts` must match ^[A-Za-z0-9_.:-]{{1,64}}$")
         if type(price) is not int or not 1 <= price <= MAX_GIFT_PRICE:
-            raise ConfigError(f"{source}: `gifts.{gift_id}` = {price!r}; a price is an integer from 1 to {MAX_GIFT_PRICE}")
+            raise ConfigError(f"{source}: `gifts.{gift_id}` = {price!r}; "
+                              f"a price is an integer from 1 to {MAX_GIFT_PRICE}")
     packages = data.get("recharge_packages")
     if (
         not isinstance(packages, list)

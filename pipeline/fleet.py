@@ -85,7 +85,8 @@ def worker_id(settings: Settings) -> str:
 
 
 def _sum_samples(metric: Any, suffix: str = "") -> float:
-    return sum(s.value for m in metric.collect() for s in m.samples if s.name.endswith(suffix))
+    total: float = sum(s.value for m in metric.collect() for s in m.samples if s.name.endswith(suffix))
+    return total
 
 
 class Publisher:

@@ -261,7 +261,8 @@ async def _refuse_bodies(request: web.Request, handler: Any) -> web.StreamRespon
                                       "status": 413}, status=413)
         response.force_close()
         return response
-    return await handler(request)
+    answer: web.StreamResponse = await handler(request)
+    return answer
 
 
 def install(faust_web: Any, settings: Settings) -> None:

@@ -33,17 +33,20 @@ BATCH_SECONDS = Histogram(
 )
 CYCLE_SECONDS = Histogram(
     "ledger_cycle_phase_seconds", "Time of each phase of the engine's cycle: fetch (waiting for input), process "
-    "(rules, all partitions), commit (the partitions' transactions, in parallel), read_model (Redis, in the background), read_model_wait (a cycle waiting for it: MAX_UNSUNK), end_offsets "
-    "(the ListOffsets round trip of causal order).",
+    "(rules, all partitions), commit (the partitions' transactions, in parallel), read_model (Redis, in the "
+    "background), read_model_wait (a cycle waiting for it: MAX_UNSUNK), end_offsets (the ListOffsets round trip "
+    "of causal order).",
     ["phase"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 TABLE_ENTRIES = Gauge("ledger_table_entries", "Entries in the worker's state tables.", ["table"])
 STATE_MEMORY = Gauge(
-    "ledger_state_memory_bytes", "RAM held by the RocksDB state stores, by kind (memtables, table_readers, block_cache).",
+    "ledger_state_memory_bytes",
+    "RAM held by the RocksDB state stores, by kind (memtables, table_readers, block_cache).",
     ["kind"],
 )
 ASSIGNED_PARTITIONS = Gauge("ledger_assigned_partitions", "Partitions this worker processes.")
-CONSUMER_LAG = Gauge("ledger_consumer_lag_messages", "Messages behind the end of each input partition.", ["topic", "partition"])
+CONSUMER_LAG = Gauge("ledger_consumer_lag_messages", "Messages behind the end of each input partition.",
+                     ["topic", "partition"])
 READ_MODEL_ERRORS = Counter("ledger_redis_errors_total", "Failed Redis writes (retried).")
 READ_MODEL_SECONDS = Histogram(
     "ledger_redis_write_duration_seconds", "Time of one Redis read-model write.",

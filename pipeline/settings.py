@@ -153,7 +153,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     redis_url = env.get("PIPELINE_REDIS_URL", d.redis_url).strip()
     parsed = urlparse(redis_url)
     try:
-        parsed.port  # raises ValueError on a port that is not a number from 0 to 65535
+        _ = parsed.port  # raises ValueError on a port that is not a number from 0 to 65535
         valid = parsed.scheme in ("redis", "rediss", "unix") and (parsed.scheme == "unix" or bool(parsed.hostname))
     except ValueError:
         valid = False
@@ -177,13 +177,15 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"PIPELINE_LOG_LEVEL={log_level!r}; use one of crit, error, warn, info, debug")
     economics = env.get("PIPELINE_ECONOMICS_FILE") or None
     if economics is not None and not Path(economics).is_file():
-        raise ConfigError(f"PIPELINE_ECONOMICS_FILE={economics!r} does not exist; point it at a TOML file like pipeline/economics.toml")
+        raise ConfigError(f"PIPELINE_ECONOMICS_FILE={economics!r} does not exist; "
+                          "point it at a TOML file like pipeline/economics.toml")
     data_dir = Path(env.get("PIPELINE_DATA_DIR") or d.data_dir)
     raw_tokens = env.get("PIPELINE_HTTP_TOKEN") or ""
     tokens = tuple(t.strip() for t in raw_tokens.split(",")) if raw_tokens else ()
     if len(tokens) > MAX_HTTP_TOKENS or not all(_TOKEN_RE.fullmatch(t) for t in tokens):
         raise ConfigError(f"PIPELINE_HTTP_TOKEN must be one token, or {MAX_HTTP_TOKENS} separated by a comma while "
-                          "rotating, each 16 to 256 characters of letters, digits and -._~+/= (e.g. `openssl rand -hex 32`)")
+                          "rotating, each 16 to 256 characters of letters, digits and -._~+/= "
+                          "(e.g. `openssl rand -hex 32`)")
     raw_keys = env.get("PIPELINE_INTERNAL_KEY") or ""
     internal_keys = tuple(k.strip() for k in raw_keys.split(",")) if raw_keys else ()
     if len(internal_keys) > MAX_HTTP_TOKENS or not all(_INTERNAL_KEY_RE.fullmatch(k) for k in internal_keys):

@@ -98,7 +98,8 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0, extra: tupl
                 raise ConfigError(tls) from None
         secured = settings.kafka_security_protocol != "PLAINTEXT"
         raise ConfigError(
-            f"cannot reach Kafka at PIPELINE_BOOTSTRAP_SERVERS={settings.bootstrap_servers} ({exc.__class__.__name__}); "
+            f"cannot reach Kafka at PIPELINE_BOOTSTRAP_SERVERS={settings.bootstrap_servers} "
+            f"({exc.__class__.__name__}); "
             + ("check PIPELINE_KAFKA_SECURITY_PROTOCOL, PIPELINE_KAFKA_SASL_MECHANISM, PIPELINE_KAFKA_USERNAME and "
                "PIPELINE_KAFKA_PASSWORD (and PIPELINE_KAFKA_CA_FILE for TLS), and that the broker is up"
                if secured else
@@ -114,7 +115,8 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0, extra: tupl
         if missing:
             try:
                 await admin.create_topics(
-                    [NewTopic(s.name, s.partitions, settings.replication_factor, topic_configs=s.config) for s in missing]
+                    [NewTopic(s.name, s.partitions, settings.replication_factor, topic_configs=s.config)
+                     for s in missing]
                 )
             except TopicAlreadyExistsError:
                 pass  # created concurrently by another worker
@@ -140,7 +142,8 @@ async def tls_failure(settings: Settings, timeout_s: float = 5.0) -> str | None:
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port), ssl=context), timeout_s)
         except ssl.SSLCertVerificationError as exc:
-            return (f"Kafka at {server} failed TLS verification ({exc.verify_message.rstrip('.')}); set PIPELINE_KAFKA_CA_FILE "
+            return (f"Kafka at {server} failed TLS verification ({exc.verify_message.rstrip('.')}); "
+                    "set PIPELINE_KAFKA_CA_FILE "
                     "to the PEM file of the CA that signed the brokers' certificates, and make "
                     "PIPELINE_BOOTSTRAP_SERVERS name hosts those certificates are for")
         except (TimeoutError, OSError):

@@ -49,7 +49,8 @@ async def json_errors(request: aioweb.Request, handler: Any) -> aioweb.StreamRes
     """Every error is JSON: an unknown path or method too, and an unexpected failure is
     a 500 whose body says nothing of the code (the traceback goes to the log only)."""
     try:
-        return await handler(request)
+        answer: aioweb.StreamResponse = await handler(request)
+        return answer
     except aioweb.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -85,7 +86,8 @@ def bearer_auth(tokens: tuple[str, ...]) -> Any:
             if not sum(hmac.compare_digest(given, e) for e in expected):  # no early exit
                 return aioweb.json_response({"error": "missing or wrong bearer token", "status": 401}, status=401,
                                             headers={"WWW-Authenticate": "Bearer"})
-        return await handler(request)
+        answer: aioweb.StreamResponse = await handler(request)
+        return answer
 
     return check
 
@@ -113,7 +115,8 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
     dashboard.register(app.web.web_app, client, settings.redis_prefix)
 
     async def read_hash(kind: str, id_: str) -> dict[str, str]:
-        return await client.hgetall(hash_key(settings, kind, id_))
+        found: dict[str, str] = await client.hgetall(hash_key(settings, kind, id_))  # type: ignore[assignment]  # decode_responses
+        return found
 
     def error(view: View, status: int, message: str) -> Response:
         return view.json({"error": message, "status": status}, status=status)

@@ -20,7 +20,6 @@ from agents.credit.state import MAX_HELD, CreatorState
 from agents.fraud import concentration, loop
 from agents.fraud.loop import Pairs
 from agents.fraud.sender import Leg
-from agents.ingest.decode import Malformed
 from agents.ingest.records import Payout
 from agents.outcomes import Credited, publish
 from agents.readmodel import leaderboards
@@ -29,7 +28,7 @@ from pipeline import topics
 from pipeline.economics import Economics
 from pipeline.engine.codec import loads
 from pipeline.engine.kv import KV
-from pipeline.engine.stage import Output, ReadModelUpdate
+from pipeline.engine.stage import Malformed, Output, ReadModelUpdate
 from pipeline.engine.store import Store
 from pipeline.invariants import require
 

@@ -20,10 +20,11 @@ from agents.credit.rules import CreditBatch
 from agents.fraud.concentration import hour
 from agents.fraud.loop import parse_leg
 from agents.fraud.sender import Leg
-from agents.ingest.decode import ID_RE, MAX_QUANTITY, MAX_REASON_CHARS, MAX_TS, MAX_VALUE_BYTES, Malformed
+from agents.ingest.decode import ID_RE, MAX_QUANTITY, MAX_REASON_CHARS, MAX_TS, MAX_VALUE_BYTES
 from agents.ingest.records import Payout
 from agents.ledger.rules import Credit
 from pipeline.economics import Economics
+from pipeline.engine.stage import Malformed
 from pipeline.invariants import require
 
 
@@ -161,7 +162,8 @@ def _checked(data: dict[str, Any], econ: Economics, partitions: int) -> Op:
                     _int(data.get("p"), "p", 0, MAX_OFFSET), _int(data.get("t", 0), "t", 0, MAX_TS))
     if kind == "p":
         payout = Payout(_id(data, "event_id"), _id(data, "creator_id"),
-                        _int(data.get("diamonds"), "diamonds", 1, MAX_PAYOUT_DIAMONDS), _int(data.get("ts"), "ts", 0, MAX_TS))
+                        _int(data.get("diamonds"), "diamonds", 1, MAX_PAYOUT_DIAMONDS),
+                        _int(data.get("ts"), "ts", 0, MAX_TS))
         if "r" in data and data["r"] not in REFUSALS:
             raise BadOp(f"r must be one of {', '.join(REFUSALS)}")
         if "r" not in data and "w" not in data:

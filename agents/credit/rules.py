@@ -94,7 +94,10 @@ def apply_payout(state: CreatorState, ev: Payout, econ: Economics, hold: bool = 
     available = state.available_at(ev.ts)
     reason = payout_rejection(available, ev, econ) or (HELD if hold else None)
     if reason is not None:
-        return Outcome(ev.event_id, "payout", "rejected", reason, ev.creator_id, None, ev.diamonds, None, available, ev.ts)
+        return Outcome(
+            event_id=ev.event_id, type="payout", status="rejected", reason=reason, subject_id=ev.creator_id,
+            coins=None, diamonds=ev.diamonds, usd_cents=None, balance_after=available, ts=ev.ts,
+        )
     before = state.available
     state.available -= ev.diamonds
     state.paid_out += ev.diamonds
@@ -103,15 +106,22 @@ def apply_payout(state: CreatorState, ev: Payout, econ: Economics, hold: bool = 
     require(state.available == before - ev.diamonds, 'state.available == before - ev.diamonds')
     cents = econ.payout_cents(ev.diamonds)
     return Outcome(
-        ev.event_id, "payout", "accepted", None, ev.creator_id, None, ev.diamonds, cents, available - ev.diamonds, ev.ts
+        event_id=ev.event_id, type="payout", status="accepted", reason=None, subject_id=ev.creator_id, coins=None,
+        diamonds=ev.diamonds, usd_cents=cents, balance_after=available - ev.diamonds, ts=ev.ts,
     )
 
 
 def refused_payout(state: CreatorState, ev: Payout, reason: str) -> Outcome:
     """Rejected before every other check (invalid_ts): nothing changes."""
-    return Outcome(ev.event_id, "payout", "rejected", reason, ev.creator_id, None, ev.diamonds, None, state.available, ev.ts)
+    return Outcome(
+        event_id=ev.event_id, type="payout", status="rejected", reason=reason, subject_id=ev.creator_id, coins=None,
+        diamonds=ev.diamonds, usd_cents=None, balance_after=state.available, ts=ev.ts,
+    )
 
 
 def duplicate_payout(state: CreatorState, ev: Payout) -> Outcome:
     available = state.available_at(ev.ts)
-    return Outcome(ev.event_id, "payout", "duplicate", None, ev.creator_id, None, ev.diamonds, None, available, ev.ts)
+    return Outcome(
+        event_id=ev.event_id, type="payout", status="duplicate", reason=None, subject_id=ev.creator_id, coins=None,
+        diamonds=ev.diamonds, usd_cents=None, balance_after=available, ts=ev.ts,
+    )

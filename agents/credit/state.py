@@ -105,7 +105,8 @@ class CreatorState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CreatorState:
-        state = cls(data["a"], data["l"], data["p"], {d: n for d, n in data["d"]}, data["q"], data.get("h", []), sorted([*e, 0][:3] for e in data.get("r", [])),
+        state = cls(data["a"], data["l"], data["p"], {d: n for d, n in data["d"]}, data["q"], data.get("h", []),
+            sorted([*e, 0][:3] for e in data.get("r", [])),
             {name: {start: n for start, n in w} for name, w in data.get("w", {}).items()},
             NewSenders.from_json(data.get("n")),
         )

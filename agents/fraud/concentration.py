@@ -123,7 +123,8 @@ def check(ns: NewSenders, hourly: dict[int, int], payout: Payout, rules: PayoutC
     return finding
 
 
-def raise_alert(ns: NewSenders, finding: Finding, payout: Payout, held: bool, rules: PayoutConcentration) -> Alert | None:
+def raise_alert(ns: NewSenders, finding: Finding, payout: Payout, held: bool,
+                rules: PayoutConcentration) -> Alert | None:
     """The alert for a matching payout, unless one was raised for this creator within
     the window."""
     if payout.ts < ns.quiet_until:

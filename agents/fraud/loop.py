@@ -78,7 +78,8 @@ def meet(pairs: Pairs, leg: Leg, rules: GiftLoop) -> list[Alert]:
 def _prune(pairs: Pairs, now: int, rules: GiftLoop, room_for: str) -> None:
     """Forget legs older than the window, and make room for `room_for`."""
     def newest(entry: list[Any]) -> int:
-        return max([-1] + [leg["t"] for leg in entry[:2] if leg is not None] + [entry[2] - rules.window_ms])
+        times: list[int] = [-1] + [leg["t"] for leg in entry[:2] if leg is not None] + [entry[2] - rules.window_ms]
+        return max(times)
 
     for partner, entry in list(pairs.partners.items()):
         for way in (0, 1):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 EventType = Literal["recharge", "gift", "payout", "spend_limit"]
 
@@ -69,5 +69,5 @@ class SpendLimit:
         return self.user_id
 
 
-Event = Union[Recharge, Gift, Payout, SpendLimit]
-UserEvent = Union[Recharge, Gift, SpendLimit]
+Event = Recharge | Gift | Payout | SpendLimit
+UserEvent = Recharge | Gift | SpendLimit

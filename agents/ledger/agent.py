@@ -13,7 +13,7 @@ from typing import Any
 from agents.credit.ops import credit_op, mark_op, payout_op
 from agents.fraud import sender
 from agents.fraud.sender import Leg
-from agents.ingest.decode import Malformed, decode
+from agents.ingest.decode import decode
 from agents.ingest.records import Event, Payout, UserEvent
 from agents.ledger.rules import INVALID_TS, Credit, TimeBounds, apply_user_event, duplicate_outcome, out_of_time
 from agents.ledger.state import UserState
@@ -23,7 +23,7 @@ from agents.stage import LedgerStage
 from pipeline import topics
 from pipeline.economics import DAY_MS, Economics
 from pipeline.engine.kv import KV
-from pipeline.engine.stage import Output, ReadModelUpdate
+from pipeline.engine.stage import Malformed, Output, ReadModelUpdate
 from pipeline.engine.store import Store
 from pipeline.invariants import require
 from pipeline.settings import DEFAULT_MAX_CLOCK_SKEW_MS

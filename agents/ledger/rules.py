@@ -55,12 +55,19 @@ class TimeBounds:
 def out_of_time(state: UserState, ev: UserEvent, econ: Economics) -> Outcome:
     """`invalid_ts`, checked before everything (duplicates included): nothing changes."""
     if isinstance(ev, Recharge):
-        return Outcome(ev.event_id, "recharge", "rejected", INVALID_TS, ev.user_id, ev.coins, None, None,
-                       state.balance, ev.ts)
+        return Outcome(
+            event_id=ev.event_id, type="recharge", status="rejected", reason=INVALID_TS, subject_id=ev.user_id,
+            coins=ev.coins, diamonds=None, usd_cents=None, balance_after=state.balance, ts=ev.ts,
+        )
     if isinstance(ev, Gift):
-        return Outcome(ev.event_id, "gift", "rejected", INVALID_TS, ev.sender_id, gift_coins(ev, econ), None, None,
-                       state.balance, ev.ts)
-    return Outcome(ev.event_id, "spend_limit", "rejected", INVALID_TS, ev.user_id, None, None, None, None, ev.ts)
+        return Outcome(
+            event_id=ev.event_id, type="gift", status="rejected", reason=INVALID_TS, subject_id=ev.sender_id,
+            coins=gift_coins(ev, econ), diamonds=None, usd_cents=None, balance_after=state.balance, ts=ev.ts,
+        )
+    return Outcome(
+        event_id=ev.event_id, type="spend_limit", status="rejected", reason=INVALID_TS, subject_id=ev.user_id,
+        coins=None, diamonds=None, usd_cents=None, balance_after=None, ts=ev.ts,
+    )
 
 
 def effective_limit(state: UserState, econ: Economics) -> int:
@@ -73,7 +80,10 @@ def apply_recharge(state: UserState, ev: Recharge) -> Outcome:
     state.recharged += ev.coins
     state.seq += 1
     state.check()
-    return Outcome(ev.event_id, "recharge", "accepted", None, ev.user_id, ev.coins, None, None, state.balance, ev.ts)
+    return Outcome(
+        event_id=ev.event_id, type="recharge", status="accepted", reason=None, subject_id=ev.user_id, coins=ev.coins,
+        diamonds=None, usd_cents=None, balance_after=state.balance, ts=ev.ts,
+    )
 
 
 def gift_coins(ev: Gift, econ: Economics) -> int | None:
@@ -102,7 +112,10 @@ def apply_gift(state: UserState, ev: Gift, econ: Economics) -> tuple[Outcome, Cr
     coins = gift_coins(ev, econ)
     reason = gift_rejection(state, ev, econ)
     if reason is not None:
-        outcome = Outcome(ev.event_id, "gift", "rejected", reason, ev.sender_id, coins, None, None, state.balance, ev.ts)
+        outcome = Outcome(
+            event_id=ev.event_id, type="gift", status="rejected", reason=reason, subject_id=ev.sender_id,
+            coins=coins, diamonds=None, usd_cents=None, balance_after=state.balance, ts=ev.ts,
+        )
         return outcome, None
     assert coins is not None  # narrowing; python -O is refused
     require(coins > 0, 'coins > 0')
@@ -117,25 +130,41 @@ def apply_gift(state: UserState, ev: Gift, econ: Economics) -> tuple[Outcome, Cr
     state.seq += 1
     state.check()
     require(state.balance == before - coins, 'state.balance == before - coins')
-    outcome = Outcome(ev.event_id, "gift", "accepted", None, ev.sender_id, coins, diamonds, None, state.balance, ev.ts)
-    return outcome, Credit(ev.creator_id, ev.stream_id, ev.sender_id, coins, diamonds, ev.ts, ev.event_id, state.first_ts)
+    outcome = Outcome(
+        event_id=ev.event_id, type="gift", status="accepted", reason=None, subject_id=ev.sender_id, coins=coins,
+        diamonds=diamonds, usd_cents=None, balance_after=state.balance, ts=ev.ts,
+    )
+    return outcome, Credit(ev.creator_id, ev.stream_id, ev.sender_id, coins, diamonds, ev.ts, ev.event_id,
+                           state.first_ts)
 
 
 def apply_spend_limit(state: UserState, ev: SpendLimit) -> Outcome:
     state.own_limit = ev.daily_coin_limit
     state.seq += 1
     state.check()
-    return Outcome(ev.event_id, "spend_limit", "accepted", None, ev.user_id, None, None, None, None, ev.ts)
+    return Outcome(
+        event_id=ev.event_id, type="spend_limit", status="accepted", reason=None, subject_id=ev.user_id, coins=None,
+        diamonds=None, usd_cents=None, balance_after=None, ts=ev.ts,
+    )
 
 
 def duplicate_outcome(state: UserState, ev: UserEvent, econ: Economics) -> Outcome:
     """A repeated event_id: no effect; the record still says what the event was."""
     if isinstance(ev, Recharge):
-        return Outcome(ev.event_id, "recharge", "duplicate", None, ev.user_id, ev.coins, None, None, state.balance, ev.ts)
+        return Outcome(
+            event_id=ev.event_id, type="recharge", status="duplicate", reason=None, subject_id=ev.user_id,
+            coins=ev.coins, diamonds=None, usd_cents=None, balance_after=state.balance, ts=ev.ts,
+        )
     if isinstance(ev, Gift):
         coins = gift_coins(ev, econ)
-        return Outcome(ev.event_id, "gift", "duplicate", None, ev.sender_id, coins, None, None, state.balance, ev.ts)
-    return Outcome(ev.event_id, "spend_limit", "duplicate", None, ev.user_id, None, None, None, None, ev.ts)
+        return Outcome(
+            event_id=ev.event_id, type="gift", status="duplicate", reason=None, subject_id=ev.sender_id, coins=coins,
+            diamonds=None, usd_cents=None, balance_after=state.balance, ts=ev.ts,
+        )
+    return Outcome(
+        event_id=ev.event_id, type="spend_limit", status="duplicate", reason=None, subject_id=ev.user_id, coins=None,
+        diamonds=None, usd_cents=None, balance_after=None, ts=ev.ts,
+    )
 
 
 def apply_user_event(state: UserState, ev: UserEvent, econ: Economics) -> tuple[Outcome, Credit | None]:

@@ -7,7 +7,7 @@ so writing one twice, late or after a Redis restart cannot double count.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -77,8 +77,9 @@ async def top(redis: Redis, key: str, limit: int) -> list[tuple[str, int]]:
     head = await redis.zrevrange(key, 0, limit - 1, withscores=True)
     if not head:
         return []
-    cut = head[-1][1]
-    above = sorted(((as_text(m), int(s)) for m, s in head if s > cut), key=lambda e: (-e[1], e[0]))
+    pairs = cast(list[tuple[bytes | str, float]], head)  # withscores=True
+    cut = pairs[-1][1]
+    above = sorted(((as_text(m), int(s)) for m, s in pairs if s > cut), key=lambda e: (-e[1], e[0]))
     tied = await redis.zrangebyscore(key, cut, cut, start=0, num=limit - len(above))
     return above + [(as_text(m), int(cut)) for m in tied]
 

@@ -139,13 +139,15 @@ class RedisReadModel:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for chunk in chunks:
                         keys = [hash_key(self.settings, kind, id_) for (kind, id_), _ in chunk]
-                        payload = dumps([self.settings.redis_prefix, str(self.ttl_s), [self._entry(u) for _, u in chunk]])
+                        entries = [self._entry(u) for _, u in chunk]
+                        payload = dumps([self.settings.redis_prefix, str(self.ttl_s), entries])
                         await self._script(keys=keys, args=[payload], client=pipe)  # queued
                     await asyncio.wait_for(pipe.execute(), WRITE_TIMEOUT_S * len(chunks))
             except REDIS_DOWN as exc:
                 self.healthy = False
                 metrics.READ_MODEL_ERRORS.inc()
-                log.warning("Redis write failed (%s); %d keys pending, retrying", exc.__class__.__name__, len(self.pending))
+                log.warning("Redis write failed (%s); %d keys pending, retrying", exc.__class__.__name__,
+                            len(self.pending))
                 return
             metrics.READ_MODEL_SECONDS.observe(time.perf_counter() - started)
             self.healthy = True
@@ -157,7 +159,8 @@ class RedisReadModel:
     @staticmethod
     def _entry(u: ReadModelUpdate) -> list[Any]:
         if u.kind == "alert":
-            return ["0", ["json", u.fields["json"]], [[alerts.FEED, u.id, str(u.fields["ts"]), "c", str(alerts.MAX_FEED)]]]
+            feed = [alerts.FEED, u.id, str(u.fields["ts"]), "c", str(alerts.MAX_FEED)]
+            return ["0", ["json", u.fields["json"]], [feed]]
         fields = list(map(str, itertools.chain.from_iterable(u.fields.items())))
         newest: dict[str, int] = {}  # window key -> newest window start in this update
         for zkey, member, _ in u.scores:

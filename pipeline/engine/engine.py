@@ -157,7 +157,7 @@ class Engine:
         fails). Its task's merge holds its other inputs back meanwhile, so that
         partition's order is kept."""
         now = time.monotonic()
-        for tp, error in undecodable.items():
+        for tp in undecodable:
             metrics.FETCH_ERRORS.labels(tp.topic[len(self.settings.topic_prefix):]).inc()
             self._undecodable[tp] = now + UNDECODABLE_RETRY_S
         for tp, retry_at in list(self._undecodable.items()):
@@ -177,7 +177,7 @@ class Engine:
             self._seek(task, dict(task.fetch_next))
 
     # -- one cycle -------------------------------------------------------------
-    async def _cycle(self, batch: dict[TopicPartition, list]) -> None:
+    async def _cycle(self, batch: dict[TopicPartition, list[Any]]) -> None:
         consumer = self.consumer
         assert consumer is not None
         prefix_len = len(self.settings.topic_prefix)
@@ -210,8 +210,8 @@ class Engine:
                 self.processed_total += task.process(caught_up, now_ms, positions, watch_ends, time_cut, share)
             except PoisonRecord as exc:
                 poisoned.append((task, exc))
-        for task, exc in poisoned:
-            await self._quarantine(task, exc)
+        for task, poison in poisoned:
+            await self._quarantine(task, poison)
         busy = [t for t in self.tasks.values() if t.has_work]
         before = {t.partition: t.committed_offsets for t in busy}
         metrics.CYCLE_SECONDS.labels("process").observe(time.perf_counter() - started)
@@ -552,7 +552,7 @@ class PartitionMoved(Exception):
     (or its rebuild) writes the read model in full."""
 
 
-class _Listener(ConsumerRebalanceListener):
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka has no type information
     """aiokafka logs and swallows a listener's exception; a worker that cannot take its
     partitions must stop instead, so the exception is handed to the processing loop."""
 

@@ -34,11 +34,7 @@ from typing import Any
 
 from aiokafka.errors import CorruptRecordException, RecordTooLargeError, UnsupportedCodecError
 from aiokafka.structs import TopicPartition
-
-try:
-    from cramjam import DecompressionError
-except ImportError:  # pragma: no cover - cramjam is a runtime dependency
-    DecompressionError = UnsupportedCodecError
+from cramjam import DecompressionError  # aiokafka's codecs for snappy, lz4 and zstd (a runtime dependency)
 
 log = logging.getLogger(__name__)
 

@@ -96,7 +96,7 @@ class RocksKV:
         options.set_block_based_table_factory(_table_options())
         self.db = Rdict(str(path), options=options, access_type=AccessType.read_write())
         self._write_options = WriteOptions()
-        self._write_options.disable_wal = True
+        self._write_options.disable_wal = True  # type: ignore[method-assign,assignment]  # a property in the extension
         self._open = True
 
     def get(self, key: bytes) -> bytes | None:

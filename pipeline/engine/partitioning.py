@@ -16,7 +16,8 @@ CACHED_KEYS = 1 << 17
 
 @lru_cache(maxsize=CACHED_KEYS)
 def partition_for(key: bytes, partitions: int) -> int:
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 def misrouted_error(key: bytes, partition: int, partitions: int) -> str:

@@ -95,7 +95,7 @@ class Stage(ABC):
         self.table = table
         # key prefix (outside the id pattern) -> table
         self.side = dict(side or {})
-        require(all(prefix.startswith("#") for prefix in self.side), 'all(prefix.startswith("#") for prefix in self.side)')
+        require(all(prefix.startswith("#") for prefix in self.side), "side table prefixes start with #")
         # One KV per stage and partition, a key namespace per table.
         self.kv: KV = MemoryKV() if kv is None else kv
         for namespace, t in [("t:", table), *((f"{p}:", t) for p, t in self.side.items())]:

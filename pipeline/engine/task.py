@@ -209,7 +209,7 @@ class PartitionTask:
         for stage in self.stages:
             stage.close()
 
-    def add(self, topic: str, records: list) -> None:
+    def add(self, topic: str, records: list[Any]) -> None:
         stage = self.stages[self.stage_of[topic]]
         merge = self.merges[self.stage_of[topic]]
         start = self.fetch_next[topic]
@@ -330,7 +330,9 @@ class PartitionTask:
         if not with_payload:
             letter.update(payload_b64="", error=f"{error} (payload left out: a dead letter with it could not be "
                                                 "committed)"[:MAX_ERROR_CHARS])
-        text_key = None if key is None or not with_payload else key[:MAX_DEAD_LETTER_KEY_BYTES].decode("utf-8", "replace")
+        text_key = None
+        if key is not None and with_payload:
+            text_key = key[:MAX_DEAD_LETTER_KEY_BYTES].decode("utf-8", "replace")
         self.out.send(DEAD_LETTERS, text_key, letter)
 
     @property

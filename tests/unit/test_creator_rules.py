@@ -47,7 +47,10 @@ def test_below_min_payout(econ: Economics) -> None:
     state = creator(10_000)
     before = copy.deepcopy(state)
     outcome = apply_payout(state, payout(1999, ts=T0 + 3), econ)
-    assert outcome == Outcome("p-1", "payout", "rejected", "below_min_payout", "c1", None, 1999, None, 10_000, T0 + 3)
+    assert outcome == Outcome(
+        event_id="p-1", type="payout", status="rejected", reason="below_min_payout", subject_id="c1", coins=None,
+        diamonds=1999, usd_cents=None, balance_after=10_000, ts=T0 + 3,
+    )
     assert state == before
 
 
@@ -58,7 +61,10 @@ def test_below_min_wins_over_insufficient(econ: Economics) -> None:
 def test_min_payout_exactly_is_accepted(econ: Economics) -> None:
     state = creator(2000)
     outcome = apply_payout(state, payout(2000), econ)
-    assert outcome == Outcome("p-1", "payout", "accepted", None, "c1", None, 2000, 1000, 0, T0)
+    assert outcome == Outcome(
+        event_id="p-1", type="payout", status="accepted", reason=None, subject_id="c1", coins=None, diamonds=2000,
+        usd_cents=1000, balance_after=0, ts=T0,
+    )
     assert state == CreatorState(0, 2000, 2000, {}, seq=3)
 
 
@@ -92,7 +98,9 @@ def test_duplicate_payout_outcome() -> None:
     state = creator(3_000, paid_out=2_000)
     before = copy.deepcopy(state)
     assert duplicate_payout(state, payout(2_500, eid="p-7", ts=5)) == Outcome(
-        "p-7", "payout", "duplicate", None, "c1", None, 2_500, None, 3_000, 5)
+        event_id="p-7", type="payout", status="duplicate", reason=None, subject_id="c1", coins=None, diamonds=2_500,
+        usd_cents=None, balance_after=3_000, ts=5,
+    )
     assert state == before
 
 
@@ -276,7 +284,10 @@ def test_a_credit_later_than_the_payout_is_not_counted(econ: Economics) -> None:
     assert state.available == 8_000
     before = copy.deepcopy(state)
     outcome = apply_payout(state, payout(4_000, ts=T0), econ)
-    assert outcome == Outcome("p-1", "payout", "rejected", "insufficient_diamonds", "c1", None, 4_000, None, 3_000, T0)
+    assert outcome == Outcome(
+        event_id="p-1", type="payout", status="rejected", reason="insufficient_diamonds", subject_id="c1",
+        coins=None, diamonds=4_000, usd_cents=None, balance_after=3_000, ts=T0,
+    )
     assert state == before
 
 
@@ -285,7 +296,10 @@ def test_balance_after_of_an_accepted_payout_leaves_out_later_credits(econ: Econ
     apply_credit(state, batch([(T0 - 10, 3_000), (T0 + 10, 5_000)]), 1, 0)
     outcome = apply_payout(state, payout(2_500, ts=T0), econ)
     # 3,000 available at T0, 500 of them left; the 5,000 of the later gift stay credited.
-    assert outcome == Outcome("p-1", "payout", "accepted", None, "c1", None, 2_500, 1_250, 500, T0)
+    assert outcome == Outcome(
+        event_id="p-1", type="payout", status="accepted", reason=None, subject_id="c1", coins=None, diamonds=2_500,
+        usd_cents=1_250, balance_after=500, ts=T0,
+    )
     assert (state.available, state.lifetime, state.paid_out, state.seq) == (5_500, 8_000, 2_500, 2)
     assert state.recent == [[T0 - 10, 3_000, 1], [T0 + 10, 5_000, 1]]  # their cycle is not covered yet
     # A payout dated after the later gift counts it.

@@ -122,7 +122,10 @@ def test_insufficient_by_one_coin(econ: Economics) -> None:
 def test_rejected_outcome_fields(econ: Economics) -> None:
     state = user(99)
     out = assert_rejected(state, gift("confetti", eid="g-1", ts=T0 + 5), econ, "insufficient_coins")
-    assert out == Outcome("g-1", "gift", "rejected", "insufficient_coins", "u1", 100, None, None, 99, T0 + 5)
+    assert out == Outcome(
+        event_id="g-1", type="gift", status="rejected", reason="insufficient_coins", subject_id="u1", coins=100,
+        diamonds=None, usd_cents=None, balance_after=99, ts=T0 + 5,
+    )
 
 
 # --- coins and diamonds -------------------------------------------------------------
@@ -164,7 +167,10 @@ def test_creator_share_rounds_down_and_fee_is_the_rest(
 def test_accepted_gift_outcome_and_state(econ: Economics) -> None:
     state = user(1_000, day_spend={20_000: 50})
     outcome, _ = apply_gift(state, gift("money_gun", eid="g-9"), econ)
-    assert outcome == Outcome("g-9", "gift", "accepted", None, "u1", 500, 250, None, 500, T0)
+    assert outcome == Outcome(
+        event_id="g-9", type="gift", status="accepted", reason=None, subject_id="u1", coins=500, diamonds=250,
+        usd_cents=None, balance_after=500, ts=T0,
+    )
     assert state == UserState(500, 1_050, 550, None, {20_000: 550}, seq=4, streams={"s1": [500, T0 // DAY]})
     assert state.touched == {("day", T0 // DAY), ("stream", "s1")}
 
@@ -251,14 +257,20 @@ def test_limit_applies_to_spend_made_before_it_was_set(econ: Economics) -> None:
 def test_recharge_outcome_and_state() -> None:
     state = user(40)
     outcome = apply_recharge(state, Recharge("r-1", "u1", 1_000_000, 999, "EUR", T0))
-    assert outcome == Outcome("r-1", "recharge", "accepted", None, "u1", 1_000_000, None, None, 1_000_040, T0)
+    assert outcome == Outcome(
+        event_id="r-1", type="recharge", status="accepted", reason=None, subject_id="u1", coins=1_000_000,
+        diamonds=None, usd_cents=None, balance_after=1_000_040, ts=T0,
+    )
     assert (state.balance, state.recharged, state.spent, state.seq) == (1_000_040, 1_000_040, 0, 4)
 
 
 def test_spend_limit_outcome() -> None:
     state = user(5)
     ev = SpendLimit("l-1", "u1", 7, T0)
-    assert apply_spend_limit(state, ev) == Outcome("l-1", "spend_limit", "accepted", None, "u1", None, None, None, None, T0)
+    assert apply_spend_limit(state, ev) == Outcome(
+        event_id="l-1", type="spend_limit", status="accepted", reason=None, subject_id="u1", coins=None,
+        diamonds=None, usd_cents=None, balance_after=None, ts=T0,
+    )
     assert (state.own_limit, state.seq, state.balance) == (7, 4, 5)
 
 
@@ -273,13 +285,21 @@ def test_duplicate_outcomes(econ: Economics) -> None:
     state = user(77)
     before = copy.deepcopy(state)
     assert duplicate_outcome(state, Recharge("r", "u1", 5, 0, "USD", 1), econ) == Outcome(
-        "r", "recharge", "duplicate", None, "u1", 5, None, None, 77, 1)
+        event_id="r", type="recharge", status="duplicate", reason=None, subject_id="u1", coins=5, diamonds=None,
+        usd_cents=None, balance_after=77, ts=1,
+    )
     assert duplicate_outcome(state, Gift("g", "u1", "c1", "s1", "perfume", 3, 2), econ) == Outcome(
-        "g", "gift", "duplicate", None, "u1", 60, None, None, 77, 2)
+        event_id="g", type="gift", status="duplicate", reason=None, subject_id="u1", coins=60, diamonds=None,
+        usd_cents=None, balance_after=77, ts=2,
+    )
     assert duplicate_outcome(state, Gift("h", "u1", "c1", "s1", "nope", 3, 2), econ) == Outcome(
-        "h", "gift", "duplicate", None, "u1", None, None, None, 77, 2)
+        event_id="h", type="gift", status="duplicate", reason=None, subject_id="u1", coins=None, diamonds=None,
+        usd_cents=None, balance_after=77, ts=2,
+    )
     assert duplicate_outcome(state, SpendLimit("l", "u1", None, 3), econ) == Outcome(
-        "l", "spend_limit", "duplicate", None, "u1", None, None, None, None, 3)
+        event_id="l", type="spend_limit", status="duplicate", reason=None, subject_id="u1", coins=None,
+        diamonds=None, usd_cents=None, balance_after=None, ts=3,
+    )
     assert state == before
 
 
