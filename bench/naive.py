@@ -84,7 +84,8 @@ def create_app() -> faust.App:
             if event.message.topic == s.topic(CREDITS):
                 op = loads(event.value)
                 state = CreatorState.from_json(creators[op["c"]]) if op["c"] in creators else CreatorState()
-                apply_credit(state, CreditBatch(op["c"], op["coins"], 1, ((op["ts"], op["d"]),)), 0, 0)  # not remembered
+                # not remembered
+                apply_credit(state, CreditBatch(op["c"], op["coins"], 1, ((op["ts"], op["d"]),)), 0, 0)
                 creators[op["c"]] = state.to_json()
                 await redis.zadd(prefix + leaderboards.CREATORS_ALL, {op["c"]: state.lifetime})
                 continue
@@ -110,7 +111,8 @@ def main() -> None:
 
     asyncio.run(topics.ensure_topics(settings.load(), extra=(OUTCOMES, CREDITS)))
     app = create_app()
-    Worker(app, loglevel=os.environ.get("PIPELINE_LOG_LEVEL", "warn"), quiet=True, redirect_stdouts=False).execute_from_commandline()
+    Worker(app, loglevel=os.environ.get("PIPELINE_LOG_LEVEL", "warn"), quiet=True,
+           redirect_stdouts=False).execute_from_commandline()
 
 
 if __name__ == "__main__":

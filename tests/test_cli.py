@@ -44,4 +44,5 @@ def test_an_unreachable_broker_is_one_line_too(servers: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "pipeline", "worker"], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=90)
     assert proc.returncode == 2
-    assert "PIPELINE_BOOTSTRAP_SERVERS" in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert ("PIPELINE_BOOTSTRAP_SERVERS" in proc.stderr and proc.stderr.count("\n") == 1
+            and "Traceback" not in proc.stderr)

@@ -67,7 +67,8 @@ def test_the_locks_pin_every_declared_requirement_with_hashes() -> None:
         for req in required:
             name = canonicalize_name(req.name)
             assert name in lock, f"{req} is not in the lock: {FIX}"
-            assert req.specifier.contains(lock[name][0], prereleases=True), f"{req} but the lock has {lock[name][0]}: {FIX}"
+            assert req.specifier.contains(lock[name][0], prereleases=True), (
+                f"{req} but the lock has {lock[name][0]}: {FIX}")
     assert all(n for _, n in full.values()) and all(n for _, n in runtime_pins.values()), "a pin without --hash"
     # The image's subset has the versions that the tests ran with.
     assert {n: v for n, (v, _) in runtime_pins.items()} == {n: full[n][0] for n in runtime_pins}, FIX
@@ -89,7 +90,8 @@ def _pip_audit(service: str) -> tuple[list[dict[str, Any]] | None, str]:
         return None, f"pip-audit -s {service} failed (exit {proc.returncode}): {last[:300]}"
     skipped = [d for d in deps if d.get("skip_reason")]
     if skipped:
-        return None, f"pip-audit -s {service} could not audit {len(skipped)} of {len(deps)} pins: {skipped[0]['skip_reason']}"
+        return None, (f"pip-audit -s {service} could not audit {len(skipped)} of {len(deps)} pins: "
+                      f"{skipped[0]['skip_reason']}")
     return deps, f"pip-audit -s {service} audited {len(deps)} pins"
 
 
@@ -122,7 +124,8 @@ def test_no_pin_of_the_lock_has_a_known_vulnerability() -> None:
     at_latest = {n: r for n, r in latest.items() if r is not None and Version(r[0]) == Version(locked[n])}
     found = {f"{n}=={locked[n]}": r[1] for n, r in at_latest.items() if r[1]}
     assert not found, f"known vulnerabilities (PyPI project JSON, latest releases): {found}"
-    older = sorted(f"{n}=={locked[n]} (latest {r[0]})" for n, r in latest.items() if r is not None and n not in at_latest)
+    older = sorted(f"{n}=={locked[n]} (latest {r[0]})"
+                   for n, r in latest.items() if r is not None and n not in at_latest)
     if older or unreachable:
         pytest.skip(
             "; ".join(reasons) + f"; PyPI's project JSON: {len(at_latest)} of {len(locked)} pins are their latest "

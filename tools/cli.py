@@ -73,17 +73,20 @@ def register(sub: argparse._SubParsersAction[Any], helps: dict[str, str]) -> Non
     p.add_argument("--events", type=int, default=0, help="events (default: 200000; state: 10000000)")
     p.add_argument("--rate", type=float, default=5_000, help="latency: offered gifts per second (default 5000)")
     p.add_argument("--duration", type=float, default=30, help="latency: seconds of offered load (default 30)")
-    p.add_argument("--gifters", type=int, default=100_000, help="leaderboard-read: gifters on the board (default 100000)")
+    p.add_argument("--gifters", type=int, default=100_000,
+                   help="leaderboard-read: gifters on the board (default 100000)")
     p.add_argument("--requests", type=int, default=2_000, help="leaderboard-read: reads per case (default 2000)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.add_argument("--peers", default="kstreams,quix", type=lambda v: [x for x in v.split(",") if x],
-                   help="uniform, mega-live: peer engines run beside ours (bench/peers/; default kstreams,quix; '' for none)")
+                   help="uniform, mega-live: peer engines run beside ours "
+                        "(bench/peers/; default kstreams,quix; '' for none)")
     p.add_argument("--days", type=float, default=10.0, help="dedupe: simulated days of commits (default 10)")
     p.set_defaults(func=_bench)
 
     from tools.fraud_eval import add_arguments as fraud_eval_arguments
 
-    p = sub.add_parser("fraud-eval", help=helps["fraud-eval"] + "; results go to bench/results/<date>-fraud-eval.json, .md")
+    p = sub.add_parser("fraud-eval",
+                       help=helps["fraud-eval"] + "; results go to bench/results/<date>-fraud-eval.json, .md")
     fraud_eval_arguments(p)
     p.set_defaults(func=_fraud_eval)
 

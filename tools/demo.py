@@ -33,7 +33,8 @@ def main(args: argparse.Namespace) -> int:
     asyncio.run(topics.ensure_topics(s))
     with running_worker(s, s.data_dir / "demo-worker.log"):
         tag = secrets.token_hex(2)
-        cfg = SimConfig(events=args.events, users=args.users, creators=args.creators, seed=args.seed, id_prefix=f"demo{tag}-")
+        cfg = SimConfig(events=args.events, users=args.users, creators=args.creators, seed=args.seed,
+                        id_prefix=f"demo{tag}-")
         messages = list(generate(cfg, econ))
         print(f"producing {len(messages)} events of a simulated live event (ids demo{tag}-*)")
         counts, elapsed = asyncio.run(_produce_and_wait(s, messages))
@@ -99,9 +100,11 @@ def _report(s: Settings, cfg: SimConfig, counts: Counter[str], elapsed: float) -
              if e["creator_id"].startswith(cfg.id_prefix)][:5]
     by_id = {c["creator_id"]: c for c in creators}
     for e in board:
-        print(f"  {e['creator_id']:>16}  diamonds {e['diamonds']:>8}  available {by_id[e['creator_id']]['diamonds']:>8}")
+        print(f"  {e['creator_id']:>16}  diamonds {e['diamonds']:>8}  "
+              f"available {by_id[e['creator_id']]['diamonds']:>8}")
     recharged = sum(u["recharged_coins"] for u in users)
     held, spent = sum(u["coins"] for u in users), sum(u["spent_coins"] for u in users)
-    print(f"\ncoins recharged {recharged} = held {held} + spent {spent}: {'ok' if recharged == held + spent else 'MISMATCH'}")
+    print(f"\ncoins recharged {recharged} = held {held} + spent {spent}: "
+          f"{'ok' if recharged == held + spent else 'MISMATCH'}")
     if recharged != held + spent:
         raise SystemExit("coin conservation failed")

@@ -28,20 +28,22 @@ import asyncio
 import datetime as dt
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
 from agents.fraud.thresholds import DAY_MS, RULES
-from agents.ingest.decode import SPECS, Malformed, decode
+from agents.ingest.decode import SPECS, decode
 from pipeline import economics, settings
+from pipeline.engine.stage import Malformed
 from pipeline.settings import Settings
 from tools import simulate_fraud
 from tools.benchmark import RESULTS, cleanup, deployment, machine, runs
 from tools.infra import dev
 from tools.local_worker import running_worker
-from tools.simulate import Message, SimConfig, generate, message
+from tools.simulate import InputMessage, Message, SimConfig, generate, message
 
 SETTLE_S = 3.0  # after the last outcome, for alerts still on their way (gift_loop, payouts)
 MAX_WAIT_S = 600.0
@@ -80,8 +82,8 @@ def generated(args: argparse.Namespace, econ: economics.Economics) -> tuple[list
     return history + list(simulate_fraud.inject(generate(cfg, econ), scripts)), [s.label for s in scripts]
 
 
-def read_set(events: Path, labels: Path) -> tuple[list[Message], list[dict[str, Any]]]:
-    messages = []
+def read_set(events: Path, labels: Path) -> tuple[list[InputMessage], list[dict[str, Any]]]:
+    messages: list[InputMessage] = []
     for n, line in enumerate(events.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -90,7 +92,9 @@ def read_set(events: Path, labels: Path) -> tuple[list[Message], list[dict[str, 
             topic, value = row["topic"], row["value"]
             key = row.get("key", value.get(SPECS[topic][0]) if isinstance(value, dict) else None)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise SystemExit(f"{events}:{n}: not {{\"topic\": <contract topic>, \"value\": {{...}}}} ({exc!r})") from None
+            raise SystemExit(
+                f"{events}:{n}: not {{\"topic\": <contract topic>, \"value\": {{...}}}} ({exc!r})"
+            ) from None
         raw = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
         messages.append((topic, None if key is None else str(key).encode(), raw.encode()))
     found = [json.loads(line) for line in labels.read_text().splitlines() if line.strip()]
@@ -100,11 +104,13 @@ def read_set(events: Path, labels: Path) -> tuple[list[Message], list[dict[str, 
     return messages, found
 
 
-def export(messages: list[Message], labels: list[dict[str, Any]], out: Path) -> None:
+def export(messages: Sequence[InputMessage], labels: list[dict[str, Any]], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "events.jsonl", "w") as f:
         for topic, key, value in messages:
-            f.write(json.dumps({"topic": topic, "key": key.decode(), "value": json.loads(value)}) + "\n")
+            # A keyless record (external sets only) is written with "key": null, which read_set reads back as such.
+            f.write(json.dumps({"topic": topic, "key": None if key is None else key.decode(),
+                                "value": json.loads(value)}) + "\n")
     with open(out / "labels.jsonl", "w") as f:
         for label in labels:
             f.write(json.dumps(label) + "\n")
@@ -113,7 +119,9 @@ def export(messages: list[Message], labels: list[dict[str, Any]], out: Path) -> 
 # -- the run --------------------------------------------------------------------------------
 
 
-async def run(s: Settings, messages: list[Message], log_dir: Path, rate: float) -> tuple[list[tuple[float, dict[str, Any]]], dict[bytes, float]]:
+async def run(
+    s: Settings, messages: Sequence[InputMessage], log_dir: Path, rate: float
+) -> tuple[list[tuple[float, dict[str, Any]]], dict[bytes, float]]:
     """Produce the set to a worker; every alert with the time it was read, and the
     time each event was produced (perf_counter)."""
     sent_at: dict[bytes, float] = {}
@@ -122,7 +130,8 @@ async def run(s: Settings, messages: list[Message], log_dir: Path, rate: float) 
     expected = sum(1 for t, k, v in messages if not isinstance(decode(t, k, v), Malformed))  # one outcome each
     with running_worker(s, log_dir / "fraud-eval-worker.log", runs.worker_env(s, s.web_port)):
         consumer = AIOKafkaConsumer(s.topic("fraud-alerts"), s.topic("ledger-outcomes"), **s.kafka_options(),
-                                    isolation_level="read_committed", auto_offset_reset="earliest", enable_auto_commit=False)
+                                    isolation_level="read_committed", auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
         await consumer.start()
         try:
             producing = asyncio.ensure_future(runs.produce(s, messages, rate, sent_at))
@@ -175,13 +184,15 @@ def score(labels: list[dict[str, Any]], alerts: list[tuple[float, dict[str, Any]
             "recall": round(len(detected) / len(frauds), 3) if frauds else None,
             "delay_ms": runs.percentiles(delays) if delays else None,
             "false_positives": false[:20],
-            "missed": [{k: lab.get(k) for k in ("subject_id", "first_ts")} for i, lab in enumerate(frauds) if i not in detected][:20],
+            "missed": [{k: lab.get(k) for k in ("subject_id", "first_ts")}
+                       for i, lab in enumerate(frauds) if i not in detected][:20],
         }
     return figures
 
 
 def _matches(alert: dict[str, Any], label: dict[str, Any]) -> bool:
-    return alert["subject_id"] == label.get("subject_id") or bool(set(alert["event_ids"]) & set(label.get("event_ids", ())))
+    return (alert["subject_id"] == label.get("subject_id")
+            or bool(set(alert["event_ids"]) & set(label.get("event_ids", ()))))
 
 
 TARGETS = {"precision": 0.95, "recall": 0.95, "delay_p99_ms": 2_000}
@@ -195,12 +206,14 @@ def verdict(rule: dict[str, Any]) -> bool:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Fraud evaluation, {result['date']}", "", result["set"], "",
-             "| rule | fraud | near-misses | alerts | TP | FP | FN | precision | recall | delay p50 | delay p99 | targets met |",
+             "| rule | fraud | near-misses | alerts | TP | FP | FN | precision | recall "
+             "| delay p50 | delay p99 | targets met |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for rule, r in result["rules"].items():
         d = r["delay_ms"] or {}
-        lines.append(f"| {rule} | {r['fraud_instances']} | {r['near_misses']} | {r['alerts']} | {r['tp']} | {r['fp']} | "
-                     f"{r['fn']} | {r['precision']} | {r['recall']} | {d.get('p50_ms', '-')} ms | {d.get('p99_ms', '-')} ms | "
+        lines.append(f"| {rule} | {r['fraud_instances']} | {r['near_misses']} | {r['alerts']} | {r['tp']} | "
+                     f"{r['fp']} | {r['fn']} | {r['precision']} | {r['recall']} | "
+                     f"{d.get('p50_ms', '-')} ms | {d.get('p99_ms', '-')} ms | "
                      f"{'yes' if verdict(r) else 'no'} |")
     lines += ["", f"Targets: precision >= {TARGETS['precision']}, recall >= {TARGETS['recall']}, "
               f"detection delay p99 < {TARGETS['delay_p99_ms']} ms. Alerts on ordinary traffic: "
@@ -211,6 +224,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> int:
     base = settings.load()
     econ = economics.load(base.economics_file)
+    messages: Sequence[InputMessage]
     if args.events or args.labels:
         if not (args.events and args.labels):
             raise SystemExit("--events and --labels go together")
@@ -218,9 +232,10 @@ def main(args: argparse.Namespace) -> int:
         described = f"External set: {args.events} ({len(messages)} events), {args.labels} ({len(labels)} labels)."
     else:
         messages, labels = generated(args, econ)
-        described = (f"Generated set (seed {args.seed}): {args.normal} ordinary events of 20,000 established viewers and "
-                     f"500 creators over two days of event time, {args.instances} fraud instances and "
-                     f"{args.near_misses} near-misses of each rule; {len(messages)} events produced at {args.rate:.0f}/s.")
+        described = (f"Generated set (seed {args.seed}): {args.normal} ordinary events of 20,000 established "
+                     f"viewers and 500 creators over two days of event time, {args.instances} fraud instances and "
+                     f"{args.near_misses} near-misses of each rule; {len(messages)} events produced "
+                     f"at {args.rate:.0f}/s.")
     if args.export:
         export(messages, labels, args.export)
         print(f"written {args.export / 'events.jsonl'} and {args.export / 'labels.jsonl'}")
@@ -233,7 +248,7 @@ def main(args: argparse.Namespace) -> int:
     finally:
         cleanup(s)
     unlabelled = sum(1 for _, a in alerts if not any(_matches(a, lab) for lab in labels))
-    result = {"scenario": "fraud-eval", "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    result: dict[str, Any] = {"scenario": "fraud-eval", "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "machine": machine(), "set": described, "command": _command(args),
               "events": len(messages), "alerts": len(alerts), "alerts_on_unlabelled": unlabelled,
               "rules": score(labels, alerts, sent_at), "targets": TARGETS}

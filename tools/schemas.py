@@ -35,7 +35,8 @@ def load_schema(topic: str) -> dict[str, Any]:
     path = SCHEMA_DIR / f"{topic}.schema.json"
     if not path.is_file():
         raise ValueError(f"no schema for topic {topic!r}; known: {', '.join(topics())}")
-    return json.loads(path.read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return schema
 
 
 def _is_integer_literal(_checker: object, instance: object) -> bool:

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline import topics
 from pipeline.economics import Economics
@@ -26,6 +27,7 @@ QUANTITIES = ((1, 70), (2, 10), (5, 8), (10, 6), (99, 5), (999, 1))
 MAX_GIFT_COINS = 50_000
 
 Message = tuple[str, bytes, bytes]  # topic (no prefix), key, value
+InputMessage = tuple[str, bytes | None, bytes]  # the same, key possibly absent (an external set's record)
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,8 @@ def generate(cfg: SimConfig, econ: Economics) -> Iterator[Message]:
     users, creators = _Zipf(cfg.users, cfg.zipf_s, rng), _Zipf(cfg.creators, cfg.zipf_s, rng)
     others = _Zipf(max(1, cfg.creators - 1), cfg.zipf_s, rng)
     catalog = sorted(econ.gifts.items(), key=lambda kv: kv[1])
-    gift_weights = list(itertools.accumulate(GIFT_POPULARITY[i] if i < len(GIFT_POPULARITY) else 1 for i in range(len(catalog))))
+    gift_weights = list(itertools.accumulate(
+        GIFT_POPULARITY[i] if i < len(GIFT_POPULARITY) else 1 for i in range(len(catalog))))
     qty_values = [q for q, _ in QUANTITIES]
     qty_weights = list(itertools.accumulate(w for _, w in QUANTITIES))
     packages = econ.recharge_packages
@@ -106,11 +109,13 @@ def generate(cfg: SimConfig, econ: Economics) -> Iterator[Message]:
         if roll < cfg.payout_share:
             c = creators.draw()
             msg = message(topics.PAYOUTS, {"event_id": eid, "creator_id": f"{p}c{c}",
-                                        "diamonds": rng.choice((2_000, 5_000, 20_000, 100_000)), "ts": ts}, "creator_id")
+                                           "diamonds": rng.choice((2_000, 5_000, 20_000, 100_000)), "ts": ts},
+                          "creator_id")
         elif roll < cfg.payout_share + cfg.spend_limit_share:
             u = users.draw()
             limit = rng.choice((None, 5_000, 20_000, 100_000))
-            msg = message(topics.SPEND_LIMITS, {"event_id": eid, "user_id": f"{p}u{u}", "daily_coin_limit": limit, "ts": ts}, "user_id")
+            msg = message(topics.SPEND_LIMITS,
+                          {"event_id": eid, "user_id": f"{p}u{u}", "daily_coin_limit": limit, "ts": ts}, "user_id")
         else:
             u = users.draw()
             if rng.random() < cfg.mega_live_share:
@@ -122,7 +127,8 @@ def generate(cfg: SimConfig, econ: Economics) -> Iterator[Message]:
             gift_id, price = catalog[bisect.bisect_left(gift_weights, rng.random() * gift_weights[-1])]
             qty = qty_values[bisect.bisect_left(qty_weights, rng.random() * qty_weights[-1])]
             if price > cfg.max_gift_coins:  # the dearest gift within the cap instead
-                gift_id, price = max((g for g in catalog if g[1] <= cfg.max_gift_coins), key=lambda g: g[1], default=catalog[0])
+                gift_id, price = max((g for g in catalog if g[1] <= cfg.max_gift_coins), key=lambda g: g[1],
+                                     default=catalog[0])
             if price * qty > cfg.max_gift_coins:
                 qty = 1  # big quantities come with cheap gifts
             cost = price * qty
@@ -143,7 +149,7 @@ def generate(cfg: SimConfig, econ: Economics) -> Iterator[Message]:
         yield msg
 
 
-def message(topic: str, value: dict, key_field: str) -> Message:
+def message(topic: str, value: dict[str, Any], key_field: str) -> Message:
     return topic, value[key_field].encode(), json.dumps(value, separators=(",", ":")).encode()
 
 
@@ -156,5 +162,6 @@ def _malformed(rng: random.Random, eid: str, ts: int) -> Message:
                                                      "amount_cents": 0, "currency": "USD", "ts": ts}).encode()
     if kind == 2:
         return topics.GIFTS, b"someone-else", json.dumps({"event_id": eid, "sender_id": "u0", "creator_id": "c0",
-                                                           "stream_id": "s0", "gift_id": "rose", "quantity": 1, "ts": ts}).encode()
+                                                           "stream_id": "s0", "gift_id": "rose", "quantity": 1,
+                                                           "ts": ts}).encode()
     return topics.PAYOUTS, b"c0", json.dumps({"event_id": eid, "creator_id": "c0", "ts": ts}).encode()

@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of activity (default 1.1; 0 = uniform)")
     p.add_argument("--mega-live", type=float, default=0.0, metavar="SHARE",
                    help="share of gifts to one creator and one stream, e.g. 0.5 (default 0)")
-    p.add_argument("--malformed", type=float, default=0.0, metavar="SHARE", help="share of malformed messages (default 0)")
+    p.add_argument("--malformed", type=float, default=0.0, metavar="SHARE",
+                   help="share of malformed messages (default 0)")
     p.add_argument("--duplicates", type=float, default=0.0, metavar="SHARE",
                    help="share of producer-retry duplicates (default 0)")
     p.add_argument("--fraud", type=int, default=0, metavar="N",
@@ -65,17 +66,19 @@ def main(args: argparse.Namespace) -> int:
         tick_ms=1000 / args.rate if args.rate else 1,
     )
     # Paced, event time starts now; unpaced (a backlog), it ends now (simulate.start_of).
-    cfg = dataclasses.replace(cfg, start_ts=int(time.time() * 1000) if args.rate else start_of(cfg))
+    start_ts = int(time.time() * 1000) if args.rate else start_of(cfg)
+    cfg = dataclasses.replace(cfg, start_ts=start_ts)
     messages = generate(cfg, economics.load(s.economics_file))
     if args.fraud or args.near_misses:
-        extra = simulate_fraud.scripts(args.fraud, args.near_misses, cfg.start_ts, max(1, int(events * cfg.tick_ms)),
+        extra = simulate_fraud.scripts(args.fraud, args.near_misses, start_ts, max(1, int(events * cfg.tick_ms)),
                                        args.seed, args.id_prefix)
         labels = args.labels or s.data_dir / f"sim-labels-{args.seed}.jsonl"
         labels.parent.mkdir(parents=True, exist_ok=True)
         simulate_fraud.write_labels(labels, extra)
         messages = simulate_fraud.inject(messages, extra)
         events += sum(len(x.events) for x in extra)
-        print(f"{len(extra)} labelled instances ({sum(len(x.events) for x in extra)} events) injected; labels in {labels}")
+        print(f"{len(extra)} labelled instances ({sum(len(x.events) for x in extra)} events) injected; "
+              f"labels in {labels}")
     asyncio.run(topics.ensure_topics(s))
     sent, elapsed = asyncio.run(_produce(s, messages, events, args.rate))
     print(f"\nproduced {sent} events in {elapsed:.1f}s ({sent / max(elapsed, 1e-9):.0f} events/s)")

@@ -130,7 +130,9 @@ _SCRIPTS: dict[str, Callable[[_Builder, bool], tuple[str, str]]] = {
 }
 
 
-def scripts(per_pattern: int, near_misses: int, start_ts: int, span_ms: int, seed: int, prefix: str = "") -> list[Script]:
+def scripts(
+    per_pattern: int, near_misses: int, start_ts: int, span_ms: int, seed: int, prefix: str = ""
+) -> list[Script]:
     """`per_pattern` fraud instances and `near_misses` near-misses of each pattern, each
     starting at a seeded time within [start_ts, start_ts + span_ms)."""
     assert per_pattern >= 0 and near_misses >= 0 and span_ms > 0

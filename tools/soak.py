@@ -35,8 +35,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agents.ingest.decode import Malformed, decode
+from agents.ingest.decode import decode
 from pipeline import economics, redis_client, settings, topics
+from pipeline.engine.stage import Malformed
 from pipeline.settings import Settings
 from tools import causal
 from tools.benchmark import RESULTS, cleanup, deployment, machine, runs
@@ -156,6 +157,7 @@ async def run(s: Settings, args: argparse.Namespace, log_dir: Path, base: Settin
         await lag.start()
         started = time.monotonic()
         rounds: list[list[causal.Event]] = []
+        producing: asyncio.Future[Any]  # the rounds and time (causal) or the count sent
         if args.causal:
             stream = causal.CausalStream(causal.CausalConfig(
                 rounds=max(1, int(args.rate * args.minutes * 60 / CAUSAL_ROUND)), per_round=CAUSAL_ROUND,
@@ -185,7 +187,8 @@ async def run(s: Settings, args: argparse.Namespace, log_dir: Path, base: Settin
                         fleet.stop_one(victim)
                     else:
                         fleet.kill(victim)
-                    kills.append({"t": round(now - started, 1), "worker": victim, "how": "removed" if graceful else "SIGKILL"})
+                    kills.append({"t": round(now - started, 1), "worker": victim,
+                                  "how": "removed" if graceful else "SIGKILL"})
                     if graceful:
                         await asyncio.sleep(args.kill_every / 3)
                     fleet.start(victim)
@@ -209,8 +212,10 @@ async def run(s: Settings, args: argparse.Namespace, log_dir: Path, base: Settin
         fleet.stop()
     warm = next((row for row in timeline if row["t"] >= 30), timeline[0] if timeline else None)
     return {"minutes": args.minutes, "workers": args.workers, "offered_rate": args.rate, "elapsed_s": round(elapsed, 1),
-            "produced": dict(expected), "kills": kills, "redis_outage": outages, "max_lag": max((r["lag"] for r in timeline), default=0),
-            "rss_mb_start": warm["rss_mb"] if warm else None, "rss_mb_end": timeline[-1]["rss_mb"] if timeline else None,
+            "produced": dict(expected), "kills": kills, "redis_outage": outages,
+            "max_lag": max((r["lag"] for r in timeline), default=0),
+            "rss_mb_start": warm["rss_mb"] if warm else None,
+            "rss_mb_end": timeline[-1]["rss_mb"] if timeline else None,
             "rss_mb_peak": max((max(r["rss_mb"]) for r in timeline if r["rss_mb"]), default=None),
             "checks": checks, "ok": all(c["ok"] for c in checks.values()), "timeline": timeline}
 
@@ -239,7 +244,7 @@ async def check(s: Settings, expected: Counter[str], econ: economics.Economics) 
     dead = await topics.read_values(s, topics.DEAD_LETTERS)
     decided: Counter[str] = Counter(o["event_id"] for o in outcomes if o["status"] != "duplicate")
     seen: Counter[str] = Counter(o["event_id"] for o in outcomes)
-    total = Counter()
+    total: Counter[str] = Counter()
     share_ok = True
     for o in outcomes:
         if o["status"] == "accepted":
@@ -253,7 +258,8 @@ async def check(s: Settings, expected: Counter[str], econ: economics.Economics) 
         "one_dead_letter_per_malformed": {"ok": len(dead) == expected["malformed"], "dead_letters": len(dead),
                                           "malformed_messages": expected["malformed"]},
         "one_decision_per_event_id": {"ok": set(decided) == set(seen) and max(decided.values(), default=1) == 1,
-                                      "event_ids": len(seen), "decided_twice": sum(1 for n in decided.values() if n > 1)},
+                                      "event_ids": len(seen),
+                                      "decided_twice": sum(1 for n in decided.values() if n > 1)},
         "creator_share_per_gift": {"ok": share_ok},
     }
     deadline = time.monotonic() + CONVERGE_TIMEOUT_S
@@ -261,10 +267,12 @@ async def check(s: Settings, expected: Counter[str], econ: economics.Economics) 
         rm = await _read_model_sums(s)
         ledger = {
             "recharged_equals_read_model": total["recharge"] == rm.get("user.recharged_coins", 0),
-            "coins_conserved": rm.get("user.recharged_coins", 0) == rm.get("user.coins", 0) + rm.get("user.spent_coins", 0),
+            "coins_conserved": (rm.get("user.recharged_coins", 0)
+                                == rm.get("user.coins", 0) + rm.get("user.spent_coins", 0)),
             "spent_equals_read_model": total["gift"] == rm.get("user.spent_coins", 0),
             "credited_equals_lifetime": total["gift_diamonds"] == rm.get("creator.lifetime_diamonds", 0),
-            "diamonds_conserved": rm.get("creator.lifetime_diamonds", 0) == rm.get("creator.diamonds", 0) + rm.get("creator.paid_out_diamonds", 0),
+            "diamonds_conserved": (rm.get("creator.lifetime_diamonds", 0)
+                                   == rm.get("creator.diamonds", 0) + rm.get("creator.paid_out_diamonds", 0)),
             "paid_out_equals_read_model": total["payout"] == rm.get("creator.paid_out_diamonds", 0),
         }
         if all(ledger.values()) or time.monotonic() > deadline:
@@ -296,7 +304,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['workers']} workers, {result['minutes']} min at {result['offered_rate']:.0f} events/s offered; "
              f"{sum(result['produced'].values()):,} messages ({result['produced'].get('malformed', 0)} malformed); "
              f"{sum(k['how'] == 'SIGKILL' for k in result['kills'])} SIGKILLs and "
-             f"{sum(k['how'] == 'removed' for k in result['kills'])} workers removed and added back; Redis down {next((e['down_s'] for e in result['redis_outage'] if 'down_s' in e), 0)} s "
+             f"{sum(k['how'] == 'removed' for k in result['kills'])} workers removed and added back; Redis down "
+             f"{next((e['down_s'] for e in result['redis_outage'] if 'down_s' in e), 0)} s "
              f"(restarted empty); max lag {result['max_lag']:,}; worker RSS MB start {result['rss_mb_start']}, "
              f"end {result['rss_mb_end']}, peak {result['rss_mb_peak']}; done in {result['elapsed_s']} s.", "",
              "| check | ok |", "|---|---|"]
@@ -316,9 +325,12 @@ def main(args: argparse.Namespace) -> int:
     finally:
         cleanup(s)
     result = {"scenario": "soak", "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-              "machine": machine(), "command": f"python -m pipeline soak --minutes {args.minutes} --workers {args.workers} "
-              f"--rate {args.rate:.0f} --kill-every {args.kill_every:.0f} --redis-outage {args.redis_outage:.0f} --seed {args.seed}"
-              + (" --causal" if args.causal else ""), **result}
+              "machine": machine(),
+              "command": (f"python -m pipeline soak --minutes {args.minutes} --workers {args.workers} "
+                          f"--rate {args.rate:.0f} --kill-every {args.kill_every:.0f} "
+                          f"--redis-outage {args.redis_outage:.0f} --seed {args.seed}"
+                          + (" --causal" if args.causal else "")),
+              **result}
     stem = RESULTS / f"{dt.date.today().isoformat()}-soak{'-causal' if args.causal else ''}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(result) + "\n")

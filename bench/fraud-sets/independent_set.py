@@ -278,10 +278,10 @@ def metrics(sim):
         T0 = rl[0][0]
         gl = [g for g in acc_by.get(u, []) if g["ts"] >= T0]
 
-        def R(upto):
+        def R(upto, rl=rl, T0=T0):
             return sum(c for t, c in rl if t <= T0 + upto)
 
-        def spend(upto):
+        def spend(upto, gl=gl, T0=T0):
             per = defaultdict(int)
             for g in gl:
                 if g["ts"] <= T0 + upto:
@@ -595,7 +595,7 @@ def gen_background(rng, ids, NV=1700, NC=140):
                 E.payout(t, c, rng.randint(10500, av))  # large payout funded by many old viewers
     # spend limits (kept non-binding: >= 2x the user's max daily spend, or null)
     maxday = defaultdict(int)
-    for (u, day), sp in sim.dayspend.items():
+    for (u, _day), sp in sim.dayspend.items():
         maxday[u] = max(maxday[u], sp)
     for v in rng.sample(viewers, 90):
         lim = None if rng.random() < 0.35 else min(200000, max(2 * maxday[v], 1000) + rng.randint(0, 50) * 1000)
@@ -1128,7 +1128,8 @@ def b_probe(rng, ids, label, var):
                 if all(abs(t - x) >= 100 for x in tl):
                     E.gift(t, s, cs[0], "rose", 1)
     else:
-        mixed = lambda: rng.choice(["insufficient", "unknown", "self"])
+        def mixed():
+            return rng.choice(["insufficient", "unknown", "self"])
         if var == "few":
             fund(rng.randint(0, 30) * 10)
             n = rng.randint(10, 18)
@@ -1285,9 +1286,10 @@ def main():
     problems = []
     # expected: each fraud instance's own key in strict
     for i, inst in enumerate(instances):
-        if inst["label"] == "fraud":
-            if not any(k[0] == inst["pattern"] and inst["subject"] in subj_accounts(k[1]) for k in strict):
-                problems.append("fraud instance %d (%s/%s) does not strictly fire" % (i, inst["pattern"], inst["variant"]))
+        if inst["label"] == "fraud" and not any(
+            k[0] == inst["pattern"] and inst["subject"] in subj_accounts(k[1]) for k in strict
+        ):
+            problems.append("fraud instance %d (%s/%s) does not strictly fire" % (i, inst["pattern"], inst["variant"]))
     fired_by_owner = defaultdict(set)
     for k in lenient:
         owners = {acct_owner[a] for a in subj_accounts(k[1])}

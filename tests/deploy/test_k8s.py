@@ -58,7 +58,8 @@ def test_kustomization_lists_every_manifest_in_one_namespace() -> None:
     for doc in DOCS:
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == namespace, doc["metadata"]["name"]
-    assert {d["kind"] for d in DOCS} == {"Namespace", "ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget"}
+    assert {d["kind"] for d in DOCS} == {
+        "Namespace", "ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget"}
 
 
 def test_probes_hit_open_worker_endpoints_on_the_port_the_worker_serves() -> None:

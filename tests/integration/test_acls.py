@@ -184,6 +184,7 @@ def test_redrive_needs_the_redrive_acls(env: Env) -> None:
     refused = redrive()
     assert refused.returncode != 0 and "AuthorizationFailed" in refused.stderr, refused.stdout + refused.stderr
     granted = env.acls("admin", "--apply", "--redrive")
-    assert granted.returncode == 0 and ": 5 created" in granted.stdout.splitlines()[-1], granted.stdout  # 4 inputs, 1 id
+    # 4 inputs, 1 id
+    assert granted.returncode == 0 and ": 5 created" in granted.stdout.splitlines()[-1], granted.stdout
     sent = redrive()
     assert sent.returncode == 0 and "sent 1 messages" in sent.stdout, sent.stdout + sent.stderr

@@ -77,7 +77,8 @@ def kafka_trio(tmp_path: Path) -> Iterator[list[LocalKafka]]:
     ports = {i: (free_port(), free_port()) for i in (1, 2, 3)}
     cid = new_cluster_id()
     nodes = [LocalKafka(tmp_path / f"node{i}", "127.0.0.1", port, ctl, node_id=i,
-                        quorum={j: c for j, (_, c) in ports.items()}, cluster_id=cid) for i, (port, ctl) in ports.items()]
+                        quorum={j: c for j, (_, c) in ports.items()}, cluster_id=cid)
+             for i, (port, ctl) in ports.items()]
     with ThreadPoolExecutor(3) as pool:  # a node is ready only once a quorum of controllers runs
         list(pool.map(lambda n: n.start(timeout_s=180), nodes))
     yield nodes

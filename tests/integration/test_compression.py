@@ -86,7 +86,8 @@ def kcat_produce(bootstrap: str, topic: str, keyed: list[tuple[str, dict[str, An
 def outcomes(d: Deployment, worker: Worker, ids: set[str], timeout_s: float = 60) -> dict[str, dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     while True:
-        found = {o["event_id"]: o for o in run(topics.read_values(d.settings(), topics.OUTCOMES)) if o["event_id"] in ids}
+        found = {o["event_id"]: o for o in run(topics.read_values(d.settings(), topics.OUTCOMES))
+                 if o["event_id"] in ids}
         if len(found) == len(ids):
             return found
         assert worker.proc is not None and worker.proc.poll() is None, f"worker exited:\n{worker.tail()}"
@@ -95,7 +96,9 @@ def outcomes(d: Deployment, worker: Worker, ids: set[str], timeout_s: float = 60
 
 
 @pytest.mark.parametrize("codec", CODECS)
-def test_recharges_compressed_by_kcat_are_decided(live: tuple[Deployment, Worker], cluster: Cluster, codec: str) -> None:
+def test_recharges_compressed_by_kcat_are_decided(
+    live: tuple[Deployment, Worker], cluster: Cluster, codec: str
+) -> None:
     d, worker = live
     users = [f"{codec}-u{i}" for i in range(USERS)]  # spread over the partitions
     keyed = [(u, recharge(f"{codec}-r{n}-{u}", u, 10 * (n + 1))) for n in range(PER_USER) for u in users]
@@ -136,7 +139,8 @@ async def _produce_like_the_pipeline(bootstrap: str, topic: str, values: list[by
 @pytest.mark.parametrize("codec", CODECS)
 def test_batches_the_pipeline_compresses_are_read_by_kcat(cluster: Cluster, codec: str) -> None:
     topic = f"codec-{uuid.uuid4().hex[:8]}-{codec}"
-    values = [json.dumps({"event_id": f"e{i}", "status": "accepted", "balance_after": i * 7}).encode() for i in range(200)]
+    values = [json.dumps({"event_id": f"e{i}", "status": "accepted", "balance_after": i * 7}).encode()
+              for i in range(200)]
     asyncio.run(_produce_like_the_pipeline(cluster.bootstrap, topic, values, codec))
     assert codecs_on_disk(cluster, topic) == {codec}
     out = subprocess.run([kcat(), "-C", "-q", "-b", cluster.bootstrap, "-t", topic, "-o", "beginning", "-e",
@@ -145,7 +149,9 @@ def test_batches_the_pipeline_compresses_are_read_by_kcat(cluster: Cluster, code
     assert out.stdout.decode().splitlines() == [f"{i}\t{v.decode()}" for i, v in enumerate(values)]
 
 
-async def _fetch_without_snappy(bootstrap: str, topic: str) -> tuple[dict[Any, list[Any]], dict[Any, BaseException], Any]:
+async def _fetch_without_snappy(
+    bootstrap: str, topic: str
+) -> tuple[dict[Any, list[Any]], dict[Any, BaseException], Any]:
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
 
@@ -195,6 +201,7 @@ def test_fetch_stops_only_the_partition_it_cannot_decode(cluster: Cluster, monke
     records, errors, (paused, position) = asyncio.run(_fetch_without_snappy(cluster.bootstrap, topic))
     [(bad, error)] = errors.items()
     assert (bad.partition, type(error)) == (1, UnsupportedCodecError), errors
-    assert [r.value for r in records[next(tp for tp in records if tp.partition == 0)]] == [f"v{i}".encode() for i in range(5)]
+    assert [r.value for r in records[next(tp for tp in records if tp.partition == 0)]] == [
+        f"v{i}".encode() for i in range(5)]
     assert not any(tp.partition == 1 for tp in records)
     assert paused == {bad} and position == 0

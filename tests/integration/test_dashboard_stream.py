@@ -24,19 +24,21 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 async def snapshots(url: str, until: Any, timeout_s: float = 30.0) -> dict[str, Any]:
     """Read server-sent events until a snapshot satisfies `until`; returns it."""
-    async with aiohttp.ClientSession(headers=AUTH) as session:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-            assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
-            event, buffer = "", b""
-            async for chunk in resp.content.iter_any():
-                buffer += chunk
-                while b"\n\n" in buffer:
-                    block, buffer = buffer.split(b"\n\n", 1)
-                    lines = block.decode().splitlines()
-                    event = next((line[6:].strip() for line in lines if line.startswith("event:")), "")
-                    data = "".join(line[5:].strip() for line in lines if line.startswith("data:"))
-                    if event == "snapshot" and until(body := json.loads(data)):
-                        return body
+    async with (
+        aiohttp.ClientSession(headers=AUTH) as session,
+        session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp,
+    ):
+        assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
+        event, buffer = "", b""
+        async for chunk in resp.content.iter_any():
+            buffer += chunk
+            while b"\n\n" in buffer:
+                block, buffer = buffer.split(b"\n\n", 1)
+                lines = block.decode().splitlines()
+                event = next((line[6:].strip() for line in lines if line.startswith("event:")), "")
+                data = "".join(line[5:].strip() for line in lines if line.startswith("data:"))
+                if event == "snapshot" and until(body := json.loads(data)):
+                    return body
     raise AssertionError("stream ended")
 
 

@@ -136,8 +136,8 @@ def scenarios(ev: Events) -> tuple[set[tuple[str, str]], dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def fraud_run(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    d = Deployment(cluster.bootstrap, cluster.redis_url, f"t{uuid.uuid4().hex[:10]}-", Path(tmp_path_factory.mktemp("fraud")),
-                   extra_env={"PIPELINE_HOLD_SUSPICIOUS_PAYOUTS": "1"})
+    d = Deployment(cluster.bootstrap, cluster.redis_url, f"t{uuid.uuid4().hex[:10]}-",
+                   Path(tmp_path_factory.mktemp("fraud")), extra_env={"PIPELINE_HOLD_SUSPICIOUS_PAYOUTS": "1"})
     d.create_topics()
     ev = Events()
     expected, held = scenarios(ev)
@@ -192,7 +192,8 @@ def test_suspicious_payouts_are_held_and_the_others_decided_as_usual(fraud_run: 
             assert (o["status"], o["reason"], o["usd_cents"]) == ("rejected", "held_for_review", None), o
         elif o["subject_id"] != "conc-amount-under":
             assert o["status"] == "accepted", o  # every other one has the diamonds
-    assert sum(a["details"]["held"] for a in fraud_run["alerts"] if a["rule"] == "payout_concentration") == len(fraud_run["held"])
+    assert sum(a["details"]["held"] for a in fraud_run["alerts"]
+               if a["rule"] == "payout_concentration") == len(fraud_run["held"])
 
 
 def test_alerts_in_redis_http_and_metrics(fraud_run: dict[str, Any]) -> None:
@@ -207,7 +208,9 @@ def test_alerts_in_redis_http_and_metrics(fraud_run: dict[str, Any]) -> None:
     assert counted == Counter((a["rule"], a["severity"]) for a in fraud_run["alerts"])
 
 
-def test_alert_feed_in_redis_is_capped_and_a_rewrite_adds_nothing(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_alert_feed_in_redis_is_capped_and_a_rewrite_adds_nothing(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import asyncio
 
     import redis.asyncio as aioredis
@@ -220,7 +223,8 @@ def test_alert_feed_in_redis_is_capped_and_a_rewrite_adds_nothing(cluster: Clust
     monkeypatch.setattr(alerts, "MAX_FEED", 3)
     prefix = f"t{uuid.uuid4().hex[:8]}-"
     s = Settings(redis_url=cluster.redis_url, redis_prefix=prefix)
-    feed = [alert_update({"alert_id": f"r:u{i}:{T0}", "rule": "r", "ts": T0 + i, "event_ids": [f"e{i}"]}) for i in range(5)]
+    feed = [alert_update({"alert_id": f"r:u{i}:{T0}", "rule": "r", "ts": T0 + i, "event_ids": [f"e{i}"]})
+            for i in range(5)]
 
     async def scenario() -> tuple[list[str], int]:
         sink = RedisReadModel(s)

@@ -73,7 +73,9 @@ def recharge(eid: str, user: str, coins: int, ts: int | None = None) -> tuple[st
                  ts=now_ms() if ts is None else ts)
 
 
-def gift(eid: str, sender: str, creator: str, gift_id: str, quantity: int, ts: int | None = None) -> tuple[str, bytes, bytes]:
+def gift(
+    eid: str, sender: str, creator: str, gift_id: str, quantity: int, ts: int | None = None
+) -> tuple[str, bytes, bytes]:
     return event("gifts", event_id=eid, sender_id=sender, creator_id=creator, stream_id=f"{creator}-live",
                  gift_id=gift_id, quantity=quantity, ts=now_ms() if ts is None else ts)
 
@@ -177,7 +179,8 @@ def test_a_record_from_librdkafkas_default_partitioner_is_refused_and_redriven(l
     subprocess.run([kcat, "-P", "-b", d.bootstrap, "-t", d.topic("recharges"), "-K", "\t"], input=lines.encode(),
                    check=True, timeout=60)
     found = letters(d, topics.RECHARGES, len(wrong), lambda x: "murmur2_random" in x["error"])
-    assert {base64.b64decode(x["payload_b64"]).decode().split('"user_id": "')[1].split('"')[0] for x in found} == set(wrong)
+    assert {base64.b64decode(x["payload_b64"]).decode().split('"user_id": "')[1].split('"')[0]
+            for x in found} == set(wrong)
     metrics = urllib.request.urlopen(worker.url("/metrics"), timeout=5).read().decode()
     assert 'ledger_misrouted_records_total{topic="recharges"} 3.0' in metrics
     proc = subprocess.run([sys.executable, "-m", "pipeline", "redrive", "--error", "murmur2_random", "--apply"],

@@ -34,12 +34,15 @@ def scram_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka
 
 def _deployment(cluster: Cluster, kafka: LocalKafka, tmp_path: Path, password: str) -> Deployment:
     d = Deployment(f"127.0.0.1:{kafka.sasl_port}", cluster.redis_url, f"t{uuid.uuid4().hex[:10]}-", tmp_path)
-    d.extra_env.update({"PIPELINE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "PIPELINE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-                        "PIPELINE_KAFKA_USERNAME": USER, "PIPELINE_KAFKA_PASSWORD": password})
+    d.extra_env.update({"PIPELINE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                        "PIPELINE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "PIPELINE_KAFKA_USERNAME": USER,
+                        "PIPELINE_KAFKA_PASSWORD": password})
     return d
 
 
-def test_a_wrong_kafka_password_is_refused_in_one_line(cluster: Cluster, scram_kafka: LocalKafka, tmp_path: Path) -> None:
+def test_a_wrong_kafka_password_is_refused_in_one_line(
+    cluster: Cluster, scram_kafka: LocalKafka, tmp_path: Path
+) -> None:
     d = _deployment(cluster, scram_kafka, tmp_path, "wrong-" + PASSWORD)
     proc = subprocess.run([sys.executable, "-m", "pipeline", "worker"], cwd=PROJECT_ROOT, env=d.env(free_port()),
                           capture_output=True, text=True, timeout=120)
@@ -57,7 +60,8 @@ def test_the_right_credentials_work_for_the_worker_and_the_commands(cluster: Clu
     worker = Worker(d, "worker")
     workers.append(worker.start())
     plain = scram_kafka.address  # the test's own producer and reader use the plain listener
-    value = {"event_id": "r1", "user_id": "u1", "coins": 500, "amount_cents": 500, "currency": "USD", "ts": int(time.time() * 1000)}
+    value = {"event_id": "r1", "user_id": "u1", "coins": 500, "amount_cents": 500, "currency": "USD",
+             "ts": int(time.time() * 1000)}
     run(produce(plain, [(d.topic("recharges"), b"u1", json.dumps(value).encode())]))
     [outcome] = run(read_all(plain, d.topic("ledger-outcomes"), 1, timeout_s=60))
     assert (outcome["event_id"], outcome["status"], outcome["balance_after"]) == ("r1", "accepted", 500)

@@ -24,7 +24,8 @@ def test_top_orders_ties_by_id_ascending_across_the_cut(cluster: Cluster) -> Non
             assert await leaderboards.top(client, key, 1) == [("z", 9)]
             assert await leaderboards.top(client, key, 3) == [("z", 9), ("d", 5), ("a", 3)]
             assert await leaderboards.top(client, key, 4) == [("z", 9), ("d", 5), ("a", 3), ("b", 3)]
-            assert await leaderboards.top(client, key, 10) == [("z", 9), ("d", 5), ("a", 3), ("b", 3), ("c", 3), ("e", 1)]
+            assert await leaderboards.top(client, key, 10) == [
+                ("z", 9), ("d", 5), ("a", 3), ("b", 3), ("c", 3), ("e", 1)]
             assert await leaderboards.top(client, f"{key}:missing", 10) == []
         finally:
             await client.delete(key)

@@ -192,7 +192,8 @@ def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[
     print(f"\n{len(stream.messages)} messages processed in {elapsed:.1f}s with {len(kill_at)} kills")
     _assert_same_outcomes(outcomes, model.outcomes)
 
-    malformed = {(s.topic, s.partition, s.offset) for s in sent if (s.topic[len(d.prefix):], s.key, s.value) in stream.malformed}
+    malformed = {(s.topic, s.partition, s.offset) for s in sent
+                 if (s.topic[len(d.prefix):], s.key, s.value) in stream.malformed}
     letters = run(read_all(d.bootstrap, d.topic("dead-letters"), len(malformed), 30))
     assert {(x["source_topic"], x["partition"], x["offset"]) for x in letters} == malformed
     assert len(letters) == len(malformed)
@@ -200,7 +201,8 @@ def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[
 
     # Payouts once every credit is in: their outcomes depend on the creators' balances.
     creators = set(model.diamonds) | CREATORS
-    payouts = payout_stream(seed=12, diamonds={c: model.diamonds[c] for c in creators}, start_ts=stream.events[-1][1]["ts"])
+    payouts = payout_stream(seed=12, diamonds={c: model.diamonds[c] for c in creators},
+                            start_ts=stream.events[-1][1]["ts"])
     for topic, ev in payouts.events:
         model.apply(topic, ev)
     run(produce(d.bootstrap, [(d.topic(t), k, v) for t, k, v in payouts.messages]))
@@ -264,7 +266,7 @@ def test_workers_share_partitions_rebalance_and_answer_any_key(deployment: Deplo
     w2.start()
     users, creators = _users_of(stream), CREATORS
     for w in (w1, w2):
-        _eventually(lambda: _check_state(w, model, users, creators))
+        _eventually(lambda w=w: _check_state(w, model, users, creators))
     deadline = time.monotonic() + 30
     while sorted(w1.get("/health")[1]["partitions"] + w2.get("/health")[1]["partitions"]) != [0, 1, 2, 3]:
         assert time.monotonic() < deadline, "the two workers do not split the partitions"

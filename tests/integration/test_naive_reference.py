@@ -36,8 +36,8 @@ def _phases(rng: random.Random) -> list[list[tuple[str, str, dict[str, Any]]]]:
     ts = iter(range(T0, T0 + 10**6))
     first = [_event("recharges", "user_id", event_id=f"r{i}", user_id=u, coins=rng.choice((100, 500, 1_000, 5_000)),
                     amount_cents=100, currency="USD", ts=next(ts)) for i, u in enumerate(users)]
-    first += [_event("spend-limits", "user_id", event_id=f"l{i}", user_id=u, daily_coin_limit=rng.choice((50, 300, None)),
-                     ts=next(ts)) for i, u in enumerate(users[:10])]
+    first += [_event("spend-limits", "user_id", event_id=f"l{i}", user_id=u,
+                     daily_coin_limit=rng.choice((50, 300, None)), ts=next(ts)) for i, u in enumerate(users[:10])]
     gifts = []
     for i in range(300):
         sender = rng.choice(users)
@@ -45,12 +45,14 @@ def _phases(rng: random.Random) -> list[list[tuple[str, str, dict[str, Any]]]]:
                             stream_id=f"s{rng.randrange(3)}", gift_id=rng.choice([*CATALOG, "nope"]),
                             quantity=rng.choice((1, 1, 2, 5)), ts=next(ts)))
     gifts += rng.sample(gifts, 20)  # producer retries
-    payouts = [_event("payouts", "creator_id", event_id=f"p{i}", creator_id=c, diamonds=rng.choice((1_000, 2_000, 3_000)),
-                      ts=next(ts)) for i, c in enumerate(creators * 2)]
+    payouts = [_event("payouts", "creator_id", event_id=f"p{i}", creator_id=c,
+                      diamonds=rng.choice((1_000, 2_000, 3_000)), ts=next(ts)) for i, c in enumerate(creators * 2)]
     return [first, gifts, payouts]
 
 
-def test_naive_reference_matches_the_reference_ledger(cluster: Cluster, deployment: Deployment, workers: list[Worker]) -> None:
+def test_naive_reference_matches_the_reference_ledger(
+    cluster: Cluster, deployment: Deployment, workers: list[Worker]
+) -> None:
     deployment.create_topics()
     naive = Worker(deployment, "naive", module=("bench.naive",))
     workers.append(naive.start(wait=False))
@@ -67,14 +69,16 @@ def test_naive_reference_matches_the_reference_ledger(cluster: Cluster, deployme
     reference = ReferenceLedger()
     r = redis.Redis.from_url(cluster.redis_url)
     for phase in _phases(random.Random(5)):
-        run(produce(cluster.bootstrap, [(deployment.topic(t), k.encode(), json.dumps(v).encode()) for t, k, v in phase]))
+        run(produce(cluster.bootstrap,
+                    [(deployment.topic(t), k.encode(), json.dumps(v).encode()) for t, k, v in phase]))
         for topic, _, value in phase:
             reference.apply(topic, value)
         deadline = time.monotonic() + TIMEOUT_S
         got: list[dict[str, Any]] = []
         while len(got) < len(reference.outcomes) and time.monotonic() < deadline:
-            got = [o for o in run(read_all(cluster.bootstrap, outcomes_topic, len(reference.outcomes), 5, committed=False,
-                                           settle_s=0.3)) if o["subject_id"] != "warm"]
+            got = [o for o in run(read_all(cluster.bootstrap, outcomes_topic, len(reference.outcomes), 5,
+                                           committed=False, settle_s=0.3))
+                   if o["subject_id"] != "warm"]
         assert len(got) == len(reference.outcomes), naive.tail()
         want_lifetime = {c: d for c, d in reference.lifetime.items() if d}
         while _board(r, deployment.prefix + "naive:lb:creators:all") != want_lifetime:  # credits are asynchronous

@@ -36,7 +36,9 @@ def locked_redis(tmp_path: Path) -> Iterator[LocalRedis]:
     server.stop()
 
 
-def test_a_wrong_redis_password_is_one_line_without_the_secret(deployment: Deployment, locked_redis: LocalRedis) -> None:
+def test_a_wrong_redis_password_is_one_line_without_the_secret(
+    deployment: Deployment, locked_redis: LocalRedis
+) -> None:
     env = {**deployment.env(free_port()), "PIPELINE_REDIS_URL": f"redis://:wrong-{SECRET}@{locked_redis.address}/0"}
     proc = subprocess.run([sys.executable, "-m", "pipeline", "worker"], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=90)
@@ -51,7 +53,8 @@ def test_the_right_password_works_end_to_end(deployment: Deployment, locked_redi
     deployment.create_topics()
     worker = Worker(deployment, "worker")
     workers.append(worker.start())
-    value = {"event_id": "r1", "user_id": "u1", "coins": 500, "amount_cents": 500, "currency": "USD", "ts": int(time.time() * 1000)}
+    value = {"event_id": "r1", "user_id": "u1", "coins": 500, "amount_cents": 500, "currency": "USD",
+             "ts": int(time.time() * 1000)}
     run(produce(deployment.bootstrap, [(deployment.topic("recharges"), b"u1", json.dumps(value).encode())]))
     assert len(run(read_all(deployment.bootstrap, deployment.topic("ledger-outcomes"), 1, timeout_s=60))) == 1
     _eventually(lambda: _shows_coins(worker, "u1", 500))
@@ -66,7 +69,8 @@ def test_a_worker_starts_while_redis_is_down_and_fills_it_when_it_is_back(
     later = LocalRedis(tmp_path / "later", "127.0.0.1", free_port())
     deployment.extra_env["PIPELINE_REDIS_URL"] = f"redis://{later.address}/0"
     deployment.create_topics()
-    value = {"event_id": "r1", "user_id": "u1", "coins": 500, "amount_cents": 500, "currency": "USD", "ts": int(time.time() * 1000)}
+    value = {"event_id": "r1", "user_id": "u1", "coins": 500, "amount_cents": 500, "currency": "USD",
+             "ts": int(time.time() * 1000)}
     run(produce(deployment.bootstrap, [(deployment.topic("recharges"), b"u1", json.dumps(value).encode())]))
     worker = Worker(deployment, "worker")
     workers.append(worker.start())

@@ -118,7 +118,8 @@ def malformed_reason(m: Sent, partitions: int) -> str | None:
     """Why the contract makes `m` malformed, or None (agents.ingest.decode plus the
     partition rule; a spend limit may carry either of its two limits)."""
     decoded = decode(m.topic, m.key, m.value)
-    if isinstance(decoded, Malformed) and m.topic == "spend-limits" and decoded.error == "missing field daily_coin_limit":
+    if (isinstance(decoded, Malformed) and m.topic == "spend-limits"
+            and decoded.error == "missing field daily_coin_limit"):
         # The contract asks for at least one of the two limits; the project's decoder for the daily one.
         try:
             data = json.loads(m.value)
@@ -221,7 +222,8 @@ def hostile_messages(template_ts: int, partitions: int) -> list[tuple[str, bytes
         ("recharges", b"hu1", rch(event_id="h5 bad"), None),  # id pattern
         ("recharges", b"hu1", rch(event_id="h6", coins=1_000_001), None),
         ("recharges", b"hu1", rch(event_id="h7", ts=-5), None),
-        ("recharges", b"hu1", b'{"event_id":"h8","user_id":"hu1","coins":NaN,"amount_cents":0,"currency":"USD","ts":%d}' % ts, None),
+        ("recharges", b"hu1",
+         b'{"event_id":"h8","user_id":"hu1","coins":NaN,"amount_cents":0,"currency":"USD","ts":%d}' % ts, None),
         ("recharges", b"hu1", rch(event_id="h9") + b" x", None),  # trailing content
         ("recharges", b"hu1", b"[1, 2]", None),
         ("recharges", b"hu1", b"", None),
@@ -234,13 +236,18 @@ def hostile_messages(template_ts: int, partitions: int) -> list[tuple[str, bytes
                                       "gift_id": "rose", "quantity": 10_001, "ts": ts}).encode(), None),
         ("gifts", b"hu1", json.dumps({"event_id": "h15", "sender_id": "hu1", "creator_id": "hc1", "stream_id": "s",
                                       "gift_id": 7, "quantity": 1, "ts": ts}).encode(), None),
-        ("payouts", b"hc1", json.dumps({"event_id": "h16", "creator_id": "hc1", "diamonds": 10**12 + 1, "ts": ts}).encode(), None),
-        ("payouts", b"hc1", json.dumps({"event_id": "h17", "creator_id": "hc2", "diamonds": 5000, "ts": ts}).encode(), None),
-        ("spend-limits", b"hu1", json.dumps({"event_id": "h18", "user_id": "hu1", "daily_coin_limit": "10", "ts": ts}).encode(), None),
+        ("payouts", b"hc1",
+         json.dumps({"event_id": "h16", "creator_id": "hc1", "diamonds": 10**12 + 1, "ts": ts}).encode(), None),
+        ("payouts", b"hc1",
+         json.dumps({"event_id": "h17", "creator_id": "hc2", "diamonds": 5000, "ts": ts}).encode(), None),
+        ("spend-limits", b"hu1",
+         json.dumps({"event_id": "h18", "user_id": "hu1", "daily_coin_limit": "10", "ts": ts}).encode(), None),
         ("spend-limits", b"hu1", json.dumps({"event_id": "h19", "user_id": "hu1", "ts": ts}).encode(), None),
-        ("spend-limits", b"hu1", json.dumps({"event_id": "h20", "user_id": "hu1", "daily_coin_limit": 10**9 + 1, "ts": ts}).encode(), None),
+        ("spend-limits", b"hu1",
+         json.dumps({"event_id": "h20", "user_id": "hu1", "daily_coin_limit": 10**9 + 1, "ts": ts}).encode(), None),
         # Well-formed:
-        ("spend-limits", b"hu1", json.dumps({"event_id": "h21", "user_id": "hu1", "monthly_coin_limit": 500, "ts": ts}).encode(), None),
+        ("spend-limits", b"hu1",
+         json.dumps({"event_id": "h21", "user_id": "hu1", "monthly_coin_limit": 500, "ts": ts}).encode(), None),
         ("recharges", b"hu1", rch(event_id="h22", extra={"nested": [1, {"x": None}]}), None),
     ]
     # Well-formed, for the outcomes the simulator never produces (hu2 never recharges in time).
@@ -254,17 +261,22 @@ def hostile_messages(template_ts: int, partitions: int) -> list[tuple[str, bytes
         ("gifts", b"hu2", gift("h30", "hc1", "dragon", 1), None),  # unknown_gift
         ("gifts", b"hu2", gift("h31", "hu2", "rose", 1), None),  # self_gift
         ("gifts", b"hu2", gift("h32", "hc1", "rose", 5), None),  # insufficient_coins
-        ("payouts", b"hc1", json.dumps({"event_id": "h33", "creator_id": "hc1", "diamonds": 1999, "ts": 0}).encode(), None),
+        ("payouts", b"hc1",
+         json.dumps({"event_id": "h33", "creator_id": "hc1", "diamonds": 1999, "ts": 0}).encode(), None),
         ("recharges", b"hu2", json.dumps({**good, "event_id": "h34", "user_id": "hu2", "ts": old}).encode(), None),
         ("gifts", b"hu2", gift("h35", "hc1", "rose", 1, ahead), None),  # invalid_ts, ahead
-        ("payouts", b"hc1", json.dumps({"event_id": "h36", "creator_id": "hc1", "diamonds": 2000, "ts": old}).encode(), None),
-        ("spend-limits", b"hu2", json.dumps({"event_id": "h37", "user_id": "hu2", "daily_coin_limit": 5, "ts": ahead}).encode(), None),
+        ("payouts", b"hc1",
+         json.dumps({"event_id": "h36", "creator_id": "hc1", "diamonds": 2000, "ts": old}).encode(), None),
+        ("spend-limits", b"hu2",
+         json.dumps({"event_id": "h37", "user_id": "hu2", "daily_coin_limit": 5, "ts": ahead}).encode(), None),
     ]
     return out
 
 
-async def produce(bootstrap: str, prefix: str,
-                  messages: Sequence[tuple[str, bytes | None, bytes] | tuple[str, bytes | None, bytes, int | None]]) -> list[Sent]:
+async def produce(
+    bootstrap: str, prefix: str,
+    messages: Sequence[tuple[str, bytes | None, bytes] | tuple[str, bytes | None, bytes, int | None]],
+) -> list[Sent]:
     """In order; the idempotent producer keeps each partition's order. A 4-tuple names
     its partition."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", enable_idempotence=True,
@@ -295,7 +307,8 @@ class Reader:
         while not self.consumer.partitions_for_topic(self.topic):
             await self.consumer._client.force_metadata_update()  # aiokafka has no public refresh
             await asyncio.sleep(0.05)
-        self.consumer.assign([TopicPartition(self.topic, p) for p in sorted(self.consumer.partitions_for_topic(self.topic))])
+        self.consumer.assign([TopicPartition(self.topic, p)
+                              for p in sorted(self.consumer.partitions_for_topic(self.topic))])
 
     async def poll(self, timeout_ms: int = 200) -> int:
         batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=10_000)
@@ -324,7 +337,9 @@ def _canon(record: Mapping[str, Any], fields: Iterable[str]) -> str:
     return json.dumps({k: record.get(k, "<absent>") for k in fields}, sort_keys=True)
 
 
-def compare(want: Sequence[dict[str, Any]], got: Sequence[dict[str, Any]], max_examples: int = 10) -> tuple[dict[str, int], list[str]]:
+def compare(
+    want: Sequence[dict[str, Any]], got: Sequence[dict[str, Any]], max_examples: int = 10
+) -> tuple[dict[str, int], list[str]]:
     """By event_id: the multiset of each event's records (a re-sent event id has two)."""
     fields = list(want[0]) if want else []
     want_by: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -466,8 +481,8 @@ def check_peer(name: str, command: str | Sequence[str], *, build_command: str | 
         sent = asyncio.run(produce(bootstrap, prefix, messages))
         now_ms = int(time.time() * 1000)
         want, malformed = expected_outcomes(sent, partitions, now_ms)
-        print(f"produced {len(sent)} messages under {prefix} ({len(want)} outcomes and {len(malformed)} dead letters expected)",
-              flush=True)
+        print(f"produced {len(sent)} messages under {prefix} "
+              f"({len(want)} outcomes and {len(malformed)} dead letters expected)", flush=True)
         peer_env = {**os.environ, "PEER_BOOTSTRAP": bootstrap, "PEER_INPUT_PREFIX": prefix,
                     "PEER_OUTPUT_PREFIX": prefix, "PEER_APP_ID": prefix + "app", "PEER_PARTITIONS": str(partitions),
                     "PEER_STATE_DIR": str(state_dir), **(env or {})}
@@ -479,12 +494,13 @@ def check_peer(name: str, command: str | Sequence[str], *, build_command: str | 
                                         stderr=subprocess.STDOUT, start_new_session=True)
                 return proc
 
-            outcomes, letters, done_at, kills = asyncio.run(_collect(bootstrap, prefix, len(want), len(malformed), start,
-                                                                     timeout_s, settle_s, kill_at))
+            outcomes, letters, done_at, kills = asyncio.run(_collect(bootstrap, prefix, len(want), len(malformed),
+                                                                     start, timeout_s, settle_s, kill_at))
             assert proc is not None
             cpu_s = _group_cpu_s(proc.pid)
             exit_code = _stop(proc)
-        counts: dict[str, Any] = {"messages": len(sent), "sigkills": kills, "outcomes_expected": len(want), "outcomes_seen": len(outcomes.records)}
+        counts: dict[str, Any] = {"messages": len(sent), "sigkills": kills, "outcomes_expected": len(want),
+                                  "outcomes_seen": len(outcomes.records)}
         outcome_counts, examples = compare(want, outcomes.records)
         counts.update(outcome_counts)
         letters_seen, letter_problems = check_letters(malformed, letters.records, prefix)
@@ -496,7 +512,8 @@ def check_peer(name: str, command: str | Sequence[str], *, build_command: str | 
             counts["seconds_first_to_last_outcome"] = round(span, 1)
             counts["outcomes_per_s_first_to_last"] = round(len(want) / span) if span > 0 else None
         statuses = Counter((o["type"], o["status"], o["reason"]) for o in want)
-        counts["expected_mix"] = ", ".join(f"{t}/{st}{'/' + r if r else ''}={n}" for (t, st, r), n in sorted(statuses.items(), key=str))
+        counts["expected_mix"] = ", ".join(f"{t}/{st}{'/' + r if r else ''}={n}"
+                                           for (t, st, r), n in sorted(statuses.items(), key=str))
         counts["peer_cpu_s"] = cpu_s
         counts["peer_exit_on_sigterm"] = exit_code
         examples += letter_problems[: max(0, 10 - len(examples))]
@@ -555,8 +572,8 @@ async def _collect(bootstrap: str, prefix: str, n_outcomes: int, n_letters: int,
                 await letters.poll(500)
                 break
             if now - last_report > 10:
-                print(f"  {len(outcomes.records)}/{n_outcomes} outcomes, {len(letters.records)}/{n_letters} dead letters",
-                      flush=True)
+                print(f"  {len(outcomes.records)}/{n_outcomes} outcomes, "
+                      f"{len(letters.records)}/{n_letters} dead letters", flush=True)
                 last_report = now
         return outcomes, letters, done_at, killed
     finally:

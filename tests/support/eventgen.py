@@ -47,7 +47,8 @@ def _malformed(rng: random.Random, ts: int) -> tuple[str, bytes | None, bytes]:
         gift = {"event_id": f"bad{ts}", "sender_id": "u1", "creator_id": "c1", "stream_id": "s1",
                 "gift_id": "rose", "quantity": 0, "ts": ts}
         return "gifts", b"u1", json.dumps(gift).encode()
-    return "spend-limits", b"u1", json.dumps({"event_id": f"bad{ts}", "user_id": "u1", "daily_coin_limit": "10", "ts": ts}).encode()
+    return "spend-limits", b"u1", json.dumps(
+        {"event_id": f"bad{ts}", "user_id": "u1", "daily_coin_limit": "10", "ts": ts}).encode()
 
 
 def user_stream(seed: int, n: int, users: int = 60, creators: int = 12) -> Stream:
@@ -82,7 +83,8 @@ def user_stream(seed: int, n: int, users: int = 60, creators: int = 12) -> Strea
         elif roll < 0.22:
             topic, user = "recharges", rng.choice(user_ids)
             coins = rng.choice([100, 500, 1000, 5000, 10000, 10000, 250_000 if rng.random() < 0.05 else 5000])
-            ev = {"event_id": f"r{i}", "user_id": user, "coins": coins, "amount_cents": coins, "currency": "USD", "ts": ts}
+            ev = {"event_id": f"r{i}", "user_id": user, "coins": coins, "amount_cents": coins, "currency": "USD",
+                  "ts": ts}
         elif roll < 0.25:
             topic, user = "spend-limits", rng.choice(user_ids)
             limit = rng.choice([None, 0, 500, 5000, 50_000, 1_000_000])

@@ -105,13 +105,14 @@ class Worker:
 
     def start(self, wait: bool = True) -> Worker:
         assert self.proc is None or self.proc.poll() is not None
-        log = open(self.log_path, "ab")
-        log.write(f"\n===== start {self.starts} =====\n".encode())
-        log.flush()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", *self.module], cwd=PROJECT_ROOT,
-            env=self.deployment.env(self.port), stdout=log, stderr=subprocess.STDOUT,
-        )
+        # The child gets its own copy of the log's descriptor: ours may close once it runs.
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start {self.starts} =====\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", *self.module], cwd=PROJECT_ROOT,
+                env=self.deployment.env(self.port), stdout=log, stderr=subprocess.STDOUT,
+            )
         self.starts += 1
         if wait:
             self.wait_healthy()

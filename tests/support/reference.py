@@ -78,7 +78,8 @@ class ReferenceLedger:
             cost = None if price is None else price * ev["quantity"]
             out["coins"] = cost
             if not duplicate:
-                limit = PLATFORM_LIMIT if self.own_limit.get(subject) is None else min(PLATFORM_LIMIT, self.own_limit[subject])
+                own = self.own_limit.get(subject)
+                limit = PLATFORM_LIMIT if own is None else min(PLATFORM_LIMIT, own)
                 day = (subject, ev["ts"] // DAY)
                 if cost is None:
                     out["status"], out["reason"] = "rejected", "unknown_gift"
@@ -121,7 +122,8 @@ class ReferenceLedger:
         return out
 
     def user(self, user_id: str) -> dict[str, int]:
-        return {"coins": self.coins[user_id], "recharged_coins": self.recharged[user_id], "spent_coins": self.spent[user_id]}
+        return {"coins": self.coins[user_id], "recharged_coins": self.recharged[user_id],
+                "spent_coins": self.spent[user_id]}
 
     def creator(self, creator_id: str) -> dict[str, int]:
         return {

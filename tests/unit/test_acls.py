@@ -37,7 +37,8 @@ def test_each_principal_gets_only_its_part_under_the_prefix() -> None:
     # Its own topics: every internal one and the outputs, read, written, created.
     for name in topics.INTERNAL + topics.OUTPUTS:
         for op in ("read", "write", "create"):
-            assert any(r == "topic" and op == o and (n == s.topic(name) or (pat == "prefixed" and s.topic(name).startswith(n)))
+            assert any(r == "topic" and op == o
+                       and (n == s.topic(name) or (pat == "prefixed" and s.topic(name).startswith(n)))
                        for r, pat, n, o in ledger), (name, op)
     # Its inputs: read (and created when missing), never written without --redrive.
     writes = {n for r, _, n, o in ledger if r == "topic" and o == "write"}

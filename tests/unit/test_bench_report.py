@@ -14,7 +14,8 @@ MACHINE = {"cores": 2, "cpu": "x", "memory_gib": 23.5, "python": "3.11.7", "kafk
 
 
 def _run(rate: int) -> dict:
-    timeline = [{"t": t, "processed_per_s": rate, "lag": 100 - t, "cpu_pct": 90.0, "rss_mb": 100.0} for t in range(1, 5)]
+    timeline = [{"t": t, "processed_per_s": rate, "lag": 100 - t, "cpu_pct": 90.0, "rss_mb": 100.0}
+                for t in range(1, 5)]
     return {"events": 4 * rate, "events_per_s": rate, "first_to_last_per_s": rate * 2, "gifts_per_s": rate // 2,
             "elapsed_s": 4.0, "cpu_avg_pct": 90.0, "events_per_cpu_s": rate, "peak_rss_mb": 100.0, "complete": True,
             "timeline": timeline}
@@ -22,8 +23,8 @@ def _run(rate: int) -> dict:
 
 def test_result_files_hold_every_figure_and_a_chart(tmp_path: Path) -> None:
     result = {"scenario": "uniform", "date": "2026-11-26T00:00:00+00:00", "machine": MACHINE, "figures": {
-        "events": 40_000, "ours": _run(10_000), "naive": _run(1_000), "ceiling": {"events": 40_000, "events_per_s": 200_000},
-        "ratios": {"ours_vs_naive": 10.0}}}
+        "events": 40_000, "ours": _run(10_000), "naive": _run(1_000),
+        "ceiling": {"events": 40_000, "events_per_s": 200_000}, "ratios": {"ours_vs_naive": 10.0}}}
     paths = report.write(tmp_path / "2026-11-26-uniform", result)
     assert [p.suffix for p in paths] == [".json", ".md", ".png"]
     assert json.loads(paths[0].read_text()) == result

@@ -125,7 +125,8 @@ def test_valid_values_are_read() -> None:
         "PIPELINE_WEB_PORT": "8080", "PIPELINE_PARTITIONS": "256", "PIPELINE_REDIS_URL": "rediss://:pw@cache:6380/2",
         "PIPELINE_BOOTSTRAP_SERVERS": "k1:9092, k2:9093", "PIPELINE_TOPIC_PREFIX": "t1.",
     })
-    assert (s.web_port, s.partitions, s.redis_url, s.bootstrap_list) == (8080, 256, "rediss://:pw@cache:6380/2", ["k1:9092", "k2:9093"])
+    assert (s.web_port, s.partitions, s.redis_url, s.bootstrap_list) == (
+        8080, 256, "rediss://:pw@cache:6380/2", ["k1:9092", "k2:9093"])
     assert (s.topic("gifts"), s.group_id) == ("t1.gifts", "t1.ledger")
     assert settings.redis_address(s) == ("cache", 6380)
     assert settings.kafka_address(s) == ("k1", 9092)

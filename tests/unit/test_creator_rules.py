@@ -168,7 +168,8 @@ def test_creator_state_json_round_trip() -> None:
 
 
 def test_creator_state_json_round_trip_with_held_and_recent() -> None:
-    held = [{"op": "p", "event_id": "p-1", "creator_id": "c1", "diamonds": 2_000, "ts": T0, "since": {"0": 3}, "at": 1.5}]
+    held = [{"op": "p", "event_id": "p-1", "creator_id": "c1", "diamonds": 2_000, "ts": T0, "since": {"0": 3},
+             "at": 1.5}]
     state = CreatorState(5, 9, 4, {7: 9}, 3, held, [[T0 + 1, 2, 7], [T0 + 2, 3, 8]])
     data = loads(dumps(state.to_json()))
     assert data == {"a": 5, "l": 9, "p": 4, "d": [[7, 9]], "q": 3, "h": held, "r": [[T0 + 1, 2, 7], [T0 + 2, 3, 8]]}
@@ -247,7 +248,8 @@ def test_payout_op_round_trip() -> None:
 def test_big_totals_survive_the_codec() -> None:
     """Sums of many credits can pass 2**64; the internal records must keep them exact."""
     big = 2**64 + 3
-    op = credit_op("c1", [Credit("c1", "s", "u", 2 * big + 1, big, 0), Credit("c1", "s", "v", 2 * big + 1, big, 0)], DAY)
+    op = credit_op("c1", [Credit("c1", "s", "u", 2 * big + 1, big, 0), Credit("c1", "s", "v", 2 * big + 1, big, 0)],
+                   DAY)
     assert op["items"] == [[0, 2 * big]]
     assert parse_op(loads(dumps(op))) == CreditBatch("c1", 4 * big + 2, 2, ((0, 2 * big),))
     state = CreatorState()

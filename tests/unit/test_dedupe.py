@@ -36,12 +36,12 @@ class Clock:
         return self.now_ms / 1000
 
 
-def new(clock: Clock, kv: KV | None = None) -> DedupeIndex:
-    return DedupeIndex(WINDOW, clock=clock, kv=kv, prefix=b"i:")
+def new(clock: Clock, store: KV | None = None) -> DedupeIndex:
+    return DedupeIndex(WINDOW, clock=clock, kv=store, prefix=b"i:")
 
 
-def restored(records: Records, clock: Clock, kv: KV | None = None) -> DedupeIndex:
-    fresh = new(clock, kv)
+def restored(records: Records, clock: Clock, store: KV | None = None) -> DedupeIndex:
+    fresh = new(clock, store)
     for key, value in records:
         fresh.restore(key, None if value is None else dumps(value))
     return fresh
@@ -51,7 +51,7 @@ def compacted(records: Records) -> Records:
     """What a compacted changelog may hold: the last record of each key, at its offset,
     tombstones gone."""
     last = {key: (offset, value) for offset, (key, value) in enumerate(records)}
-    return [(key, value) for key, (_, value) in sorted(last.items(), key=lambda kv: kv[1][0]) if value is not None]
+    return [(key, value) for key, (_, value) in sorted(last.items(), key=lambda item: item[1][0]) if value is not None]
 
 
 def state(index: DedupeIndex) -> tuple[Any, ...]:
@@ -161,7 +161,7 @@ def test_expiry_drops_at_most_max_segments_per_batch_shrinking_the_front_bucket(
     assert index.buckets == [Bucket(total, total, clock.now_ms, clock.now_ms, 1)]
 
 
-def test_restore_rebuilds_the_live_state(kv: KV) -> None:
+def test_restore_rebuilds_the_live_state(kv: KV) -> None:  # noqa: F811 - kv: the fixture imported above
     """Every record in order (as before compaction), after buckets expired whole and in
     part: the same ids, buckets, numbering and count; and the restored index goes on
     exactly like the live one."""

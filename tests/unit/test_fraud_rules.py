@@ -112,7 +112,8 @@ def test_window_one_crossing_per_window_and_evidence() -> None:
     hits = [burst.observe(T0 + i * SEC, 1, f"e{i}", MIN, 50) for i in range(150)]
     crossings = [h for h in hits if h is not None]
     # 0..49 cross at 49 s; quiet until 60 s; 60..109 cross at 109 s; quiet until 120 s.
-    assert [(c.start, c.end, c.count) for c in crossings] == [(T0, T0 + 49 * SEC, 50), (T0 + 60 * SEC, T0 + 109 * SEC, 50)]
+    assert [(c.start, c.end, c.count) for c in crossings] == [
+        (T0, T0 + 49 * SEC, 50), (T0 + 60 * SEC, T0 + 109 * SEC, 50)]
     assert crossings[0].event_ids == [f"e{i}" for i in range(50)]
     assert len(burst.entries) < 50
 
@@ -122,7 +123,8 @@ def test_window_out_of_order_and_too_old_events() -> None:
     assert burst.observe(T0 + 30 * SEC, 15_000, "late", MIN, 50, 20_000) is None
     assert burst.observe(T0 - 40 * SEC, 9_000, "older", MIN, 50, 20_000) is None  # 70 s before the newest
     hit = burst.observe(T0, 5_000, "early", MIN, 50, 20_000)  # arrives after a later one
-    assert hit is not None and (hit.start, hit.end, hit.amount, hit.event_ids) == (T0, T0 + 30 * SEC, 20_000, ["early", "late"])
+    assert hit is not None and (hit.start, hit.end, hit.amount, hit.event_ids) == (
+        T0, T0 + 30 * SEC, 20_000, ["early", "late"])
 
 
 # --- gift_velocity and rejection_probe ----------------------------------------------------------

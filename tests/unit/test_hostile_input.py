@@ -73,7 +73,9 @@ def test_random_json(topic: str, data: Any) -> None:
 
 @FAST
 @given(topic=st.sampled_from(TOPICS), data=st.data(), replacement=hostile)
-def test_one_hostile_field_is_refused_exactly_when_the_contract_refuses_it(topic: str, data: Any, replacement: Any) -> None:
+def test_one_hostile_field_is_refused_exactly_when_the_contract_refuses_it(
+    topic: str, data: Any, replacement: Any
+) -> None:
     value = dict(VALID[topic])
     field = data.draw(st.sampled_from([*value, "extra"]))
     value[field] = replacement

@@ -9,7 +9,8 @@ from agents.readmodel.redis_sink import RedisReadModel, merged
 from pipeline import settings
 from pipeline.engine.stage import ReadModelUpdate
 
-FULL = ReadModelUpdate("user", "u5", {"coins": 7}, 12, (("lb:stream:a:gifters", "u5", 30), ("lb:stream:b:gifters", "u5", 9)))
+FULL = ReadModelUpdate("user", "u5", {"coins": 7}, 12,
+                       (("lb:stream:a:gifters", "u5", 30), ("lb:stream:b:gifters", "u5", 9)))
 LIVE = ReadModelUpdate("user", "u5", {"coins": 7}, 12, (("lb:stream:a:gifters", "u5", 30),))
 NEXT = ReadModelUpdate("user", "u5", {"coins": 2}, 13, (("lb:stream:a:gifters", "u5", 35),))
 

@@ -15,7 +15,8 @@ ECON = economics.load()
 def test_same_seed_same_messages_other_seed_others() -> None:
     cfg = SimConfig(events=2_000, seed=3, start_ts=1_700_000_000_000)
     assert list(generate(cfg, ECON)) == list(generate(cfg, ECON))
-    assert list(generate(cfg, ECON)) != list(generate(SimConfig(events=2_000, seed=4, start_ts=1_700_000_000_000), ECON))
+    assert list(generate(cfg, ECON)) != list(
+        generate(SimConfig(events=2_000, seed=4, start_ts=1_700_000_000_000), ECON))
 
 
 def test_every_message_is_well_formed_unless_asked_otherwise() -> None:

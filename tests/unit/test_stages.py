@@ -128,11 +128,13 @@ def balance(stage: UserLedger, user: str = "u1") -> int:
 def test_same_event_id_on_other_topics_is_not_a_duplicate(users: UserLedger) -> None:
     batch = run(users, [recharge("x", 5_000), gift("x"), limit("x", 100_000)])
     assert batch.statuses == [("x", "accepted", None)] * 3
-    assert ledger(users.table.get("u1")) == UserState(4_000, 5_000, 1_000, 100_000, {T0 // DAY: 1_000}, 3, {"s1": [1_000, T0 // DAY]})
+    assert ledger(users.table.get("u1")) == UserState(
+        4_000, 5_000, 1_000, 100_000, {T0 // DAY: 1_000}, 3, {"s1": [1_000, T0 // DAY]})
 
 
 def test_same_event_id_for_another_user_is_not_a_duplicate(users: UserLedger) -> None:
-    batch = run(users, [recharge("x", 10, "u1"), recharge("x", 20, "u2"), gift("g", "rose", "u1"), gift("g", "rose", "u2")])
+    batch = run(users, [recharge("x", 10, "u1"), recharge("x", 20, "u2"),
+                        gift("g", "rose", "u1"), gift("g", "rose", "u2")])
     assert [o.status for o in outcomes_of(batch.out)] == ["accepted"] * 4
     assert (balance(users, "u1"), balance(users, "u2")) == (9, 19)
 
@@ -148,7 +150,8 @@ def test_same_event_id_topic_and_key_is_a_duplicate(users: UserLedger) -> None:
 
 def test_copy_of_a_rejected_event_is_duplicate(users: UserLedger) -> None:
     batch = run(users, [gift("g"), recharge("r", 5_000), gift("g")])
-    assert batch.statuses == [("g", "rejected", "insufficient_coins"), ("r", "accepted", None), ("g", "duplicate", None)]
+    assert batch.statuses == [
+        ("g", "rejected", "insufficient_coins"), ("r", "accepted", None), ("g", "duplicate", None)]
     assert outcomes_of(batch.out)[2].balance_after == 5_000
     assert batch.ops() == []
 
@@ -306,7 +309,8 @@ def test_creator_payout_duplicates_are_per_creator(creators: CreatorLedger) -> N
         payout("p", 2_000, "c1"), payout("p", 2_000, "c2"), payout("p", 2_000, "c1"), payout("q", 100, "c1"),
     ])
     assert batch.statuses == [
-        ("p", "accepted", None), ("p", "accepted", None), ("p", "duplicate", None), ("q", "rejected", "below_min_payout")]
+        ("p", "accepted", None), ("p", "accepted", None), ("p", "duplicate", None),
+        ("q", "rejected", "below_min_payout")]
     assert [o.balance_after for o in outcomes_of(batch.out)] == [3_000, 3_000, 3_000, 3_000]
     again = run(creators, [payout("q", 100, "c1")])
     assert again.statuses == [("q", "duplicate", None)]
@@ -345,7 +349,8 @@ def test_creator_abort(creators: CreatorLedger) -> None:
     creators.handle(*credit([(T0 + 1, 1)], 2), out)
     creators.handle(OPS, Mark(0, 5, 5), out)
     creators.abort()
-    assert creators.table.get("c1") == CreatorState(3_000, 3_000, 0, {20_000: 3_000}, 1, [], [[T0, 3_000, 1]], windows={"1m": {T0: 3_000}, "1h": {T0: 3_000}})
+    assert creators.table.get("c1") == CreatorState(3_000, 3_000, 0, {20_000: 3_000}, 1, [], [[T0, 3_000, 1]],
+                                                    windows={"1m": {T0: 3_000}, "1h": {T0: 3_000}})
     progress = creators.progress_table.get("")
     assert progress is not None and progress.applied == {}  # the aborted mark is gone too
     assert creators.changelog() == []
@@ -387,7 +392,8 @@ def test_creator_changelog_restore(creators: CreatorLedger, econ: Economics) -> 
         run(creators, [credit([(T0 - 1, 3), (T0 + 1, 4)], 14, 2, creator="c2")]),
     ]
     fresh = restored(creators, CreatorLedger(econ, sources=1, max_hold_ms=0), batches)
-    assert fresh.table.as_dict()["c1"] == CreatorState(500, 5_000, 4_500, {20_000: 5_000}, 3, [], [[T0, 5_000, 1]], windows={"1m": {T0: 5_000}, "1h": {T0: 5_000}})
+    assert fresh.table.as_dict()["c1"] == CreatorState(500, 5_000, 4_500, {20_000: 5_000}, 3, [], [[T0, 5_000, 1]],
+                                                       windows={"1m": {T0: 5_000}, "1h": {T0: 5_000}})
     # No cut was ever covered (no cycle was watched): every credit is remembered.
     assert fresh.table.as_dict()["c2"] == CreatorState(
         16, 16, 0, {19_999: 3, 20_000: 13}, 2, [], [[T0 - 1, 3, 1], [T0, 9, 1], [T0 + 1, 4, 1]],

@@ -52,8 +52,8 @@ def test_what_the_pipeline_writes_decodes_back() -> None:
     credit = CreditBatch("c1", 1_000, 2, ((NOW, 250), (NOW + 1, 250)), (("u1", NOW - 5, NOW, 250, "g1"),))
     assert op(batch_op(credit)) == credit
     assert op(payout_op(Payout("p1", "c1", 5_000, NOW))) == Payout("p1", "c1", 5_000, NOW)
-    assert op(payout_op(Payout("p1", "c1", 5_000, NOW), refused="invalid_ts")) == Forwarded(Payout("p1", "c1", 5_000, NOW),
-                                                                                             refused="invalid_ts")
+    assert op(payout_op(Payout("p1", "c1", 5_000, NOW), refused="invalid_ts")) == Forwarded(
+        Payout("p1", "c1", 5_000, NOW), refused="invalid_ts")
     assert op(mark_op(3, 10, 20), key=None) == Mark(3, 10, 20)
     leg = Leg("a", "c1", NOW, NOW + 5, 1_000, ("g1", "g2"))
     assert op(leg.to_op(), key=b"a") == leg
@@ -124,7 +124,8 @@ def test_a_name_that_also_appears_elsewhere_is_not_a_repeat(raw: bytes) -> None:
 
 
 def test_the_last_of_a_repeated_field_never_wins() -> None:
-    raw = b'{"event_id": "e", "user_id": "u", "coins": 5, "amount_cents": 5, "currency": "USD", "ts": 1, "coins": 1000000}'
+    raw = (b'{"event_id": "e", "user_id": "u", "coins": 5, "amount_cents": 5, "currency": "USD", "ts": 1, '
+           b'"coins": 1000000}')
     found = decode("recharges", b"u", raw)
     assert isinstance(found, Malformed) and "repeated" in found.error
 
@@ -241,9 +242,12 @@ def test_a_tag_binds_topic_partition_key_and_value_and_rotates() -> None:
     signer = Signer((old,))
     headers = signer.headers("t-ledger-users-changelog", 3, b"u1", b'{"b": 1}')
     assert signer.verified("t-ledger-users-changelog", 3, b"u1", b'{"b": 1}', headers)
-    for other in (("t-ledger-creators-changelog", 3, b"u1", b'{"b": 1}'), ("t-ledger-users-changelog", 2, b"u1", b'{"b": 1}'),
-                  ("t-ledger-users-changelog", 3, b"u2", b'{"b": 1}'), ("t-ledger-users-changelog", 3, b"u1", b'{"b": 2}'),
-                  ("t-ledger-users-changelog", 3, None, b'{"b": 1}'), ("t-ledger-users-changelog", 3, b"u1", None)):
+    for other in (("t-ledger-creators-changelog", 3, b"u1", b'{"b": 1}'),
+                  ("t-ledger-users-changelog", 2, b"u1", b'{"b": 1}'),
+                  ("t-ledger-users-changelog", 3, b"u2", b'{"b": 1}'),
+                  ("t-ledger-users-changelog", 3, b"u1", b'{"b": 2}'),
+                  ("t-ledger-users-changelog", 3, None, b'{"b": 1}'),
+                  ("t-ledger-users-changelog", 3, b"u1", None)):
         assert not signer.verified(*other, headers), other
     assert not signer.verified("t-ledger-users-changelog", 3, b"u1", b'{"b": 1}', [])  # unsigned
     assert not signer.verified("t-ledger-users-changelog", 3, b"u1", b'{"b": 1}', headers * 2)  # two tags
@@ -261,7 +265,8 @@ def test_internal_key_settings() -> None:
     assert load({"PIPELINE_INTERNAL_KEY": "a" * 32}).internal_keys == ("a" * 32,)
     assert load({"PIPELINE_INTERNAL_KEY": "a" * 32 + "," + "b" * 32}).internal_keys == ("a" * 32, "b" * 32)
     for bad in ({"PIPELINE_INTERNAL_KEY": "short"}, {"PIPELINE_INTERNAL_KEY": ",".join(["a" * 32] * 3)},
-                {"PIPELINE_ACCEPT_UNSIGNED": "1"}, {"PIPELINE_INTERNAL_KEY": "a" * 32, "PIPELINE_ACCEPT_UNSIGNED": "yes"}):
+                {"PIPELINE_ACCEPT_UNSIGNED": "1"},
+                {"PIPELINE_INTERNAL_KEY": "a" * 32, "PIPELINE_ACCEPT_UNSIGNED": "yes"}):
         with pytest.raises(ConfigError) as err:
             load(bad)
         assert "a" * 32 not in str(err.value)

@@ -327,7 +327,8 @@ def test_day_spend_keeps_the_newest_max_spend_days(econ: Economics) -> None:
 
 def test_state_json_round_trip() -> None:
     state = UserState(5, 20, 15, None, {3: 10, 4: 5}, 9, {"s1": [15, 4]})
-    assert state.to_json() == {"b": 5, "r": 20, "s": 15, "l": None, "d": [[3, 10], [4, 5]], "q": 9, "st": {"s1": [15, 4]}, "f": None}
+    assert state.to_json() == {"b": 5, "r": 20, "s": 15, "l": None, "d": [[3, 10], [4, 5]], "q": 9,
+                               "st": {"s1": [15, 4]}, "f": None}
     assert UserState.from_json(state.to_json()) == state
 
 

@@ -45,23 +45,26 @@ REFERENCE_BUDGET_S = 60.0  # the naive reference and the ceiling run at most thi
 
 
 def machine() -> dict[str, Any]:
-    mem_kb = next((int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    mem_kb = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal")), 0)
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
     java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()
     return {"cores": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kb / 2**20, 1),
             "python": platform.python_version(), "platform": platform.platform(), "java": java[0] if java else "?",
             "kafka": KAFKA_VERSION, "aiokafka": aiokafka.__version__, "faust": faust.__version__,
-            "redis_py": redis.__version__, "note": "one machine: workers, broker, Redis and the load generator share it"}
+            "redis_py": redis.__version__,
+            "note": "one machine: workers, broker, Redis and the load generator share it"}
 
 
 def _config(scenario: str, args: argparse.Namespace) -> SimConfig:
     base = dict(creators=10_000, seed=args.seed, zipf_s=0.0, spend_limit_share=0.001, payout_share=0.001, id_prefix="b")
     if scenario == "state":
-        return SimConfig(events=args.events or 10_000_000, users=1_000_000, **base)  # type: ignore[arg-type]
+        return SimConfig(events=args.events or 10_000_000, users=1_000_000, **base)
     events = args.events or 200_000
     if scenario == "latency":
         events = int(args.rate / GIFT_SHARE * args.duration)
-    return SimConfig(events=events, users=50_000, mega_live_share=0.5 if scenario == "mega-live" else 0.0, **base)  # type: ignore[arg-type]
+    return SimConfig(events=events, users=50_000, mega_live_share=0.5 if scenario == "mega-live" else 0.0, **base)
 
 
 # Gifts among the simulator's events in these scenarios (the rest are mostly recharges);
@@ -171,7 +174,8 @@ def _compared(figures: dict[str, Any], share: float) -> dict[str, Any]:
         if ours.get("events_per_cpu_s") and other.get("events_per_cpu_s"):
             ratios[f"ours_vs_{name}_per_cpu_s"] = round(ours["events_per_cpu_s"] / other["events_per_cpu_s"], 2)
     if "ours_two_workers" in runs_:
-        ratios["two_workers_vs_one"] = round(figures["ours_two_workers"]["events_per_s"] / max(1, ours["events_per_s"]), 2)
+        ratios["two_workers_vs_one"] = round(
+            figures["ours_two_workers"]["events_per_s"] / max(1, ours["events_per_s"]), 2)
         ratios.pop("ours_vs_ours_two_workers", None)
         ratios.pop("ours_vs_ours_two_workers_per_cpu_s", None)
     figures["ratios"] = ratios

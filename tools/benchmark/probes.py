@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
@@ -56,7 +58,7 @@ class ProcStats:
         total = 0.0
         for pid in self.pids:
             try:
-                fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 total += int(fields[11]) + int(fields[12])  # utime + stime
             except (OSError, IndexError):
                 pass
@@ -66,7 +68,7 @@ class ProcStats:
         total = 0.0
         for pid in self.pids:
             try:
-                for line in open(f"/proc/{pid}/status"):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
                         total += int(line.split()[1]) / 1024
             except OSError:
@@ -89,5 +91,7 @@ class ProcStats:
 
 async def board_total(client: aioredis.Redis, s: Settings, prefix: str = "") -> int:
     """Sum of every creator's lifetime diamonds on the all-time board."""
-    entries = await client.zrange(s.redis_key(prefix + leaderboards.CREATORS_ALL), 0, -1, withscores=True)
+    # withscores=True: (member, score) pairs; redis-py's type is the union of every zrange form.
+    entries = cast("list[tuple[bytes | str, float]]",
+                   await client.zrange(s.redis_key(prefix + leaderboards.CREATORS_ALL), 0, -1, withscores=True))
     return int(sum(score for _, score in entries))

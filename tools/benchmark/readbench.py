@@ -25,7 +25,8 @@ def leaderboard_read(s: Settings, gifters: int, requests: int, seed: int) -> dic
     rng = random.Random(seed)
     client.delete(key)
     for start in range(0, gifters, 10_000):  # Zipf-like coins: a few whales, many ties
-        client.zadd(key, {f"u{i}": int(1 + 1_000_000 / (1 + i) ** 1.1 * rng.random()) for i in range(start, min(start + 10_000, gifters))})
+        client.zadd(key, {f"u{i}": int(1 + 1_000_000 / (1 + i) ** 1.1 * rng.random())
+                          for i in range(start, min(start + 10_000, gifters))})
     assert client.zcard(key) == gifters
     results: dict[str, Any] = {"gifters": gifters, "requests_per_limit": requests}
     conn = http.client.HTTPConnection("127.0.0.1", s.web_port, timeout=5)

@@ -28,7 +28,7 @@ from pipeline import redis_client, topics
 from pipeline.settings import PROJECT_ROOT, Settings
 from tools.benchmark.probes import Lag, ProcStats
 from tools.local_worker import get, running_worker
-from tools.simulate import Message
+from tools.simulate import InputMessage, Message
 
 INPUTS = list(topics.INPUTS)
 SAMPLE_S = 1.0
@@ -57,7 +57,7 @@ def start_workers(stack: ExitStack, s: Settings, n: int, log_dir: Path) -> list[
     ]
 
 
-async def produce(s: Settings, messages: Iterable[Message], rate: float | None = None,
+async def produce(s: Settings, messages: Iterable[InputMessage], rate: float | None = None,
                   sent_at: dict[bytes, float] | None = None) -> int:
     """Send `messages` (at `rate` per second, or as fast as one producer goes); with
     `sent_at`, remember each event id's send time (for latency)."""

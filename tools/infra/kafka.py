@@ -164,7 +164,8 @@ class LocalKafka(LocalServer):
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
             "controller.quorum.voters": ",".join(
-                f"{i}@{self.host}:{p}" for i, p in sorted((self.quorum or {self.node_id: self.controller_port}).items())),
+                f"{i}@{self.host}:{p}"
+                for i, p in sorted((self.quorum or {self.node_id: self.controller_port}).items())),
             "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://{self.address}",
             "controller.listener.names": "CONTROLLER",
@@ -190,7 +191,8 @@ class LocalKafka(LocalServer):
             props.update({
                 "listeners": f"PLAINTEXT://{self.host}:{self.port},{sasl},CONTROLLER://{self.host}:{self.controller_port}",
                 "advertised.listeners": f"PLAINTEXT://{self.address},{sasl}",
-                "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "listener.security.protocol.map": (
+                    "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT"),
                 "inter.broker.listener.name": "PLAINTEXT",
                 "sasl.enabled.mechanisms": "SCRAM-SHA-512",
                 "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config":
@@ -221,8 +223,8 @@ class LocalKafka(LocalServer):
     def _format(self, java: str, classpath: str) -> None:
         """First start only: KRaft refuses to run on an unformatted log dir."""
         cmd = [java, "-cp", classpath, f"-Dlog4j.configuration=file:{self.log4j_file}",
-               "kafka.tools.StorageTool", "format", "-t", self.cluster_id or new_cluster_id(), "-c", str(self.properties_file),
-               "--ignore-formatted"]
+               "kafka.tools.StorageTool", "format", "-t", self.cluster_id or new_cluster_id(),
+               "-c", str(self.properties_file), "--ignore-formatted"]
         for user, password in self.scram_users.items():
             cmd += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
         try:

@@ -69,7 +69,9 @@ def check_port_free(host: str, port: int, what: str, setting: str) -> None:
                     f"{what}: {host} is not an address of this machine, so a local server cannot "
                     f"listen there; point {setting} at 127.0.0.1 for `dev up`"
                 ) from None
-            raise InfraError(f"{what}: cannot listen on {host}:{port} ({e.strerror}); choose another port in {setting}") from None
+            raise InfraError(
+                f"{what}: cannot listen on {host}:{port} ({e.strerror}); choose another port in {setting}"
+            ) from None
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:
@@ -277,6 +279,10 @@ class LocalServer:
     def label(self) -> str:
         return self.name
 
+    def start(self, timeout_s: float = 30) -> None:
+        """Start the server unless it already runs, and wait until it is ready."""
+        raise NotImplementedError
+
     def pid(self) -> int | None:
         """Pid of our server if it is alive, whatever address it listens on."""
         pid = read_pid(self.pid_file)
@@ -311,7 +317,8 @@ class LocalServer:
             return f"{self.label}: stopped{other}, address {self.address}, data {self.dir}"
         at = self.running_address()
         if at != self.address:
-            return f"{self.label}: running (pid {pid}) at {at}, but {self.setting} now says {self.address}; run `dev down`, then `dev up`"
+            return (f"{self.label}: running (pid {pid}) at {at}, but {self.setting} now says {self.address}; "
+                    "run `dev down`, then `dev up`")
         state = "running" if port_open(self.host, self.port) else "starting"
         return f"{self.label}: {state} (pid {pid}) at {self.address}, data {self.dir}"
 
@@ -343,7 +350,9 @@ class LocalServer:
     def _wait_ready(self, pid: int, ready: Callable[[], bool], deadline: float) -> None:
         while True:
             if not is_alive(pid, self.marker):
-                raise InfraError(f"{self.name} exited during startup; last lines of {self.log_file}:\n{tail(self.log_file)}")
+                raise InfraError(
+                    f"{self.name} exited during startup; last lines of {self.log_file}:\n{tail(self.log_file)}"
+                )
             if ready():
                 return
             if time.monotonic() >= deadline:

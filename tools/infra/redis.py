@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import redis as redis_py
 
@@ -72,10 +73,11 @@ class LocalRedis(LocalServer):
             self._launch(argv, self._ping, time.monotonic() + timeout_s, secrets)
 
     def _ping(self) -> bool:
+        tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(self.tls[2])} if self.tls else {}
         client = redis_py.Redis(
             host=self.host, port=self.port, password=self.password,
             socket_connect_timeout=1, socket_timeout=1,
-            **({"ssl": True, "ssl_ca_certs": str(self.tls[2])} if self.tls else {}),
+            **tls,
         )
         try:
             return bool(client.ping())

@@ -51,7 +51,11 @@ ORDER = env("PEER_QUIX_ORDER", "event")
 REPLICATION = int(env("PEER_REPLICATION_FACTOR", "1"))  # of the topics the app creates
 # Diagnostics only (check.py): a file to which each ledger step appends what it applied,
 # in order, so differences from the reference can be told apart by cause.
-TRACE = open(os.environ["PEER_QUIX_TRACE"], "a", buffering=1) if os.environ.get("PEER_QUIX_TRACE") else None
+# Open (line-buffered) for the app's whole life, so no context manager.
+TRACE = (
+    open(os.environ["PEER_QUIX_TRACE"], "a", buffering=1)  # noqa: SIM115
+    if os.environ.get("PEER_QUIX_TRACE") else None
+)
 COMMIT_INTERVAL_S = float(env("PEER_QUIX_COMMIT_INTERVAL_S", "0.2"))
 # With concat, Quix feeds its alignment buffer with consume(num_messages=buffer size,
 # timeout=poll timeout), which waits out the whole timeout unless the batch fills up:

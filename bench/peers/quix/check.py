@@ -45,7 +45,9 @@ from tools.simulate import SimConfig, generate  # noqa: E402
 TOPIC_OF = {"recharge": "recharges", "gift": "gifts", "spend_limit": "spend-limits", "payout": "payouts"}
 
 
-def replay(trace: list[tuple[str, str, str]], sent: list[cp.Sent], partitions: int, now_ms: int) -> list[dict[str, Any]]:
+def replay(
+    trace: list[tuple[str, str, str]], sent: list[cp.Sent], partitions: int, now_ms: int
+) -> list[dict[str, Any]]:
     """The reference's outcomes with events applied in the peer's order."""
     copies: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for m in sorted(sent, key=lambda m: (m.topic, m.partition, m.offset)):
@@ -99,7 +101,7 @@ def misordered(trace: list[tuple[str, str, str]], sent: list[cp.Sent], partition
         i, key = place[(kind, eid, n)]
         sequences[(stage, key)].append((i, kind))
     out: Counter[str] = Counter()
-    for (stage, key), seq in sequences.items():
+    for (stage, _key), seq in sequences.items():
         if stage == "user":
             later_min = float("inf")
             early = 0
@@ -199,10 +201,10 @@ def main() -> int:
         sent = asyncio.run(cp.produce(args.bootstrap, prefix, messages))
         now_ms = int(time.time() * 1000)
         want, malformed = cp.expected_outcomes(sent, args.partitions, now_ms)
-        print(f"produced {len(sent)} messages under {prefix}: {len(want)} outcomes, {len(malformed)} dead letters expected",
-              flush=True)
-        env = {**os.environ, "PEER_BOOTSTRAP": args.bootstrap, "PEER_INPUT_PREFIX": prefix, "PEER_OUTPUT_PREFIX": prefix,
-               "PEER_APP_ID": prefix + "app", "PEER_PARTITIONS": str(args.partitions),
+        print(f"produced {len(sent)} messages under {prefix}: {len(want)} outcomes, "
+              f"{len(malformed)} dead letters expected", flush=True)
+        env = {**os.environ, "PEER_BOOTSTRAP": args.bootstrap, "PEER_INPUT_PREFIX": prefix,
+               "PEER_OUTPUT_PREFIX": prefix, "PEER_APP_ID": prefix + "app", "PEER_PARTITIONS": str(args.partitions),
                "PEER_STATE_DIR": str(work / "state"), "PEER_QUIX_TRACE": str(trace_path),
                **dict(e.split("=", 1) for e in args.env)}
         with open(work / "peer.log", "wb") as log:
@@ -218,7 +220,8 @@ def main() -> int:
         print(f"dead letters: {len(letters.records)} seen, {n_letters} of {len(malformed)} matching, "
               f"{len(letter_problems)} problems; exit on SIGTERM: {exit_code}")
         if outcomes.first_at and done_at:
-            print(f"all outcomes {done_at - started:.1f}s after start; first to last {done_at - outcomes.first_at:.1f}s "
+            print(f"all outcomes {done_at - started:.1f}s after start; "
+                  f"first to last {done_at - outcomes.first_at:.1f}s "
                   f"({len(want) / max(done_at - outcomes.first_at, 1e-9):.0f} outcomes/s)")
         trace = [tuple(line.split()[:3]) for line in trace_path.read_text().splitlines() if line.strip()]
         replayed = replay(trace, sent, args.partitions, now_ms)  # type: ignore[arg-type]
