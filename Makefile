@@ -11,7 +11,7 @@ PIP_TOOLS := pip-tools==7.6.2
 PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_TOOLS)/bin/pip-compile --quiet --generate-hashes \
 	--allow-unsafe --strip-extras --no-emit-find-links --no-emit-index-url $(LOCK_ARGS)
 
-.PHONY: run test clean lock
+.PHONY: run test check clean lock
 
 $(VENV)/.installed: pyproject.toml requirements.in $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,17 @@ lock:
 run: $(VENV)/.installed
 	$(PY) -m pipeline run
 
-## The whole test suite (starts its own Kafka and Redis on free ports).
+## Style and types (ruff, mypy: strict for pipeline/engine and agents), then the whole
+## test suite (it starts its own Kafka and Redis on free ports).
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
+
+## Only the style and type checks.
+check: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	-$(PY) -m pipeline dev down
