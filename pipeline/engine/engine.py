@@ -480,6 +480,9 @@ class Engine:
         )
         await restorer.start()
         try:
+            now_ms = time.time() * 1000
+            for _, stage in owners.values():
+                stage.start_restore(now_ms)
             restorer.assign(list(owners))
             await restorer.seek_to_beginning(*owners)
             ends = await restorer.end_offsets(list(owners))

@@ -4,6 +4,13 @@ A stage owns the state of one partition for its keys. The engine feeds it decode
 in event-time order, collects what it writes in an `Output`, and commits the output,
 the stage's changelog records and the input offsets in one Kafka transaction; only then
 does it call `commit()` (or `abort()` if the transaction failed).
+
+A batch goes IDLE -> OPEN (`begin`, which also gives the batch its clock: no rule reads
+the wall clock) -> PREPARED (`changelog`: the records are decided, nothing may change
+them) -> IDLE (`commit`, or `abort` from any state). Each step asserts the one before,
+so a changelog taken twice, a commit without a changelog or input handled after the
+changelog fails loudly instead of losing or mis-writing state. A batch stays OPEN over
+quiet cycles (nothing to commit) until the engine commits it.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from pipeline.engine.codec import dumps
@@ -69,6 +77,12 @@ class Output:
         self.messages.append(Message(topic, None if key is None else key.encode(), dumps(value), partition))
 
 
+class BatchState(Enum):
+    IDLE = "idle"  # no batch: after a commit or an abort, and while restoring
+    OPEN = "open"  # begun: tick, handle and end_batch change the overlay
+    PREPARED = "prepared"  # changelog() decided the records: commit or abort only
+
+
 class Stage(ABC):
     """A keyed state machine of one partition: a table of values (plus, for some stages,
     side tables under a key prefix) and the index of the event ids it applied, all
@@ -102,7 +116,26 @@ class Stage(ABC):
             require(len(t) == 0, 'len(t) == 0')
             require(not t.dirty, 'not t.dirty')
             t.kv, t.prefix = self.kv, namespace.encode()
-        self.dedupe = DedupeIndex(dedupe_window_ms, kv=self.kv, prefix=b"i:")
+        self.dedupe = DedupeIndex(dedupe_window_ms, clock=self._clock_s, kv=self.kv, prefix=b"i:")
+        self.batch = BatchState.IDLE
+        self.now_ms: float | None = None  # the clock the engine gave (begin, start_restore)
+
+    def _clock_s(self) -> float:
+        now = self.now_ms
+        require(now is not None, "the engine gave the stage its clock (begin or start_restore)")
+        assert now is not None
+        return now / 1000
+
+    def begin(self, now_ms: float) -> None:
+        """A cycle of the current batch (a new one if none is open), at `now_ms`."""
+        require(self.batch is not BatchState.PREPARED, "no input after changelog() until commit or abort")
+        self.batch = BatchState.OPEN
+        self.now_ms = now_ms
+
+    def start_restore(self, now_ms: float) -> None:
+        """Changelog records follow (`restore`), read at `now_ms`."""
+        require(self.batch is BatchState.IDLE, "a restore starts with no batch open")
+        self.now_ms = now_ms
 
     @abstractmethod
     def decode(self, topic: str, key: bytes | None, value: bytes | None) -> tuple[Any, int | None]:
@@ -143,6 +176,8 @@ class Stage(ABC):
 
     def changelog(self) -> list[tuple[str, bytes | None]]:
         """This batch's state changes as changelog records (None: tombstone)."""
+        require(self.batch is BatchState.OPEN, "changelog() once per batch, after begin()")
+        self.batch = BatchState.PREPARED
         records: list[tuple[str, bytes | None]] = [
             (prefix + k, raw) for prefix, t in self._tables() for k, raw in t.encoded_changes()
         ]
@@ -151,6 +186,8 @@ class Stage(ABC):
 
     def commit(self) -> list[ReadModelUpdate]:
         """The batch's transaction committed: publish its state; return what changed."""
+        require(self.batch is BatchState.PREPARED, "commit() writes what changelog() decided")
+        self.batch = BatchState.IDLE
         updates = [self.read_model(k, v) for k, v in self.table.changes()]
         for _, t in self._tables():
             t.commit()
@@ -158,6 +195,7 @@ class Stage(ABC):
         return updates
 
     def abort(self) -> None:
+        self.batch = BatchState.IDLE
         for _, t in self._tables():
             t.abort()
         self.dedupe.abort()
@@ -166,6 +204,7 @@ class Stage(ABC):
         """One changelog record, as written by `changelog()`; raises (ValueError, an
         invariant) on one that `changelog()` could not have written, which then has no
         effect (the engine dead-letters it)."""
+        require(self.batch is BatchState.IDLE, "restore with no batch open")
         if key.startswith(SEGMENT_PREFIX):
             self.dedupe.restore(key, raw)
             return

@@ -276,6 +276,7 @@ class PartitionTask:
                 stage.watch(watch_ends)
                 if time_cut is not None:
                     stage.watch_time(*time_cut)
+            stage.begin(now_ms)
             stage.tick(self.out, now_ms)
             for p in itertools.islice(merge.drain(caught_up, now_ms), budget):
                 self.processed.append((p.topic, p.offset))

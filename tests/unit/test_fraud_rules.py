@@ -19,6 +19,7 @@ from agents.outcomes import Outcome, outcomes_of
 from pipeline import economics, topics
 from pipeline.economics import Economics
 from pipeline.engine.stage import Output
+from pipeline.engine.testing import run_batch
 
 T0 = 1_780_000_000_000
 SEC, MIN, HOUR, DAY = 1_000, 60_000, 3_600_000, 86_400_000
@@ -60,13 +61,8 @@ class Mini:
         self._batch(self.creators, [(topics.CREATOR_OPS, op) for op in ops])
 
     def _batch(self, stage: Any, events: list[tuple[str, Any]]) -> Output:
-        out = Output()
-        stage.tick(out, max((item.ts for _, item in events), default=0))  # decided live
-        for topic, item in events:
-            stage.handle(topic, item, out)
-        stage.end_batch(out, True, 0)
-        stage.changelog()
-        stage.commit()
+        # decided live: the clock is the latest event's time
+        out = run_batch(stage, events, max((item.ts for _, item in events), default=0)).out
         self.alerts += alerts_of(out.effects)
         self.outcomes += outcomes_of(out)
         return out

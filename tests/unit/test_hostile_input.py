@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from agents.ingest.decode import MAX_REASON_CHARS, MAX_VALUE_BYTES, SPECS, Malformed, decode
 from agents.outcomes import outcomes_of
+from pipeline.engine.testing import start
 from tools.schemas import validator
 
 TOPICS = tuple(SPECS)
@@ -122,7 +123,7 @@ def test_a_flood_of_one_event_id_changes_nothing() -> None:
     written: list[list[str]] = []
     for _ in range(10):  # 10 batches of 1,000 copies
         out = Output()
-        users.tick(out, 1_795_000_000_000)
+        start(users, out, 1_795_000_000_000)
         for _ in range(1_000):
             users.handle(topics.RECHARGES, Recharge("same", "u1", 500, 500, "USD", 1_795_000_000_000), out)
         users.end_batch(out, True, 0)
@@ -149,12 +150,15 @@ def test_totals_beyond_2_53_stay_exact_in_state_changelog_and_read_model() -> No
     big = 2**53
     econ = economics.load()
     users, creators = UserLedger(econ, 0, 1), CreatorLedger(econ, sources=1, max_hold_ms=0)
+    users.start_restore(1)
+    creators.start_restore(1)
     users.restore("u1", dumps({"b": big, "r": big, "s": 0, "l": None, "d": [], "q": 1}))
     creators.restore("c1", dumps({"a": big, "l": big, "p": 0, "d": [], "q": 1}))
     users.end_restore()
     creators.end_restore()
     out = Output()
-    users.tick(out, 1)
+    start(users, out, 1)
+    start(creators, out, 1)
     users.handle(topics.RECHARGES, Recharge("r", "u1", 1, 1, "USD", 1), out)
     creators.handle(topics.CREATOR_OPS, CreditBatch("c1", 6, 1, ((1, 3),)), out)
     assert outcomes_of(out)[0].balance_after == big + 1

@@ -33,6 +33,7 @@ from agents.outcomes import credited_of, outcomes_of
 from pipeline import economics, topics
 from pipeline.engine.codec import dumps, loads
 from pipeline.engine.stage import Output
+from pipeline.engine.testing import start
 from pipeline.invariants import InvariantError
 
 OPS = topics.CREATOR_OPS
@@ -67,7 +68,7 @@ def batch(ledger: CreatorLedger, *items: Any, ends: Ends, now_ms: float = 0) -> 
     changelog, commit); the changelog is encoded as it goes to Kafka."""
     out = Output()
     ledger.watch(ends)
-    ledger.tick(out, now_ms)
+    start(ledger, out, now_ms)
     for item in items:
         ledger.handle(OPS, item, out)
     ledger.end_batch(out, True, now_ms)
@@ -166,7 +167,7 @@ def test_an_idle_source_covers_the_next_cycle_without_a_new_mark(ledger: Creator
     assert held(ledger) == ["p"]
     out = Output()
     ledger.watch(WITH_P)
-    ledger.tick(out, 0)
+    start(ledger, out, 0)
     assert [(o.event_id, o.status, o.balance_after) for o in outcomes_of(out)] == [("p", "accepted", 3_000)]
     ledger.end_batch(out, True, 0)
     ledger.changelog()
@@ -461,7 +462,7 @@ def test_an_aborted_batch_leaves_the_held_payout_and_progress(ledger: CreatorLed
     committed = copy.deepcopy(progress(ledger))
     out = Output()
     ledger.watch(WITH_P)
-    ledger.tick(out, 0)
+    start(ledger, out, 0)
     ledger.handle(OPS, Mark(0, 1, 1), out)
     assert [o.event_id for o in outcomes_of(out)] == ["p"]
     ledger.abort()
@@ -602,7 +603,7 @@ def test_a_mark_beyond_the_topics_ends_is_refused(ledger: CreatorLedger) -> None
 
     out = Output()
     ledger.watch(cut(1, 1, 1, 0))
-    ledger.tick(out, 0)
+    start(ledger, out, 0)
     with pytest.raises(InvariantError, match="a progress mark within the gifts' end"):
         ledger.handle(OPS, Mark(1, 10**15, 0), out)
     ledger.handle(OPS, Mark(1, 1, 0), out)  # at the ends: fine

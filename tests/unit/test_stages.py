@@ -27,6 +27,7 @@ from pipeline import economics, topics
 from pipeline.economics import Economics
 from pipeline.engine.codec import dumps, loads
 from pipeline.engine.stage import Output, Stage
+from pipeline.engine.testing import run_batch, start
 
 DAY = 86_400_000
 T0 = 20_000 * DAY
@@ -87,17 +88,19 @@ class Batch:
         return [(m.partition, loads(m.value)) for m in self.out.messages if m.topic == OPS and m.key is None]
 
 
-def run(stage: Stage, events: list[tuple[str, Any]], commit: bool = True) -> Batch:
-    """One batch; the changelog goes through the codec as it would through Kafka."""
-    out = Output()
-    stage.tick(out, batch_clock(events))
-    for topic, item in events:
-        stage.handle(topic, item, out)
-    stage.end_batch(out, True, 0)
-    records = [(k, None if v is None else loads(v)) for k, v in stage.changelog()]
-    if commit:
-        stage.commit()
-    return Batch(out, records)
+def run(stage: Stage, events: list[tuple[str, Any]], commit: bool = True, clock: int | None = None) -> Batch:
+    """One batch through the engine's harness (pipeline/engine/testing.py), at `clock`
+    (default: its latest event's time); uncommitted batches are left PREPARED, as a
+    transaction in flight, for the test to commit or abort."""
+    if not commit:
+        out = Output()
+        start(stage, out, batch_clock(events) if clock is None else clock)
+        for topic, item in events:
+            stage.handle(topic, item, out)
+        stage.end_batch(out, True, 0)
+        return Batch(out, [(k, None if v is None else loads(v)) for k, v in stage.changelog()])
+    result = run_batch(stage, events, batch_clock(events) if clock is None else clock)
+    return Batch(result.out, result.changelog)
 
 
 def batch_clock(events: list[tuple[str, Any]]) -> int:
@@ -197,7 +200,7 @@ def test_end_batch_writes_a_progress_mark_to_every_creator_ops_partition(econ: E
 
     def batch(events: list[tuple[str, Any]], applied: dict[str, int] | None) -> Batch:
         out = Output()
-        stage.tick(out, T0 + 1_000)  # the clock as the events', for their time bounds
+        start(stage, out, T0 + 1_000)  # the clock as the events', for their time bounds
         for topic, item in events:
             stage.handle(topic, item, out)
         stage.end_batch(out, False, T0 + 1_000, applied)
@@ -225,13 +228,13 @@ def test_marks_of_an_aborted_batch_are_written_again(econ: Economics) -> None:
     stage = UserLedger(econ, 0, 2)
     applied = {RECHARGES: 1, GIFTS: 0, LIMITS: 0, PAYOUTS: 0}
     out = Output()
-    stage.tick(out, T0)
+    start(stage, out, T0)
     stage.handle(*recharge("r", 5, ts=T0), out)
     stage.end_batch(out, False, 0, applied)
     assert len([m for m in out.messages if m.key is None]) == 2
     stage.abort()
     again = Output()
-    stage.tick(again, T0)
+    start(stage, again, T0)
     stage.handle(*recharge("r", 5, ts=T0), again)
     stage.end_batch(again, False, 0, applied)
     assert [(m.partition, loads(m.value)) for m in again.messages if m.key is None] == [
@@ -331,12 +334,15 @@ def test_abort_discards_state_dedupe_and_pending_credits(users: UserLedger) -> N
     run(users, [recharge("r0", 5_000)])
     committed = copy.deepcopy(users.table.get("u1"))  # get() shares the cached value
     out = Output()
+    start(users, out, T0)
     for topic, item in [recharge("r1", 100), gift("g1"), limit("l1", 0)]:
         users.handle(topic, item, out)
     users.abort()
     assert users.table.get("u1") == committed
     assert ledger(committed) == UserState(5_000, 5_000, 0, None, {}, 1)
+    start(users, Output(), T0)
     assert users.changelog() == []
+    users.abort()
     replay = run(users, [recharge("r1", 100), gift("g1", "rose", creator="c2")])
     assert replay.statuses == [("r1", "accepted", None), ("g1", "accepted", None)]
     assert [k for k, _ in replay.ops()] == ["c2"]  # the aborted credit to c1 is gone
@@ -345,6 +351,7 @@ def test_abort_discards_state_dedupe_and_pending_credits(users: UserLedger) -> N
 def test_creator_abort(creators: CreatorLedger) -> None:
     run(creators, [credit([(T0, 3_000)], 6_000)])
     out = Output()
+    start(creators, out, T0)
     creators.handle(*payout("p", 2_000), out)
     creators.handle(*credit([(T0 + 1, 1)], 2), out)
     creators.handle(OPS, Mark(0, 5, 5), out)
@@ -353,11 +360,14 @@ def test_creator_abort(creators: CreatorLedger) -> None:
                                                     windows={"1m": {T0: 3_000}, "1h": {T0: 3_000}})
     progress = creators.progress_table.get("")
     assert progress is not None and progress.applied == {}  # the aborted mark is gone too
+    start(creators, Output(), T0)
     assert creators.changelog() == []
+    creators.abort()
     assert run(creators, [payout("p", 2_000)]).statuses == [("p", "accepted", None)]
 
 
 def restored(stage: Stage, fresh: Stage, batches: list[Batch]) -> Stage:
+    fresh.start_restore(T0 + 30 * DAY)  # after every batch
     for b in batches:
         for key, value in b.changelog:
             fresh.restore(key, None if value is None else dumps(value))
@@ -432,6 +442,7 @@ def test_each_changed_key_is_written_once_per_batch(users: UserLedger) -> None:
 def test_commit_returns_read_model_updates_of_changed_keys(users: UserLedger) -> None:
     run(users, [recharge("r", 1_000, "u2")])
     out = Output()
+    start(users, out, T0)
     for topic, item in [recharge("r", 300), gift("g", "confetti"), gift("h", "rose", sender="u2", creator="u2")]:
         users.handle(topic, item, out)
     users.end_batch(out, True, 0)
@@ -450,8 +461,11 @@ FAR_FUTURE = 253_402_300_799_999  # the largest ts the contract's validator acce
 
 
 def test_far_future_event_of_another_user_does_not_disable_dedupe(users: UserLedger) -> None:
+    """The clock is the engine's (not the events'): an event dated far ahead is refused,
+    and moves no duplicate window (the index's own guard: test_dedupe.py)."""
     run(users, [recharge("r", 100, "u1")])
-    run(users, [recharge("z", 1, "u2", ts=FAR_FUTURE)])  # its commit expires every older segment
+    far = run(users, [recharge("z", 1, "u2", ts=FAR_FUTURE)], clock=T0)
+    assert far.statuses == [("z", "rejected", "invalid_ts")]
     assert run(users, [recharge("r", 100, "u1")]).statuses == [("r", "duplicate", None)]
     assert balance(users, "u1") == 100
 
@@ -460,7 +474,7 @@ def test_abort_takes_back_the_progress_of_the_aborted_batch(users: UserLedger) -
     """After an abort the next mark is written again: the aborted one never was."""
     applied = {RECHARGES: 1, GIFTS: 0, LIMITS: 0, PAYOUTS: 0}
     out = Output()
-    users.tick(out, T0)
+    start(users, out, T0)
     users.end_batch(out, False, T0, applied)
     assert [m for m in out.messages if m.topic == OPS]
     users.abort()

@@ -33,6 +33,7 @@ from pipeline.engine.task import (
     TransactionFailed,
     dead_letter,
 )
+from pipeline.engine.testing import start
 from pipeline.invariants import InvariantError, require
 
 ECON = economics.load()
@@ -158,7 +159,7 @@ def test_time_bounds_are_inclusive_and_sane() -> None:
 def test_out_of_time_events_change_nothing() -> None:
     users = UserLedger(ECON, 0, 1)
     out = Output()
-    users.tick(out, NOW)
+    start(users, out, NOW)
     users.handle(topics.RECHARGES, Recharge("r", "u1", 1_000, 1, "USD", NOW), out)
     for i, ts in enumerate((0, NOW - 8 * DAY, NOW + DAY, 253_402_300_799_999)):
         users.handle(topics.GIFTS, Gift(f"g{i}", "u1", "c1", "s1", "galaxy", 1, ts), out)
