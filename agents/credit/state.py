@@ -90,7 +90,8 @@ class CreatorState:
 
     def to_json(self) -> dict[str, Any]:
         data = {
-            "a": self.available, "l": self.lifetime, "p": self.paid_out,
+            # "lt": a user's "l" is its own daily limit; one letter, one meaning in the changelogs
+            "a": self.available, "lt": self.lifetime, "p": self.paid_out,
             "d": [[day, n] for day, n in self.day_diamonds.items()], "q": self.seq,
         }
         if self.held:
@@ -105,7 +106,8 @@ class CreatorState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CreatorState:
-        state = cls(data["a"], data["l"], data["p"], {d: n for d, n in data["d"]}, data["q"], data.get("h", []),
+        lifetime = data["lt"] if "lt" in data else data["l"]  # "l": written before the rename
+        state = cls(data["a"], lifetime, data["p"], {d: n for d, n in data["d"]}, data["q"], data.get("h", []),
             sorted([*e, 0][:3] for e in data.get("r", [])),
             {name: {start: n for start, n in w} for name, w in data.get("w", {}).items()},
             NewSenders.from_json(data.get("n")),

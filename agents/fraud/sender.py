@@ -70,14 +70,28 @@ class Burn:
 
 
 @dataclass(slots=True)
+class LegTally:
+    """gift_loop's count of one sender's gifts to one recipient."""
+
+    gifts: list[list[int]] = field(default_factory=list)  # [ts, coins], the latest that reach the threshold
+    sent_at: int | None = None  # when a leg was last sent (None: not over the threshold)
+    event_ids: list[str] = field(default_factory=list)  # the latest LEG_EVIDENCE
+
+    def to_json(self) -> list[Any]:
+        return [self.gifts, self.sent_at, self.event_ids]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> LegTally:
+        return cls(data[0], data[1], data[2])
+
+
+@dataclass(slots=True)
 class SenderWatch:
     first_recharge_ts: int | None = None
     burn: Burn | None = None  # None once the first recharge is older than the window
     gifts: Burst = field(default_factory=Burst)  # accepted gifts: gift_velocity
     rejections: Burst = field(default_factory=Burst)  # rejected gifts: rejection_probe
-    # gift_loop: recipient -> [[[ts, coins], ...] (the latest gifts that reach the threshold),
-    # when a leg was last sent (None: not over the threshold), [latest event ids]]
-    sent: dict[str, list[Any]] = field(default_factory=dict)
+    sent: dict[str, LegTally] = field(default_factory=dict)  # gift_loop: recipient -> tally
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
@@ -91,7 +105,7 @@ class SenderWatch:
         if self.rejections:
             data["x"] = self.rejections.to_json()
         if self.sent:
-            data["s"] = self.sent
+            data["s"] = {k: t.to_json() for k, t in self.sent.items()}
         return data
 
     @classmethod
@@ -100,7 +114,7 @@ class SenderWatch:
             return cls()
         b = data.get("b")
         return cls(data.get("r"), None if b is None else Burn(*b), Burst.from_json(data.get("g")),
-                   Burst.from_json(data.get("x")), data.get("s", {}))
+                   Burst.from_json(data.get("x")), {k: LegTally.from_json(t) for k, t in data.get("s", {}).items()})
 
     def check(self) -> None:
         require(len(self.sent) <= MAX_RECIPIENTS, 'len(self.sent) <= MAX_RECIPIENTS')
@@ -192,13 +206,13 @@ def _evidence(ids: list[str], event_id: str) -> None:
 def _sent(watch: SenderWatch, ev: Gift, coins: int, r: GiftLoop) -> Leg | None:
     """Keep the latest gifts to this recipient that reach the threshold within the
     window; a leg when they do (at most every LEG_REFRESH_MS while they stay over)."""
-    entry = watch.sent.get(ev.creator_id)
-    if entry is None:
+    tally = watch.sent.get(ev.creator_id)
+    if tally is None:
         _make_room(watch, ev.ts, r)
-        entry = watch.sent[ev.creator_id] = [[], None, []]
-    gifts: list[list[int]] = entry[0]
+        tally = watch.sent[ev.creator_id] = LegTally()
+    gifts = tally.gifts
     bisect.insort(gifts, [ev.ts, coins])
-    ids = entry[2]
+    ids = tally.event_ids
     ids.append(ev.event_id)
     if len(ids) > LEG_EVIDENCE:
         del ids[0]
@@ -214,11 +228,11 @@ def _sent(watch: SenderWatch, ev: Gift, coins: int, r: GiftLoop) -> Leg | None:
     if not gifts:
         return None
     if total < r.min_coins:
-        entry[1] = None
+        tally.sent_at = None
         return None
-    if entry[1] is not None and ev.ts - entry[1] < LEG_REFRESH_MS:
+    if tally.sent_at is not None and ev.ts - tally.sent_at < LEG_REFRESH_MS:
         return None
-    entry[1] = ev.ts
+    tally.sent_at = ev.ts
     return Leg(ev.sender_id, ev.creator_id, gifts[0][0], newest, total, tuple(ids))
 
 
@@ -229,7 +243,7 @@ def _make_room(watch: SenderWatch, now: int, r: GiftLoop) -> None:
         return
 
     def newest(recipient: str) -> int:
-        gifts = watch.sent[recipient][0]
+        gifts = watch.sent[recipient].gifts
         return gifts[-1][0] if gifts else -1
 
     for recipient in [k for k in watch.sent if newest(k) <= now - r.window_ms]:

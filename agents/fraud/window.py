@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline.invariants import require
 
-Entry = list[Any]  # [ts, amount, event_id]
+
+class Entry(NamedTuple):
+    """One event of the window; ordered by time first (bisect keeps `entries` sorted)."""
+
+    ts: int
+    amount: int
+    event_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,30 +51,30 @@ class Burst:
         require(amount >= 0, 'amount >= 0')
         if ts < self.quiet_until:
             return None  # inside a window that already alerted
-        bisect.insort(self.entries, [ts, amount, event_id])
-        newest = self.entries[-1][0]
+        bisect.insort(self.entries, Entry(ts, amount, event_id))
+        newest = self.entries[-1].ts
         self._drop_before(newest - window_ms + 1)
-        if not self.entries or self.entries[0][0] > ts:
+        if not self.entries or self.entries[0].ts > ts:
             return None  # too late: older than the window of the newest event
         # A window reaching max_count alerts and is emptied, so only a threshold lowered
         # since the state was written leaves more: the newest are the window that counts.
         del self.entries[:-max_count]
-        count, total = len(self.entries), sum(e[1] for e in self.entries)
+        count, total = len(self.entries), sum(e.amount for e in self.entries)
         if count < max_count and (max_amount is None or total < max_amount):
             return None
-        crossing = Crossing(self.entries[0][0], newest, count, total, [e[2] for e in self.entries])
+        crossing = Crossing(self.entries[0].ts, newest, count, total, [e.event_id for e in self.entries])
         self.quiet_until = crossing.start + window_ms
         self._drop_before(self.quiet_until)
         return crossing
 
     def _drop_before(self, ts: int) -> None:
-        cut = bisect.bisect_left(self.entries, [ts])
+        cut = bisect.bisect_left(self.entries, (ts,))
         if cut:
             del self.entries[:cut]
 
     def to_json(self) -> list[Any]:
-        return [self.entries, self.quiet_until]
+        return [[list(e) for e in self.entries], self.quiet_until]
 
     @classmethod
     def from_json(cls, data: list[Any] | None) -> Burst:
-        return cls() if data is None else cls(data[0], data[1])
+        return cls() if data is None else cls([Entry(*e) for e in data[0]], data[1])

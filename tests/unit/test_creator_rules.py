@@ -163,7 +163,7 @@ def test_one_batch_spanning_more_days_than_kept() -> None:
 
 def test_creator_state_json_round_trip() -> None:
     state = CreatorState(5, 9, 4, {7: 9}, 3)
-    assert state.to_json() == {"a": 5, "l": 9, "p": 4, "d": [[7, 9]], "q": 3}
+    assert state.to_json() == {"a": 5, "lt": 9, "p": 4, "d": [[7, 9]], "q": 3}
     assert CreatorState.from_json(state.to_json()) == state
 
 
@@ -172,7 +172,7 @@ def test_creator_state_json_round_trip_with_held_and_recent() -> None:
              "at": 1.5}]
     state = CreatorState(5, 9, 4, {7: 9}, 3, held, [[T0 + 1, 2, 7], [T0 + 2, 3, 8]])
     data = loads(dumps(state.to_json()))
-    assert data == {"a": 5, "l": 9, "p": 4, "d": [[7, 9]], "q": 3, "h": held, "r": [[T0 + 1, 2, 7], [T0 + 2, 3, 8]]}
+    assert data == {"a": 5, "lt": 9, "p": 4, "d": [[7, 9]], "q": 3, "h": held, "r": [[T0 + 1, 2, 7], [T0 + 2, 3, 8]]}
     restored = CreatorState.from_json(data)
     assert restored == state
 
@@ -342,3 +342,10 @@ def test_recent_is_bounded_by_max_recent() -> None:
     assert sorted(state.recent) == [[T0 + i, 1, 1] for i in range(5, n)]
     assert (state.available, state.lifetime) == (n, n)  # the bound drops the record, not diamonds
     state.check()
+
+
+def test_a_creator_value_written_before_the_lifetime_key_was_renamed_still_reads() -> None:
+    """"l" was lifetime diamonds for a creator and a user's own limit; now "lt". A
+    changelog written before still restores."""
+    assert CreatorState.from_json({"a": 5, "l": 9, "p": 4, "d": [[7, 9]], "q": 3}).lifetime == 9
+    assert CreatorState.from_json({"a": 5, "lt": 9, "p": 4, "d": [[7, 9]], "q": 3}).lifetime == 9

@@ -431,7 +431,7 @@ def test_rejected_gifts_are_remembered_for_the_fraud_rules(users: UserLedger) ->
     assert [k for k, _ in batch.changelog] == ["u1", "u9", "#dd:1"]
     u9 = users.table.get("u9")
     assert u9 is not None and ledger(u9) == UserState(seq=1) and u9.first_ts == T0
-    assert [e[2] for e in u9.watch.rejections.entries] == ["g2"]
+    assert [e.event_id for e in u9.watch.rejections.entries] == ["g2"]
 
 
 def test_each_changed_key_is_written_once_per_batch(users: UserLedger) -> None:
