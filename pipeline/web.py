@@ -106,6 +106,9 @@ class _OneLineBadRequests(logging.Filter):
 
 
 def register_views(app: Any, settings: Settings, service: Any) -> None:
+    """The HTTP read model (docs/reference.md): every view reads Redis, never the
+    worker's state, so any worker answers for any key; /health, /live and /metrics
+    describe this worker."""
     client = redis_client.connect(settings, socket_timeout=READ_TIMEOUT_S, decode_responses=True)
     guard_http(app.web, settings)  # timeouts, connection cap, headers (pipeline/http_guard.py)
     app.web.web_app.middlewares.append(json_errors)
@@ -113,20 +116,48 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
         app.web.web_app.middlewares.append(bearer_auth(settings.http_tokens))
     logging.getLogger("aiohttp.server").addFilter(_OneLineBadRequests())
     dashboard.register(app.web.web_app, client, settings.redis_prefix)
+    reads = _Reads(client, settings)
+    _register_entities(app, reads)
+    _register_boards(app, reads)
+    _register_worker(app, service)
 
-    async def read_hash(kind: str, id_: str) -> dict[str, str]:
-        found: dict[str, str] = await client.hgetall(hash_key(settings, kind, id_))  # type: ignore[assignment]  # decode_responses
-        return found
 
-    def error(view: View, status: int, message: str) -> Response:
-        return view.json({"error": message, "status": status}, status=status)
+def error(view: View, status: int, message: str) -> Response:
+    return view.json({"error": message, "status": status}, status=status)
 
-    async def entity(view: View, kind: str, id_: str, fields: tuple[str, ...]) -> Response:
+
+def limit_of(request: Request, default: int = 10) -> int:
+    raw = request.query.get("limit", str(default))
+    if not LIMIT_RE.fullmatch(raw) or not 1 <= int(raw) <= leaderboards.MAX_LIMIT:
+        raise ValueError(f"limit must be an integer from 1 to {leaderboards.MAX_LIMIT}")
+    return int(raw)
+
+
+def day_of(request: Request) -> int:
+    raw = request.query.get("day", "")
+    try:
+        if not DAY_RE.fullmatch(raw):
+            raise ValueError(raw)
+        return leaderboards.parse_day(raw)
+    except ValueError:
+        raise ValueError("day must be a date YYYY-MM-DD") from None
+
+
+class _Reads:
+    """The read model's Redis reads, as views answer them (400 on bad input, 503 when
+    Redis is unavailable)."""
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+
+    async def entity(self, view: View, kind: str, id_: str, fields: tuple[str, ...]) -> Response:
         """A user or creator hash as JSON: unknown ids read as zeros; -1 stands for null."""
         if not ID_RE.fullmatch(id_):
             return error(view, 400, f"{kind}_id must match {ID_RE.pattern}")
         try:
-            h = await read_hash(kind, id_)
+            # decode_responses: str keys and values
+            h: dict[str, str] = await self.client.hgetall(hash_key(self.settings, kind, id_))
         except (RedisError, OSError):
             return error(view, 503, "read model unavailable (Redis)")
         body: dict[str, Any] = {f"{kind}_id": id_}
@@ -135,43 +166,31 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
             body[name] = None if name in NULLABLE and value < 0 else value
         return view.json(body)
 
-    @app.page("/users/{user_id}")
-    class UserView(View):
-        async def get(self, request: Request, user_id: str) -> Response:
-            return await entity(self, "user", user_id, USER_FIELDS)
-
-    @app.page("/creators/{creator_id}")
-    class CreatorView(View):
-        async def get(self, request: Request, creator_id: str) -> Response:
-            return await entity(self, "creator", creator_id, CREATOR_FIELDS)
-
-    def limit_of(request: Request, default: int = 10) -> int:
-        raw = request.query.get("limit", str(default))
-        if not LIMIT_RE.fullmatch(raw) or not 1 <= int(raw) <= leaderboards.MAX_LIMIT:
-            raise ValueError(f"limit must be an integer from 1 to {leaderboards.MAX_LIMIT}")
-        return int(raw)
-
-    def day_of(request: Request) -> int:
-        raw = request.query.get("day", "")
-        try:
-            if not DAY_RE.fullmatch(raw):
-                raise ValueError(raw)
-            return leaderboards.parse_day(raw)
-        except ValueError:
-            raise ValueError("day must be a date YYYY-MM-DD") from None
-
-    async def board(view: View, request: Request, key: Callable[[], str], id_name: str, score_name: str) -> Response:
+    async def board(self, view: View, request: Request, key: Callable[[], str], id_name: str,
+                    score_name: str) -> Response:
         try:
             limit, zkey = limit_of(request), key()
         except ValueError as exc:
             return error(view, 400, str(exc))
         try:
-            entries = await leaderboards.top(client, settings.redis_key(zkey), limit)
+            entries = await leaderboards.top(self.client, self.settings.redis_key(zkey), limit)
         except (RedisError, OSError):
             return error(view, 503, "read model unavailable (Redis)")
         return view.json({"entries": [
             {"rank": i + 1, id_name: member, score_name: score} for i, (member, score) in enumerate(entries)
         ]})
+
+
+def _register_entities(app: Any, reads: _Reads) -> None:
+    @app.page("/users/{user_id}")
+    class UserView(View):
+        async def get(self, request: Request, user_id: str) -> Response:
+            return await reads.entity(self, "user", user_id, USER_FIELDS)
+
+    @app.page("/creators/{creator_id}")
+    class CreatorView(View):
+        async def get(self, request: Request, creator_id: str) -> Response:
+            return await reads.entity(self, "creator", creator_id, CREATOR_FIELDS)
 
     @app.page("/creators/{creator_id}/windows")
     class CreatorWindowsView(View):
@@ -182,7 +201,7 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
             if size not in WINDOWS:
                 return error(self, 400, f"size must be one of {', '.join(WINDOWS)}")
             try:
-                found = await leaderboards.windows(client, creator_id, size, settings.redis_prefix)
+                found = await leaderboards.windows(reads.client, creator_id, size, reads.settings.redis_prefix)
             except (RedisError, OSError):
                 return error(self, 503, "read model unavailable (Redis)")
             span = WINDOWS[size][0]
@@ -190,17 +209,19 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
                 {"start": start, "end": start + span, "diamonds": diamonds} for start, diamonds in found
             ]})
 
+
+def _register_boards(app: Any, reads: _Reads) -> None:
     @app.page("/leaderboards/streams/{stream_id}/gifters")
     class StreamGiftersView(View):
         async def get(self, request: Request, stream_id: str) -> Response:
             if not ID_RE.fullmatch(stream_id):
                 return error(self, 400, f"stream_id must match {ID_RE.pattern}")
-            return await board(self, request, lambda: leaderboards.stream_key(stream_id), "user_id", "coins")
+            return await reads.board(self, request, lambda: leaderboards.stream_key(stream_id), "user_id", "coins")
 
     @app.page("/leaderboards/gifters")
     class DayGiftersView(View):
         async def get(self, request: Request) -> Response:
-            return await board(
+            return await reads.board(
                 self, request, lambda: leaderboards.gifters_day_key(day_of(request)), "user_id", "coins"
             )
 
@@ -215,7 +236,7 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
                     return leaderboards.creators_day_key(day_of(request))
                 raise ValueError("period must be all or day")
 
-            return await board(self, request, key, "creator_id", "diamonds")
+            return await reads.board(self, request, key, "creator_id", "diamonds")
 
     @app.page("/alerts")
     class AlertsView(View):
@@ -226,11 +247,13 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
             except ValueError as exc:
                 return error(self, 400, str(exc))
             try:
-                found = await alerts.latest(client, settings.redis_prefix, limit)
+                found = await alerts.latest(reads.client, reads.settings.redis_prefix, limit)
             except (RedisError, OSError):
                 return error(self, 503, "read model unavailable (Redis)")
             return self.json({"alerts": found})
 
+
+def _register_worker(app: Any, service: Any) -> None:
     @app.page("/health")
     class HealthView(View):
         async def get(self, request: Request) -> Response:
