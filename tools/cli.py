@@ -68,8 +68,10 @@ def register(sub: argparse._SubParsersAction[Any], helps: dict[str, str]) -> Non
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("bench", help=helps["bench"])
-    p.add_argument("scenario", choices=("uniform", "mega-live", "latency", "state", "leaderboard-read", "dedupe"),
-                   help="what to measure (see tools/benchmark/__init__.py)")
+    p.add_argument("scenario",
+                   choices=("uniform", "mega-live", "latency", "state", "leaderboard-read", "dedupe", "index"),
+                   help="what to measure (see tools/benchmark/__init__.py); index: regenerate the results index "
+                   "of docs/benchmarks.md")
     p.add_argument("--events", type=int, default=0, help="events (default: 200000; state: 10000000)")
     p.add_argument("--rate", type=float, default=5_000, help="latency: offered gifts per second (default 5000)")
     p.add_argument("--duration", type=float, default=30, help="latency: seconds of offered load (default 30)")

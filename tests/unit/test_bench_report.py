@@ -72,3 +72,24 @@ def test_stalls_are_seconds_below_a_share_of_the_median_between_first_and_last()
     got = stalls(timeline, first=1.0, last=8.0)  # the seconds from 2 to 8
     assert got == {"median_per_s": 1_000, "stalled_seconds": 2, "at": [5.0, 7.0]}
     assert stalls([], None, None)["stalled_seconds"] == 0
+
+
+def test_the_committed_results_index_is_what_the_files_give() -> None:
+    """docs/benchmarks.md lists every file of bench/results/ with its figures: regenerate
+    it with `python -m pipeline bench index` after adding a result."""
+    from tools.benchmark import DOCUMENT, RESULTS, index
+
+    document = DOCUMENT.read_text()
+    assert index.render(document, RESULTS) == document, "run: python -m pipeline bench index"
+
+
+def test_the_index_lists_a_new_file_and_a_second_run_of_a_day_gets_its_own_name(tmp_path: Path) -> None:
+    from tools.benchmark import free_stem, index
+
+    (tmp_path / "2026-01-02-uniform.json").write_text(json.dumps(
+        {"scenario": "uniform", "figures": {"ours": {"events_per_s": 1234, "peak_rss_mb": 5.0}}}))
+    assert free_stem(tmp_path, "uniform", "2026-01-02") == tmp_path / "2026-01-02-uniform-2"
+    assert free_stem(tmp_path, "state", "2026-01-02") == tmp_path / "2026-01-02-state"
+    doc = f"intro\n{index.BEGIN}\nold\n{index.END}\n"
+    rendered = index.render(doc, tmp_path)
+    assert "ours: 1,234 events per s, 5.0 peak rss mb" in rendered and "old" not in rendered

@@ -35,7 +35,7 @@ import redis
 
 from pipeline import economics, redis_client, settings, topics
 from pipeline.settings import PROJECT_ROOT, Settings
-from tools.benchmark import backlog, readbench, report, runs
+from tools.benchmark import backlog, index, readbench, report, runs
 from tools.infra import dev
 from tools.infra.kafka import KAFKA_VERSION
 from tools.simulate import SimConfig, generate
@@ -182,7 +182,24 @@ def _compared(figures: dict[str, Any], share: float) -> dict[str, Any]:
     return figures
 
 
+DOCUMENT = PROJECT_ROOT / "docs" / "benchmarks.md"
+
+
+def free_stem(results: Path, name: str, today: str) -> Path:
+    """`<today>-<name>`, or with -2, -3... if a run of the same day has that name: a
+    second run never overwrites the first."""
+    stem, n = results / f"{today}-{name}", 1
+    while stem.with_suffix(".json").exists():
+        n += 1
+        stem = results / f"{today}-{name}-{n}"
+    return stem
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.scenario == "index":
+        changed = index.write(DOCUMENT, RESULTS)
+        print(f"{DOCUMENT.relative_to(PROJECT_ROOT)}: results index {'rewritten' if changed else 'up to date'}")
+        return 0
     base = settings.load()
     print("\n".join(dev.up(base)))
     log_dir = base.data_dir / "bench"
@@ -209,8 +226,9 @@ def main(args: argparse.Namespace) -> int:
     result = {"scenario": args.scenario, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "machine": machine(), "figures": figures}
     name = args.scenario if args.scenario != "latency" or args.rate == 5_000 else f"latency-{args.rate:.0f}"
-    stem = RESULTS / f"{dt.date.today().isoformat()}-{name}"
+    stem = free_stem(RESULTS, name, dt.date.today().isoformat())
     paths = report.write(stem, result)
+    index.write(DOCUMENT, RESULTS)
     print(report.markdown(result))
-    print("written " + ", ".join(str(p.relative_to(PROJECT_ROOT)) for p in paths))
+    print("written " + ", ".join(str(p.relative_to(PROJECT_ROOT)) for p in paths) + f"; index in {DOCUMENT.name}")
     return 0
