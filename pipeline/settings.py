@@ -48,9 +48,9 @@ class Settings:
     # Largest number of input records one processing cycle takes (one transaction per
     # partition per cycle): bounds memory and the size of a transaction.
     max_batch: int = 5000
-    # Decoded state values a worker keeps in memory, over all its tables and partitions
-    # (store.py): a user value takes ~3 KB, so the default holds RSS ~150 MB above the rest.
-    state_cache_values: int = 50_000
+    # Memory (estimated) of the decoded state values a worker keeps, over all its tables
+    # and partitions (store.py).
+    state_cache_mb: int = 128
     # Longest a partition waits for a lagging co-partitioned input before it is
     # processed anyway (event-time merge; see agents/engine/merge.py).
     max_idle_ms: int = 500
@@ -228,7 +228,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         economics_file=Path(economics) if economics else None,
         log_level=log_level,
         max_batch=_int(env, "PIPELINE_MAX_BATCH", d.max_batch, 1, 100_000),
-        state_cache_values=_int(env, "PIPELINE_STATE_CACHE_VALUES", d.state_cache_values, 0, 10_000_000),
+        state_cache_mb=_int(env, "PIPELINE_STATE_CACHE_MB", d.state_cache_mb, 0, 65_536),
         max_idle_ms=_int(env, "PIPELINE_MAX_IDLE_MS", d.max_idle_ms, 0, 60_000),
         max_clock_skew_ms=_int(env, "PIPELINE_MAX_CLOCK_SKEW_MS", d.max_clock_skew_ms, 0, 3_600_000),
         leaderboard_retention_days=_int(

@@ -395,7 +395,7 @@ class Engine:
         quarantine = self._quarantines.setdefault(partition, Quarantine(self.settings.max_batch))
         stages = self.make_stages(partition)
         # The worker's cache budget, as if it held every partition (it may come to).
-        share = self.settings.state_cache_values // (self.settings.partitions * len(stages))
+        share = self.settings.state_cache_mb * 1024 * 1024 // (self.settings.partitions * len(stages))
         for stage in stages:
             stage.limit_cache(share)
         return PartitionTask(partition, stages, self.settings, quarantine, self.on_committed)

@@ -216,14 +216,14 @@ class Stage(ABC):
             raise ValueError(f"changelog key {key[:40]!r} names no table")
         self.table.restore(key, raw)
 
-    def limit_cache(self, values: int) -> None:
-        """At most `values` decoded values cached over this stage's tables: the main
-        table gets what the small side tables (a few keys each) do not need."""
+    def limit_cache(self, max_bytes: int) -> None:
+        """At most `max_bytes` (estimated) of decoded values cached over this stage's
+        tables: the main table gets what the small side tables do not need."""
         sides = list(self.side.values())
-        side_share = values // (4 * len(sides)) if sides else 0
+        side_share = max_bytes // (4 * len(sides)) if sides else 0
         for t in sides:
             t.limit_cache(side_share)
-        self.table.limit_cache(values - side_share * len(sides))
+        self.table.limit_cache(max_bytes - side_share * len(sides))
 
     def end_restore(self) -> None:
         """Every changelog record is in: finish writing the restored state."""

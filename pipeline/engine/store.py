@@ -27,9 +27,13 @@ V = TypeVar("V", bound=Value)
 
 
 RESTORE_CHUNK = 10_000  # changelog records per RocksDB write while restoring
-# Decoded committed values kept per table (Store._cache) unless the stage is given its
-# share of the worker's PIPELINE_STATE_CACHE_VALUES (Stage.limit_cache).
-CACHED_VALUES = 10_000
+# The value cache (Store._cache) is bounded by an estimate of its memory: a decoded value
+# takes about this many times its encoded size (measured: a user of 336 JSON bytes holds
+# 2.9 KB of Python objects), so a creator holding 64 new senders costs what it weighs,
+# not what a user does.
+DECODED_BYTES_PER_ENCODED_BYTE = 9
+# Per table unless the stage is given its share of PIPELINE_STATE_CACHE_MB (Stage.limit_cache).
+CACHE_BYTES = 16 * 1024 * 1024
 
 
 class Store(Generic[V]):
@@ -38,8 +42,8 @@ class Store(Generic[V]):
     the current batch touches."""
 
     def __init__(self, factory: Callable[[], V], from_json: Callable[[dict[str, Any]], V],
-                 kv: KV | None = None, prefix: bytes = b"", cached: int = CACHED_VALUES) -> None:
-        require(cached >= 0, "a cache of at least 0 values")
+                 kv: KV | None = None, prefix: bytes = b"", cached: int = CACHE_BYTES) -> None:
+        require(cached >= 0, "a cache of at least 0 bytes")
         self._factory = factory
         self._from_json = from_json
         self.kv: KV = MemoryKV() if kv is None else kv
@@ -49,35 +53,47 @@ class Store(Generic[V]):
         self.dirty: dict[str, tuple[V, int]] = {}
         self._encoded: list[tuple[str, bytes]] | None = None
         self._restoring: list[Op] = []
-        # Committed values already decoded, oldest first, at most `cached` of them: a key
-        # seen again in a later batch skips the KV read and the decode. A value leaves
-        # the cache while a batch holds it for update, and comes back only with the
-        # commit, so an aborted batch's changes never reach it.
+        # Committed values already decoded, oldest first, their estimated memory at most
+        # `cached` bytes: a key seen again in a later batch skips the KV read and the
+        # decode. A value leaves the cache while a batch holds it for update, and comes
+        # back only with the commit, so an aborted batch's changes never reach it.
         self.cached = cached
-        self._cache: dict[str, V] = {}
+        self._cache: dict[str, tuple[V, int]] = {}  # key -> (value, estimated bytes)
+        self.cache_bytes = 0
 
     def committed_get(self, key: str) -> V | None:
-        value = self._cache.get(key)
-        if value is not None:
-            return value
+        entry = self._cache.get(key)
+        if entry is not None:
+            return entry[0]
         raw = self.kv.get(self.prefix + key.encode())
         if raw is None:
             return None
         value = self._from_json(loads(raw))
-        self._keep(key, value)
+        self._keep(key, value, len(raw))
         return value
 
-    def _keep(self, key: str, value: V) -> None:
-        cache = self._cache
-        cache[key] = value
-        while len(cache) > self.cached:
-            del cache[next(iter(cache))]
+    def _keep(self, key: str, value: V, encoded_bytes: int) -> None:
+        self._forget(key)
+        cost = encoded_bytes * DECODED_BYTES_PER_ENCODED_BYTE
+        self._cache[key] = (value, cost)
+        self.cache_bytes += cost
+        self._evict()
 
-    def limit_cache(self, values: int) -> None:
-        require(values >= 0, "a cache of at least 0 values")
-        self.cached = values
-        while len(self._cache) > values:
-            del self._cache[next(iter(self._cache))]
+    def _forget(self, key: str) -> None:
+        entry = self._cache.pop(key, None)
+        if entry is not None:
+            self.cache_bytes -= entry[1]
+
+    def _evict(self) -> None:
+        cache = self._cache
+        while self.cache_bytes > self.cached:
+            self.cache_bytes -= cache.pop(next(iter(cache)))[1]
+        require(self.cache_bytes >= 0, "the cache's bytes are counted")
+
+    def limit_cache(self, max_bytes: int) -> None:
+        require(max_bytes >= 0, "a cache of at least 0 bytes")
+        self.cached = max_bytes
+        self._evict()
 
     def get(self, key: str) -> V | None:
         """For reading only, and only within the batch: the value is the cached or the
@@ -90,7 +106,7 @@ class Store(Generic[V]):
         if entry is None:
             base = self.committed_get(key)
             if base is not None:
-                del self._cache[key]  # changed in place from now on: back only if committed
+                self._forget(key)  # changed in place from now on: back only if committed
             entry = self.dirty[key] = (self._factory(), -1) if base is None else (base, base.seq)
         return entry[0]
 
@@ -113,8 +129,8 @@ class Store(Generic[V]):
         if self.cached:
             # Only what was written: a value changed without a new seq is not written
             # (changes()), and must not live on in memory either.
-            for key, _ in changes:
-                self._keep(key, self.dirty[key][0])
+            for key, raw in changes:
+                self._keep(key, self.dirty[key][0], len(raw))
         self.abort()
 
     def abort(self) -> None:
@@ -126,7 +142,7 @@ class Store(Generic[V]):
         value that fails must not fail every later event of its key), stored as it is;
         written in chunks, and counted by `end_restore`. Raises on a bad record, which
         is then left out: the key keeps its previous value."""
-        self._cache.pop(key, None)
+        self._forget(key)
         if raw is not None:
             value = loads(raw)
             if type(value) is not dict:

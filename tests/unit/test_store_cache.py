@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeline.engine.codec import loads
 from pipeline.engine.kv import MemoryKV
-from pipeline.engine.store import Store
+from pipeline.engine.store import DECODED_BYTES_PER_ENCODED_BYTE, Store
 from tests.unit.test_store_merge import Box, box_from_json
 
 
@@ -26,9 +26,14 @@ def committed(store: Store[Box], key: str) -> Any:
     return None if raw is None else box_from_json(loads(raw))
 
 
+# What one small Box value costs in the cache (its encoded size, times the estimate).
+BOX = len(b'{"n":1,"q":1}') * DECODED_BYTES_PER_ENCODED_BYTE
+
+
 def make(cached: int = 10) -> tuple[Store[Box], CountingKV]:
+    """A store whose cache holds `cached` one-digit Box values."""
     kv = CountingKV()
-    return Store(Box, box_from_json, kv, b"t:", cached=cached), kv
+    return Store(Box, box_from_json, kv, b"t:", cached=cached * BOX), kv
 
 
 def test_a_committed_value_is_read_from_the_kv_once() -> None:
@@ -90,8 +95,8 @@ def test_a_smaller_limit_evicts_at_once_and_zero_turns_the_cache_off() -> None:
     for key in "abcde":
         store.for_update(key).bump()
     store.commit()
-    store.limit_cache(2)
-    assert list(store._cache) == ["d", "e"]
+    store.limit_cache(2 * BOX)
+    assert list(store._cache) == ["d", "e"] and store.cache_bytes == 2 * BOX
     store.limit_cache(0)
     assert not store._cache
     reads = kv.reads
@@ -100,7 +105,7 @@ def test_a_smaller_limit_evicts_at_once_and_zero_turns_the_cache_off() -> None:
 
 
 def test_a_worker_budget_is_split_over_partitions_and_stages() -> None:
-    """The engine gives each stage its share of PIPELINE_STATE_CACHE_VALUES as if the
+    """The engine gives each stage its share of PIPELINE_STATE_CACHE_MB as if the
     worker held every partition; a stage's side tables get a small part of it."""
     from agents.credit.agent import CreatorLedger
     from agents.ledger.agent import UserLedger
@@ -109,10 +114,21 @@ def test_a_worker_budget_is_split_over_partitions_and_stages() -> None:
     from pipeline.settings import Settings
 
     econ = economics.load(None)
-    settings = Settings(partitions=4, state_cache_values=80_000)
+    settings = Settings(partitions=4, state_cache_mb=8)
     engine = Engine(settings, lambda p: [UserLedger(econ, p, 4), CreatorLedger(econ, 4)], lambda updates: None)
     task = engine._new_task(1)
     budgets = [sum(t.cached for _, t in stage._tables()) for stage in task.stages]
-    assert budgets == [80_000 // 8] * 2
+    assert budgets == [8 * 1024 * 1024 // 8] * 2
     for stage in task.stages:
         assert all(t.cached < stage.table.cached for t in stage.side.values())
+
+
+def test_a_value_costs_what_it_weighs() -> None:
+    """A big value (a creator with many senders) takes the room of many small ones."""
+    store, kv = make(cached=4)
+    store.for_update("small").bump()
+    big = store.for_update("big")
+    big.bump(10**30)  # ~4 times the encoded size of a small one
+    store.commit()
+    assert store.cache_bytes <= 4 * BOX
+    assert "big" not in store._cache or "small" not in store._cache
