@@ -434,10 +434,12 @@ class Engine:
                 task = self.tasks.pop(p)
                 await task.stop()
                 metrics.forget_partition(p, task.input_topics)
-            new = sorted(p for p in by_partition if p not in self.tasks)
             self._undecodable.clear()
-            for task in self.tasks.values():  # kept: back to the last commit
-                await self._seek_committed(task)
+            for task in list(self.tasks.values()):  # kept: back to its last commit
+                if not await self._resume(task):
+                    del self.tasks[task.partition]  # another worker moved it on: rebuilt below
+                    await task.stop()
+            new = sorted(p for p in by_partition if p not in self.tasks)
             # New partitions are built by the loop (`_rebuild_broken`), not here: aiokafka
             # sends no heartbeat while this listener runs, so a restore longer than the
             # session timeout would get this worker evicted, and the group would rebalance
@@ -449,9 +451,8 @@ class Engine:
             if not new:
                 self.ready.set()
 
-    async def _seek_committed(self, task: PartitionTask) -> None:
-        """Position every input at its committed offset (or its beginning), always by an
-        explicit seek: aiokafka's lazy reset can land after a fetch and re-deliver."""
+    async def _committed(self, task: PartitionTask) -> dict[str, int]:
+        """Each input's committed offset in the group (its beginning if none)."""
         consumer = self.consumer
         assert consumer is not None
         tps = [task.tp(t) for t in task.input_topics]
@@ -460,7 +461,30 @@ class Engine:
         for topic, tp in zip(task.input_topics, tps):
             committed = await consumer.committed(tp)
             offsets[topic] = beginnings[tp] if committed is None else committed
-        task.committed_offsets = dict(offsets)
+        return offsets
+
+    async def _resume(self, task: PartitionTask) -> bool:
+        """A partition kept across a rebalance goes back to its own last commit, which
+        the group's offsets can trail for a moment: a transaction's offsets become
+        readable only once its markers are written, after the commit returned, and
+        reading the older ones would apply the last batch again (seen: 50 outcomes
+        answered twice, as duplicates). False if the group is ahead of the task: another
+        worker owned the partition meanwhile (this one missed a generation), and the
+        task's state is stale."""
+        group = await self._committed(task)
+        if any(group[t] > task.committed_offsets.get(t, 0) for t in task.input_topics):
+            log.warning("partition %d: committed elsewhere meanwhile (%s after %s); rebuilding it",
+                        task.partition, group, task.committed_offsets)
+            return False
+        self._seek(task, task.rewind())
+        return True
+
+    async def _seek_committed(self, task: PartitionTask) -> None:
+        """Position every input at its committed offset (or its beginning), always by an
+        explicit seek: aiokafka's lazy reset can land after a fetch and re-deliver. For a
+        task just built: its producer's fencing waited for the previous owner's last
+        transaction to complete, so the group's offsets include it."""
+        task.committed_offsets = await self._committed(task)
         self._seek(task, task.rewind())  # rewind: nothing buffered, nothing uncommitted
 
     async def _restore(self, tasks: list[PartitionTask]) -> None:
