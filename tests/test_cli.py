@@ -46,3 +46,29 @@ def test_an_unreachable_broker_is_one_line_too(servers: str) -> None:
     assert proc.returncode == 2
     assert ("PIPELINE_BOOTSTRAP_SERVERS" in proc.stderr and proc.stderr.count("\n") == 1
             and "Traceback" not in proc.stderr)
+
+
+def test_without_the_tools_package_the_runtime_commands_work_and_the_tools_say_how(tmp_path: Path) -> None:
+    """The worker image holds pipeline/ and agents/ only (Dockerfile): the command line
+    still builds, and a tool command says how to get the tools instead of a traceback."""
+    import shutil
+
+    for package in ("pipeline", "agents"):
+        shutil.copytree(PROJECT_ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    # Only the copy is found: not the checkout's tools/, through sys.path or the editable
+    # install's finder.
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    code = ("import sys, runpy; "
+            "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]; "
+            f"sys.path[:] = [p for p in sys.path if p not in ('', {str(PROJECT_ROOT)!r})]; "
+            "sys.argv = ['pipeline'] + sys.argv[1:]; runpy.run_module('pipeline', run_name='__main__')")
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    helped = run("--help")
+    assert helped.returncode == 0 and "worker" in helped.stdout and "bench" in helped.stdout
+    tool = run("bench", "uniform")
+    assert tool.returncode == 2
+    assert "the tools package is not installed here" in tool.stderr and "pip install -e '.[tools]'" in tool.stderr
