@@ -71,7 +71,7 @@ class Engine:
         self.consumer: AIOKafkaConsumer | None = None
         self._stopping = False
         self._failures: dict[int, int] = {}  # partition -> transactions failed in a row
-        self._broken: dict[int, float] = {}  # partition -> when to (re)build it (monotonic)
+        self._due: dict[int, float] = {}  # partition -> when to (re)build it (monotonic)
         self._unbuilt: set[int] = set()  # assigned, not yet built once: not ready until built
         self._quarantines: dict[int, Quarantine] = {}  # partition -> records to dead-letter (task.py)
         self._undecodable: dict[TopicPartition, float] = {}  # paused until (monotonic): see fetch.py
@@ -132,9 +132,9 @@ class Engine:
         while not self._stopping:
             if self.fatal is not None:
                 raise self.fatal
-            if self._broken:
+            if self._due:
                 async with self.lock:  # before the fetch: a rebuild seeks
-                    await self._rebuild_broken()
+                    await self._build_due()
             epoch = self._seek_epoch
             with metrics.CYCLE_SECONDS.labels("fetch").time():
                 batch, undecodable = await fetch(self.consumer, POLL_TIMEOUT_MS,
@@ -338,7 +338,7 @@ class Engine:
             task.quarantine.refused(error)  # retried with half the records, down to the culprit
             log.warning("partition %d: %s; retrying with at most %d records", task.partition, error,
                         task.quarantine.batch_limit)
-            self._broken[task.partition] = time.monotonic() + RETRY_BACKOFF_S[0]
+            self._due[task.partition] = time.monotonic() + RETRY_BACKOFF_S[0]
         else:
             self._rebuild_later(task.partition, error)
 
@@ -351,7 +351,7 @@ class Engine:
         for stage in task.stages:
             stage.abort()
         await task.stop()
-        self._broken[task.partition] = time.monotonic()
+        self._due[task.partition] = time.monotonic()
 
     def _rebuild_later(self, partition: int, reason: BaseException) -> None:
         """Schedule a partition's rebuild, backing off with its failures in a row (reset
@@ -359,19 +359,19 @@ class Engine:
         failures = self._failures[partition] = self._failures.get(partition, 0) + 1
         delay = RETRY_BACKOFF_S[min(failures - 1, len(RETRY_BACKOFF_S) - 1)]
         log.warning("partition %d: %s; rebuilding it in %.1fs (failure %d)", partition, reason, delay, failures)
-        self._broken[partition] = time.monotonic() + delay
+        self._due[partition] = time.monotonic() + delay
 
-    async def _rebuild_broken(self) -> None:
+    async def _build_due(self) -> None:
         """Build the partitions newly assigned, and those whose transaction failed once
         their backoff is over."""
         assert self.consumer is not None
         now = time.monotonic()
-        due = [p for p, at in self._broken.items() if at <= now]
+        due = [p for p, at in self._due.items() if at <= now]
         if not due:
             return
         assigned = {tp.partition for tp in self.consumer.assignment()}
         for p in due:
-            del self._broken[p]
+            del self._due[p]
         self._unbuilt &= assigned  # moved away meanwhile: not ours to wait for
         # One restore for all (one reader over their changelogs); skipped: moved away,
         # or built already.
@@ -440,12 +440,12 @@ class Engine:
                     del self.tasks[task.partition]  # another worker moved it on: rebuilt below
                     await task.stop()
             new = sorted(p for p in by_partition if p not in self.tasks)
-            # New partitions are built by the loop (`_rebuild_broken`), not here: aiokafka
+            # New partitions are built by the loop (`_build_due`), not here: aiokafka
             # sends no heartbeat while this listener runs, so a restore longer than the
             # session timeout would get this worker evicted, and the group would rebalance
             # again (and again, each new owner restoring in turn).
             now = time.monotonic()
-            self._broken = {p: now for p in new}
+            self._due = {p: now for p in new}
             self._unbuilt = set(new)
             log.info("assigned partitions %s (kept: %s, to restore: %s)", sorted(by_partition), sorted(self.tasks), new)
             if not new:
