@@ -223,8 +223,11 @@ def main(args: argparse.Namespace) -> int:
         figures = state(base, args, log_dir)
     else:
         figures = throughput(base, args.scenario, args, log_dir)
+    # Settings given to the run's workers beyond the defaults (secrets left out).
+    given = {k: v for k, v in os.environ.items() if k.startswith("PIPELINE_") and "KEY" not in k
+             and "TOKEN" not in k and "PASSWORD" not in k}
     result = {"scenario": args.scenario, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-              "machine": machine(), "figures": figures}
+              "machine": machine(), "settings": given, "figures": figures}
     name = args.scenario if args.scenario != "latency" or args.rate == 5_000 else f"latency-{args.rate:.0f}"
     stem = free_stem(RESULTS, name, dt.date.today().isoformat())
     paths = report.write(stem, result)

@@ -33,6 +33,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"Machine: {m['cores']} cores ({m.get('cpu', '?')}), {m['memory_gib']} GiB; Python {m['python']}, "
              f"Kafka {m.get('kafka', '?')} ({m.get('java', '?')}), aiokafka {m.get('aiokafka', '?')}, "
              f"faust-streaming {m.get('faust', '?')}. {m.get('note', '')}", ""]
+    if result.get("settings"):
+        lines += ["Settings given: " + ", ".join(f"`{k}={v}`" for k, v in sorted(result["settings"].items())), ""]
     runs = [r for r in RUNS if isinstance(f.get(r), dict)]
     if runs:
         cols = ["events", "events_per_s", "first_to_last_per_s", "gifts_per_s", "elapsed_s", "cpu_avg_pct",
