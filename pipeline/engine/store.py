@@ -65,12 +65,16 @@ class Store(Generic[V]):
         entry = self._cache.get(key)
         if entry is not None:
             return entry[0]
-        raw = self.kv.get(self.prefix + key.encode())
-        if raw is None:
+        loaded = self._load(key)
+        if loaded is None:
             return None
-        value = self._from_json(loads(raw))
-        self._keep(key, value, len(raw))
-        return value
+        self._keep(key, *loaded)
+        return loaded[0]
+
+    def _load(self, key: str) -> tuple[V, int] | None:
+        """The committed value from the KV, decoded, and its encoded size."""
+        raw = self.kv.get(self.prefix + key.encode())
+        return None if raw is None else (self._from_json(loads(raw)), len(raw))
 
     def _keep(self, key: str, value: V, encoded_bytes: int) -> None:
         self._forget(key)
@@ -79,10 +83,13 @@ class Store(Generic[V]):
         self.cache_bytes += cost
         self._evict()
 
-    def _forget(self, key: str) -> None:
+    def _forget(self, key: str) -> V | None:
+        """Out of the cache; the value it held, if any."""
         entry = self._cache.pop(key, None)
-        if entry is not None:
-            self.cache_bytes -= entry[1]
+        if entry is None:
+            return None
+        self.cache_bytes -= entry[1]
+        return entry[0]
 
     def _evict(self) -> None:
         cache = self._cache
@@ -104,9 +111,12 @@ class Store(Generic[V]):
     def for_update(self, key: str) -> V:
         entry = self.dirty.get(key)
         if entry is None:
-            base = self.committed_get(key)
-            if base is not None:
-                self._forget(key)  # changed in place from now on: back only if committed
+            # Out of the cache (or straight from the KV, never through the cache): changed
+            # in place from now on, it comes back only if committed.
+            base = self._forget(key)
+            if base is None:
+                loaded = self._load(key)
+                base = None if loaded is None else loaded[0]
             entry = self.dirty[key] = (self._factory(), -1) if base is None else (base, base.seq)
         return entry[0]
 

@@ -132,3 +132,16 @@ def test_a_value_costs_what_it_weighs() -> None:
     store.commit()
     assert store.cache_bytes <= 4 * BOX
     assert "big" not in store._cache or "small" not in store._cache
+
+
+def test_taking_an_uncached_value_for_update_evicts_nothing() -> None:
+    """It goes from the KV to the batch, not through the cache: the values cached stay."""
+    store, kv = make(cached=2)
+    for key in "abc":
+        store.for_update(key).bump()
+    store.commit()
+    assert list(store._cache) == ["b", "c"]
+    store.for_update("a").bump()  # in the KV only
+    assert list(store._cache) == ["b", "c"]
+    store.commit()
+    assert list(store._cache) == ["c", "a"]
