@@ -66,7 +66,6 @@ class CreatorLedger(LedgerStage):
         self.sources = sources
         self.max_hold_ms = max_hold_ms
         self.holding: set[str] = set()  # creators with held records, as committed
-        self._now_ms = 0.0
         self._started_ms: float | None = None  # first tick of this instance
         # Causal cuts (agents/credit/progress.py), in memory: the cuts not yet covered
         # and the cycle counters, ahead of what is persisted.
@@ -105,7 +104,7 @@ class CreatorLedger(LedgerStage):
                 require(item.payouts <= payouts, "a progress mark within the payouts' end")
             p = self._progress()
             if (item.gifts, item.payouts) != p.applied.get(item.source):
-                self._marked_at[item.source] = self._now_ms  # progress, for _stalled
+                self._marked_at[item.source] = self.clock_ms()  # progress, for _stalled
             p.record(item.source, (item.gifts, item.payouts), item.newest)
             self._sync(p)
             self._release_all(out)
@@ -121,7 +120,7 @@ class CreatorLedger(LedgerStage):
             pairs.check()
         else:
             payout, written = (item.payout, item.appended) if isinstance(item, Forwarded) else (item, 0)
-            op = dict(payout_op(payout, appended=written), cycle=self._stamp(), at=self._now_ms)
+            op = dict(payout_op(payout, appended=written), cycle=self._stamp(), at=self.clock_ms())
             current = self.table.get(payout.creator_id)
             if (current is None or not current.held) and self._decidable(op):
                 self._payout(payout, out)
@@ -135,7 +134,6 @@ class CreatorLedger(LedgerStage):
             state.check()
 
     def tick(self, out: Output, now_ms: float) -> None:
-        self._now_ms = now_ms
         if self._started_ms is None:
             self._started_ms = now_ms
         self._release_all(out)
@@ -163,8 +161,8 @@ class CreatorLedger(LedgerStage):
         """Every credit of a gift acknowledged before it was produced is in: the cycle
         it was read in is covered, or (sooner, in a backlog) a cut at the broker time
         it was written is reached; or it has waited the longest hold."""
-        started = self._now_ms if self._started_ms is None else self._started_ms
-        waited = self._now_ms - max(payout["at"], started)
+        started = self.clock_ms() if self._started_ms is None else self._started_ms
+        waited = self.clock_ms() - max(payout["at"], started)
         if payout.get("cycle", 0) <= self._covered:
             return True
         read_in = next((cut for cycle, cut in self._cuts if cycle == payout.get("cycle")), None)
@@ -191,7 +189,7 @@ class CreatorLedger(LedgerStage):
         p = self._progress()
         short = [q for q in range(self.sources) if cut is None or q not in cut or q not in p.applied
                  or p.applied[q][0] < cut[q][0] or p.applied[q][1] < cut[q][1]]
-        return all(self._now_ms - self._marked_at.get(q, started) >= self.max_hold_ms for q in short)
+        return all(self.clock_ms() - self._marked_at.get(q, started) >= self.max_hold_ms for q in short)
 
     def wanted_time(self) -> int | None:
         """A cut at the broker time just after a held payout was written: everything

@@ -25,7 +25,6 @@ from pipeline.economics import DAY_MS, Economics
 from pipeline.engine.kv import KV
 from pipeline.engine.stage import Malformed, Output, ReadModelUpdate
 from pipeline.engine.store import Store
-from pipeline.invariants import require
 from pipeline.settings import DEFAULT_MAX_CLOCK_SKEW_MS
 
 _TOPIC_CODE = {topics.RECHARGES: "r", topics.GIFTS: "g", topics.SPEND_LIMITS: "l"}
@@ -64,7 +63,6 @@ class UserLedger(LedgerStage):
         super().__init__(Store(UserState, UserState.from_json), econ.dedupe_keep_ms, kv=kv)
         self.econ = econ
         self.in_time = TimeBounds(max_clock_skew_ms, econ.dedupe_window_days * DAY_MS)
-        self.now_ms: float | None = None  # the clock of this batch, given by tick()
         self.rules = econ.fraud
         self.partition = partition
         self.partitions = partitions
@@ -78,13 +76,8 @@ class UserLedger(LedgerStage):
         item = decode(topic, key, value)
         return item, None if isinstance(item, Malformed) else item.ts
 
-    def tick(self, out: Output, now_ms: float) -> None:
-        self.now_ms = now_ms
-
     def handle(self, topic: str, item: Any, out: Output, appended: int = 0) -> None:
-        now_ms = self.now_ms
-        require(now_ms is not None, "tick() gave the batch its clock before handle()")
-        assert now_ms is not None
+        now_ms = self.clock_ms()
         if not self.in_time.admits(item.ts, now_ms):
             # Nothing moves: no balance, limit, duplicate window or payout progress.
             if isinstance(item, Payout):  # answered by the creator's ledger, with its balance

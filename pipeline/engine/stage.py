@@ -113,18 +113,22 @@ class Stage(ABC):
         # One KV per stage and partition, a key namespace per table.
         self.kv: KV = MemoryKV() if kv is None else kv
         for namespace, t in [("t:", table), *((f"{p}:", t) for p, t in self.side.items())]:
-            require(len(t) == 0, 'len(t) == 0')
-            require(not t.dirty, 'not t.dirty')
+            require(len(t) == 0, "a table is bound to its stage's KV before use: empty")
+            require(not t.dirty, "a table is bound to its stage's KV before use: no batch")
             t.kv, t.prefix = self.kv, namespace.encode()
         self.dedupe = DedupeIndex(dedupe_window_ms, clock=self._clock_s, kv=self.kv, prefix=b"i:")
         self.batch = BatchState.IDLE
         self.now_ms: float | None = None  # the clock the engine gave (begin, start_restore)
 
-    def _clock_s(self) -> float:
+    def clock_ms(self) -> float:
+        """The clock the engine gave this batch (or this restore): the rules' only clock."""
         now = self.now_ms
         require(now is not None, "the engine gave the stage its clock (begin or start_restore)")
         assert now is not None
-        return now / 1000
+        return now
+
+    def _clock_s(self) -> float:
+        return self.clock_ms() / 1000
 
     def begin(self, now_ms: float) -> None:
         """A cycle of the current batch (a new one if none is open), at `now_ms`."""
