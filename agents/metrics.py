@@ -10,8 +10,8 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
-from agents.fraud.alerts import Alert
-from agents.outcomes import Credited, Outcome
+from agents.fraud.alerts import Alert, alerts_of
+from agents.outcomes import Outcome, credited_of, outcomes_of
 
 EVENTS = Counter(
     "ledger_events_total", "Ledger outcomes published, by event type, status and rejection reason.",
@@ -31,10 +31,9 @@ OUTCOME_LATENCY = Histogram(
 
 def count_committed(effects: list[Any]) -> None:
     """A committed batch's effects, by kind."""
-    outcomes = [e for e in effects if type(e) is Outcome]
-    count_outcomes(outcomes, time.time())
-    count_alerts([e for e in effects if type(e) is Alert])
-    DIAMONDS_CREDITED.inc(sum(e.diamonds for e in effects if type(e) is Credited))
+    count_outcomes(outcomes_of(effects), time.time())
+    count_alerts(alerts_of(effects))
+    DIAMONDS_CREDITED.inc(credited_of(effects))
 
 
 def count_outcomes(outcomes: list[Outcome], now_s: float) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pipeline.engine.stage import Output
 from pipeline.topics import OUTCOMES
@@ -44,11 +44,11 @@ def publish(out: Output, outcome: Outcome) -> None:
     out.send(OUTCOMES, outcome.event_id, outcome)
 
 
-def outcomes_of(out: Output) -> list[Outcome]:
-    """The outcomes a batch published, in order (tests, tools)."""
-    return [e for e in out.effects if type(e) is Outcome]
+def outcomes_of(effects: list[Any]) -> list[Outcome]:
+    """The outcomes among a batch's effects (Output.effects), in order."""
+    return [e for e in effects if type(e) is Outcome]
 
 
-def credited_of(out: Output) -> int:
-    """The diamonds a batch credited."""
-    return sum(e.diamonds for e in out.effects if type(e) is Credited)
+def credited_of(effects: list[Any]) -> int:
+    """The diamonds a batch's effects credited."""
+    return sum(e.diamonds for e in effects if type(e) is Credited)

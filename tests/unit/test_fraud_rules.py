@@ -64,7 +64,7 @@ class Mini:
         # decided live: the clock is the latest event's time
         out = run_batch(stage, events, max((item.ts for _, item in events), default=0)).out
         self.alerts += alerts_of(out.effects)
-        self.outcomes += outcomes_of(out)
+        self.outcomes += outcomes_of(out.effects)
         return out
 
     def fired(self, rule: str) -> list[Alert]:

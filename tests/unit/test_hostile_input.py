@@ -129,7 +129,7 @@ def test_a_flood_of_one_event_id_changes_nothing() -> None:
         users.end_batch(out, True, 0)
         written.append([k for k, _ in users.changelog() if not k.startswith("#")])
         users.commit()
-        statuses += [o.status for o in outcomes_of(out)]
+        statuses += [o.status for o in outcomes_of(out.effects)]
     assert statuses.count("accepted") == 1 and statuses.count("duplicate") == 9_999
     state = users.table.get("u1")
     assert state is not None and (state.balance, state.recharged, state.seq) == (500, 500, 1)
@@ -161,7 +161,7 @@ def test_totals_beyond_2_53_stay_exact_in_state_changelog_and_read_model() -> No
     start(creators, out, 1)
     users.handle(topics.RECHARGES, Recharge("r", "u1", 1, 1, "USD", 1), out)
     creators.handle(topics.CREATOR_OPS, CreditBatch("c1", 6, 1, ((1, 3),)), out)
-    assert outcomes_of(out)[0].balance_after == big + 1
+    assert outcomes_of(out.effects)[0].balance_after == big + 1
     changelog = dict(users.changelog()) | dict(creators.changelog())
     assert loads(changelog["u1"])["b"] == big + 1 and loads(changelog["c1"])["lt"] == big + 3
     updates = users.commit() + creators.commit()

@@ -80,7 +80,7 @@ def batch(ledger: CreatorLedger, *items: Any, ends: Ends, now_ms: float = 0) -> 
 def step(ledger: CreatorLedger, *items: Any, ends: Ends, now_ms: float = 0) -> list[tuple[str, str | None, int | None]]:
     """One committed batch; returns its payout outcomes as (event_id, status/reason, balance)."""
     out, _ = batch(ledger, *items, ends=ends, now_ms=now_ms)
-    return [(o.event_id, o.reason or o.status, o.balance_after) for o in outcomes_of(out)]
+    return [(o.event_id, o.reason or o.status, o.balance_after) for o in outcomes_of(out.effects)]
 
 
 def restored(records: Changelog, skip: tuple[str, ...] = ()) -> CreatorLedger:
@@ -134,7 +134,7 @@ def test_payout_waits_until_every_source_reaches_its_cycles_cut(ledger: CreatorL
     assert step(ledger, Mark(0, 1, 1), ends=ends) == []  # source 1 is behind on gifts
     # The gift's credit from source 1 is applied at once; the payout still waits.
     out, _ = batch(ledger, credit(2_000, 150), ends=ends)
-    assert outcomes_of(out) == [] and credited_of(out) == 2_000
+    assert outcomes_of(out.effects) == [] and credited_of(out.effects) == 2_000
     assert (c1(ledger).available, held(ledger)) == (3_000, ["p"])
     # Source 1's mark follows its credit: the cut is reached, the credit counted.
     assert step(ledger, Mark(1, 2, 0), ends=ends) == [("p", "accepted", 0)]
@@ -168,7 +168,7 @@ def test_an_idle_source_covers_the_next_cycle_without_a_new_mark(ledger: Creator
     out = Output()
     ledger.watch(WITH_P)
     start(ledger, out, 0)
-    assert [(o.event_id, o.status, o.balance_after) for o in outcomes_of(out)] == [("p", "accepted", 3_000)]
+    assert [(o.event_id, o.status, o.balance_after) for o in outcomes_of(out.effects)] == [("p", "accepted", 3_000)]
     ledger.end_batch(out, True, 0)
     ledger.changelog()
     ledger.commit()
@@ -190,7 +190,7 @@ def test_a_later_credit_is_applied_at_once_but_not_counted(ledger: CreatorLedger
     started(ledger)
     ends = cut(2, 1, 1, 0)
     out, _ = batch(ledger, payout("p", 3_000, 200), credit(5_000, 300), ends=ends)
-    assert outcomes_of(out) == [] and credited_of(out) == 5_000
+    assert outcomes_of(out.effects) == [] and credited_of(out.effects) == 5_000
     assert (c1(ledger).available, c1(ledger).lifetime) == (6_000, 6_000)  # applied, not held
     assert held(ledger) == ["p"]
     assert c1(ledger).recent == [[300, 5_000, progress(ledger).cycle]]  # its cycle is not covered
@@ -464,7 +464,7 @@ def test_an_aborted_batch_leaves_the_held_payout_and_progress(ledger: CreatorLed
     ledger.watch(WITH_P)
     start(ledger, out, 0)
     ledger.handle(OPS, Mark(0, 1, 1), out)
-    assert [o.event_id for o in outcomes_of(out)] == ["p"]
+    assert [o.event_id for o in outcomes_of(out.effects)] == ["p"]
     ledger.abort()
     assert held(ledger) == ["p"] and ledger.holding == {"c1"}
     after = progress(ledger)

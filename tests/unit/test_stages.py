@@ -75,7 +75,7 @@ class Batch:
 
     @property
     def statuses(self) -> list[tuple[str, str, str | None]]:
-        return [(o.event_id, o.status, o.reason) for o in outcomes_of(self.out)]
+        return [(o.event_id, o.status, o.reason) for o in outcomes_of(self.out.effects)]
 
     def ops(self) -> list[tuple[str, dict[str, Any]]]:
         """Keyed creator-ops messages of the ledger (credits, payouts) in order, as (key,
@@ -138,7 +138,7 @@ def test_same_event_id_on_other_topics_is_not_a_duplicate(users: UserLedger) -> 
 def test_same_event_id_for_another_user_is_not_a_duplicate(users: UserLedger) -> None:
     batch = run(users, [recharge("x", 10, "u1"), recharge("x", 20, "u2"),
                         gift("g", "rose", "u1"), gift("g", "rose", "u2")])
-    assert [o.status for o in outcomes_of(batch.out)] == ["accepted"] * 4
+    assert [o.status for o in outcomes_of(batch.out.effects)] == ["accepted"] * 4
     assert (balance(users, "u1"), balance(users, "u2")) == (9, 19)
 
 
@@ -147,7 +147,7 @@ def test_same_event_id_topic_and_key_is_a_duplicate(users: UserLedger) -> None:
     second = run(users, [recharge("r", 999)])  # a later batch; the copy's fields do not matter
     assert first.statuses == [("r", "accepted", None), ("r", "duplicate", None)]
     assert second.statuses == [("r", "duplicate", None)]
-    assert [o.balance_after for o in outcomes_of(first.out) + outcomes_of(second.out)] == [10, 10, 10]
+    assert [o.balance_after for o in outcomes_of(first.out.effects) + outcomes_of(second.out.effects)] == [10, 10, 10]
     assert balance(users) == 10
 
 
@@ -155,13 +155,13 @@ def test_copy_of_a_rejected_event_is_duplicate(users: UserLedger) -> None:
     batch = run(users, [gift("g"), recharge("r", 5_000), gift("g")])
     assert batch.statuses == [
         ("g", "rejected", "insufficient_coins"), ("r", "accepted", None), ("g", "duplicate", None)]
-    assert outcomes_of(batch.out)[2].balance_after == 5_000
+    assert outcomes_of(batch.out.effects)[2].balance_after == 5_000
     assert batch.ops() == []
 
 
 def test_duplicate_of_unknown_user_reports_zero_balance(users: UserLedger) -> None:
     batch = run(users, [gift("g", "rose", sender="u7"), gift("g", "rose", sender="u7")])
-    assert [(o.status, o.balance_after) for o in outcomes_of(batch.out)] == [("rejected", 0), ("duplicate", 0)]
+    assert [(o.status, o.balance_after) for o in outcomes_of(batch.out.effects)] == [("rejected", 0), ("duplicate", 0)]
 
 
 def test_outcome_messages_are_keyed_by_event_id(users: UserLedger) -> None:
@@ -192,7 +192,7 @@ def test_credits_to_one_creator_are_combined_per_batch(users: UserLedger) -> Non
         "items": [[T0, 14_999 + 10], [T0 + DAY, 0]], "n": [["u1", T0, T0, 14_999 + 10, "g1"]],
     }
     assert ops["c2"] == {"op": "c", "creator_id": "c2", "coins": 1, "gifts": 1, "items": [[T0, 0]], "n": []}
-    assert outcomes_of(batch.out)[1].diamonds == 14_999
+    assert outcomes_of(batch.out.effects)[1].diamonds == 14_999
 
 
 def test_end_batch_writes_a_progress_mark_to_every_creator_ops_partition(econ: Economics) -> None:
@@ -243,7 +243,7 @@ def test_marks_of_an_aborted_batch_are_written_again(econ: Economics) -> None:
 
 def test_creator_ledger_applies_marks_to_its_progress(creators: CreatorLedger) -> None:
     batch = run(creators, [(OPS, Mark(0, 5, 3)), (OPS, Mark(0, 4, 9))])
-    assert outcomes_of(batch.out) == [] and batch.out.messages == []
+    assert outcomes_of(batch.out.effects) == [] and batch.out.messages == []
     progress = creators.progress_table.get("")
     assert progress is not None and progress.applied == {0: (5, 9)}  # a mark never moves a source back
     assert [k for k, _ in batch.changelog] == ["#progress"]
@@ -271,7 +271,7 @@ def test_payout_comes_after_the_credits_that_preceded_it(users: UserLedger) -> N
     assert by_creator == {"c1": [("c", 500), ("p", 2_000), ("c", 50)], "c2": [("c", 500)], "c3": [("p", 2_000)]}
     assert len(ops) == 5
     # The payout is validated by the creator ledger, not here: no outcome for it yet.
-    assert [o.event_id for o in outcomes_of(batch.out)] == ["r", "g1", "g2", "g3"]
+    assert [o.event_id for o in outcomes_of(batch.out.effects)] == ["r", "g1", "g2", "g3"]
     # Each message's position: the credit of g1 precedes p1 in the output itself.
     positions = [i for i, m in enumerate(batch.out.messages) if m.topic == OPS and m.key == b"c1"]
     assert [loads(batch.out.messages[i].value)["op"] for i in positions] == ["c", "p", "c", "l"]  # l: a gift_loop leg
@@ -292,13 +292,14 @@ def test_user_then_creator_ledger_end_to_end(users: UserLedger, creators: Creato
     assert [type(item).__name__ for item, _ in items] == ["CreditBatch", "Payout", "Payout", "Leg"]
     assert [ts for _, ts in items] == [T0] * 4
     second = run(creators, [(OPS, item) for item, _ in items])
-    assert [(o.event_id, o.status, o.reason, o.usd_cents, o.balance_after) for o in outcomes_of(second.out)] == [
+    decided = outcomes_of(second.out.effects)
+    assert [(o.event_id, o.status, o.reason, o.usd_cents, o.balance_after) for o in decided] == [
         ("p1", "accepted", None, 1000, 0), ("p2", "rejected", "insufficient_diamonds", None, 0)]
     # No cycle is covered yet: the credit is remembered with its time and cycle.
     assert ledger(creators.table.get("c1")) == CreatorState(
         0, 2_000, 2_000, {T0 // DAY: 2_000}, 2, [], [[T0, 2_000, 1]], windows={"1m": {T0: 2_000}, "1h": {T0: 2_000}}
     )
-    assert credited_of(second.out) == 2_000
+    assert credited_of(second.out.effects) == 2_000
     progress = creators.progress_table.get("")
     assert progress is not None and (progress.cycle, progress.covered) == (1, 0)
 
@@ -314,15 +315,15 @@ def test_creator_payout_duplicates_are_per_creator(creators: CreatorLedger) -> N
     assert batch.statuses == [
         ("p", "accepted", None), ("p", "accepted", None), ("p", "duplicate", None),
         ("q", "rejected", "below_min_payout")]
-    assert [o.balance_after for o in outcomes_of(batch.out)] == [3_000, 3_000, 3_000, 3_000]
+    assert [o.balance_after for o in outcomes_of(batch.out.effects)] == [3_000, 3_000, 3_000, 3_000]
     again = run(creators, [payout("q", 100, "c1")])
     assert again.statuses == [("q", "duplicate", None)]
-    assert credited_of(batch.out) == 10_000
+    assert credited_of(batch.out.effects) == 10_000
 
 
 def test_creator_duplicate_for_unknown_creator(creators: CreatorLedger) -> None:
     batch = run(creators, [payout("p", 5_000, "c9"), payout("p", 5_000, "c9")])
-    assert [(o.status, o.reason, o.balance_after) for o in outcomes_of(batch.out)] == [
+    assert [(o.status, o.reason, o.balance_after) for o in outcomes_of(batch.out.effects)] == [
         ("rejected", "insufficient_diamonds", 0), ("duplicate", None, 0)]
     assert [k for k, _ in batch.changelog] == ["#progress", "#dd:0"]  # no state for c9 (the cycle number stamped)
 

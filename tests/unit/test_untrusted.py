@@ -165,7 +165,7 @@ def test_out_of_time_events_change_nothing() -> None:
         users.handle(topics.GIFTS, Gift(f"g{i}", "u1", "c1", "s1", "galaxy", 1, ts), out)
         users.handle(topics.RECHARGES, Recharge(f"r{i}", "u1", 1_000, 1, "USD", ts), out)
         users.handle(topics.PAYOUTS, Payout(f"p{i}", "c1", 5_000, ts), out)
-    assert [(o.event_id, o.status, o.reason, o.balance_after) for o in outcomes_of(out)[1:]] == [
+    assert [(o.event_id, o.status, o.reason, o.balance_after) for o in outcomes_of(out.effects)[1:]] == [
         (f"{kind}{i}", "rejected", "invalid_ts", 1_000) for i in range(4) for kind in "gr"]
     refused = [json.loads(m.value) for m in out.messages if m.topic == topics.CREATOR_OPS and b'"p"' in m.value]
     assert [(r["event_id"], r["r"]) for r in refused] == [(f"p{i}", "invalid_ts") for i in range(4)]
