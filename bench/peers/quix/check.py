@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -126,43 +127,6 @@ def misordered(trace: list[tuple[str, str, str]], sent: list[cp.Sent], partition
     return dict(out)
 
 
-async def delete_topics(bootstrap: str, prefix: str) -> None:
-    """Every topic of the run: Quix's changelogs start with `changelog__{app id}`, so
-    they do not start with the prefix, they contain it."""
-    admin = cp.AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if prefix in t]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
-
-
-async def collect(bootstrap: str, prefix: str, n_outcomes: int, n_letters: int, proc: Any,
-                  timeout_s: float, settle_s: float = 3.0) -> tuple[Any, Any, float | None]:
-    """Read outcomes and dead letters until both are complete (and `settle_s` more), the
-    peer exits, or the timeout."""
-    outcomes, letters = cp.Reader(bootstrap, prefix + cp.OUTCOMES), cp.Reader(bootstrap, prefix + cp.DEAD_LETTERS)
-    await outcomes.start()
-    await letters.start()
-    deadline = time.perf_counter() + timeout_s
-    done_at = None
-    try:
-        while time.perf_counter() < deadline and proc.poll() is None:
-            await outcomes.poll(100)
-            await letters.poll(0)
-            now = time.perf_counter()
-            if done_at is None and len(outcomes.records) >= n_outcomes and len(letters.records) >= n_letters:
-                done_at = outcomes.last_at or now
-            if done_at is not None and now >= done_at + settle_s:
-                break
-        return outcomes, letters, done_at
-    finally:
-        await outcomes.stop()
-        await letters.stop()
-
-
 def by_id(records: list[dict[str, Any]]) -> dict[str, Counter[str]]:
     out: dict[str, Counter[str]] = defaultdict(Counter)
     for r in records:
@@ -195,7 +159,7 @@ def main() -> int:
         prev_ts = cp._extracted_ts(messages[at - 1][2], int(time.time() * 1000) + cp.MAX_AHEAD_MS) or 0
         value = value.replace(b'"ts": 0', b'"ts": %d' % prev_ts).replace(b'"ts":0', b'"ts":%d' % prev_ts)
         messages.insert(at, (topic, key, value, part))
-    proc = None
+    proc: subprocess.Popen[bytes] | None = None
     try:
         asyncio.run(cp.create_topics(args.bootstrap, prefix, args.partitions))
         sent = asyncio.run(cp.produce(args.bootstrap, prefix, messages))
@@ -209,10 +173,16 @@ def main() -> int:
                **dict(e.split("=", 1) for e in args.env)}
         with open(work / "peer.log", "wb") as log:
             started = time.perf_counter()
-            proc = cp.subprocess.Popen([str(ROOT / "bench/peers/quix/run.sh")], cwd=ROOT, env=env, stdout=log,
-                                       stderr=cp.subprocess.STDOUT, start_new_session=True)
-            outcomes, letters, done_at = asyncio.run(collect(args.bootstrap, prefix, len(want), len(malformed), proc,
-                                                             args.timeout))
+
+            def start() -> subprocess.Popen[bytes]:
+                nonlocal proc
+                proc = subprocess.Popen([str(ROOT / "bench/peers/quix/run.sh")], cwd=ROOT, env=env, stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
+                return proc
+
+            outcomes, letters, done_at, _ = asyncio.run(cp._collect(args.bootstrap, prefix, len(want), len(malformed),
+                                                                    start, args.timeout, settle_s=3.0))
+            assert proc is not None
             exit_code = cp._stop(proc)
         counts, examples = cp.compare(want, outcomes.records)
         n_letters, letter_problems = cp.check_letters(malformed, letters.records, prefix)
@@ -250,7 +220,7 @@ def main() -> int:
     finally:
         if proc is not None and proc.poll() is None:
             cp._stop(proc)
-        asyncio.run(delete_topics(args.bootstrap, prefix))
+        asyncio.run(cp.delete_topics(args.bootstrap, prefix))
         shutil.rmtree(work / "state", ignore_errors=True)
 
 
