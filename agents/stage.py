@@ -28,7 +28,6 @@ class AlertLog:
     def add(self, alert: Alert) -> None:
         self.alerts.append(alert.to_json())
         del self.alerts[:-MAX_LOGGED_ALERTS]
-        self.seq += 1
 
     def to_json(self) -> dict[str, Any]:
         return {"a": self.alerts, "q": self.seq}

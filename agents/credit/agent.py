@@ -116,7 +116,6 @@ class CreatorLedger(LedgerStage):
             pairs = self.pairs.for_update(item.meeting_key)
             for alert in loop.meet(pairs, item, self.rules.gift_loop):
                 self.raise_alert(alert, out)
-            pairs.seq += 1
             pairs.check()
         else:
             payout, written = (item.payout, item.appended) if isinstance(item, Forwarded) else (item, 0)
@@ -130,7 +129,6 @@ class CreatorLedger(LedgerStage):
                 self._release(item.creator_id, out, force=1)  # bounded: the oldest goes now
             state = self.table.for_update(item.creator_id)
             state.held.append(op)
-            state.seq += 1
             state.check()
 
     def tick(self, out: Output, now_ms: float) -> None:
@@ -203,7 +201,7 @@ class CreatorLedger(LedgerStage):
         del self._time_cuts[:-MAX_TIME_CUTS]
 
     def _release_all(self, out: Output) -> None:
-        waiting = self.holding | {k for k, (v, _) in self.table.dirty.items() if v.held}
+        waiting = self.holding | {k for k, v in self.table.taken() if v.held}
         for creator_id in sorted(waiting):
             self._release(creator_id, out)
 
@@ -220,7 +218,6 @@ class CreatorLedger(LedgerStage):
             return
         state = self.table.for_update(creator_id)
         released, state.held = state.held[:ready], state.held[ready:]
-        state.seq += 1
         for op in released:
             payout = parse_op(op)
             assert isinstance(payout, Payout)
@@ -249,7 +246,6 @@ class CreatorLedger(LedgerStage):
                 alert = concentration.raise_alert(state.senders, finding, item, outcome.reason == HELD, rule)
                 if alert is not None:
                     self.raise_alert(alert, out)
-                    state.seq += 1
                     state.check()
         publish(out, outcome)
 
@@ -283,8 +279,8 @@ class CreatorLedger(LedgerStage):
         if full:
             touched = {("day", d) for d in value.day_diamonds}
             touched |= {(name, start) for name, w in value.windows.items() for start in w}
-        else:
-            touched = value.touched
+        else:  # told once: the value lives on in the store's cache
+            touched, value.touched = value.touched, set()
         scores: list[tuple[str, str, int]] = [(leaderboards.CREATORS_ALL, key, value.lifetime)] if touched else []
         for kind, at in sorted(touched):
             if kind == "day" and at in value.day_diamonds:

@@ -54,32 +54,29 @@ class Progress:
     cycle: int = 1  # this partition's cycles, counted across restarts (the first is 1: none is covered)
     covered: int = 0  # every cycle up to this one is covered
     seq: int = 0
+    # The latest cycle stamped on a payout or credit: persisted in place of `cycle`, so a
+    # quiet cycle changes nothing stored, and a restart resumes above every stamp.
+    stamped: int = 0
     # (cycle, cut per source) not yet covered; not persisted: after a restart the next
     # cuts are later than anything waiting, which is safe.
     cuts: deque[tuple[int, dict[int, Offsets]]] = field(default_factory=deque, compare=False, repr=False)
-    _stamped: bool = field(default=False, compare=False, repr=False)
 
     def record(self, source: int, offsets: Offsets, newest: int = 0) -> None:
         old = self.applied.get(source, (0, 0))
         self.applied[source] = (max(old[0], offsets[0]), max(old[1], offsets[1]))
         self.newest[source] = max(self.newest.get(source, 0), newest)
-        self.seq += 1
         self._advance()
 
     def cut(self, ends: dict[int, Offsets] | None) -> None:
-        """A new cycle, with the end offsets asked after its fetch (None: unknown).
-        Persisted only once stamped on something (a quiet cycle writes nothing)."""
+        """A new cycle, with the end offsets asked after its fetch (None: unknown)."""
         self.cycle += 1
-        self._stamped = False
         if ends is not None and len(self.cuts) < MAX_CUTS:
             self.cuts.append((self.cycle, ends))
         self._advance()
 
     def stamp(self) -> int:
         """The current cycle's number, for a payout or credit read in it."""
-        if not self._stamped:
-            self.seq += 1  # the cycle number must survive a restart
-            self._stamped = True
+        self.stamped = self.cycle
         return self.cycle
 
     def _advance(self) -> None:
@@ -105,18 +102,20 @@ class Progress:
         return True
 
     def to_json(self) -> dict[str, Any]:
-        return {"a": [[s, g, p, self.newest.get(s, 0)] for s, (g, p) in self.applied.items()], "c": self.cycle,
-                "v": self.covered, "q": self.seq}
+        # Covered beyond the latest stamp covers nothing stored: not worth a write.
+        return {"a": [[s, g, p, self.newest.get(s, 0)] for s, (g, p) in self.applied.items()], "c": self.stamped,
+                "v": min(self.covered, self.stamped), "q": self.seq}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Progress:
         progress = cls({a[0]: (a[1], a[2]) for a in data["a"]}, {a[0]: (a[3] if len(a) > 3 else 0) for a in data["a"]},
-                       data["c"], data["v"], data["q"])
+                       data["c"], data["v"], data["q"], data["c"])
         progress.check()
         return progress
 
     def check(self) -> None:
         require(self.covered >= 0, "covered cycles >= 0")
+        require(self.stamped <= self.cycle, "stamped cycles <= cycles")
         require(self.covered <= self.cycle, "covered cycles <= cycles")
         require(len(self.cuts) <= MAX_CUTS, "waiting cuts <= MAX_CUTS")
         require(all(g >= 0 for g, _ in self.applied.values()), "applied gift offsets >= 0")

@@ -70,7 +70,6 @@ def apply_credit(state: CreatorState, credit: CreditBatch, cycle: int, covered: 
     for ts, d in credit.items:
         state.remember(ts, d, cycle)
     state.forget_recent(covered)
-    state.seq += 1
     state.check()
 
 
@@ -101,7 +100,6 @@ def apply_payout(state: CreatorState, ev: Payout, econ: Economics, hold: bool = 
     before = state.available
     state.available -= ev.diamonds
     state.paid_out += ev.diamonds
-    state.seq += 1
     state.check()
     require(state.available == before - ev.diamonds, 'state.available == before - ev.diamonds')
     cents = econ.payout_cents(ev.diamonds)

@@ -41,7 +41,7 @@ class CreatorState:
     windows: dict[str, dict[int, int]] = field(default_factory=dict)
     # diamonds from new senders by hour (payout_concentration, agents/fraud/concentration.py)
     senders: NewSenders = field(default_factory=NewSenders)
-    # ("day", day) and (size, start) credited since this value was read from the store
+    # ("day", day) and (size, start) credited since the read model was last given this value
     # (not persisted).
     touched: set[tuple[str, int]] = field(default_factory=set, compare=False, repr=False)
 

@@ -107,8 +107,6 @@ class UserLedger(LedgerStage):
     def _watch(self, state: UserState, item: UserEvent, outcome: Outcome, out: Output) -> None:
         """The sender-side fraud rules; after the outcome is decided, never changing it."""
         alerts, leg = sender.observe(state.watch, item, outcome, self.rules)
-        if outcome.status == "rejected":
-            state.seq += 1  # the watch changed though the ledger did not: persist it
         for alert in alerts:
             self.raise_alert(alert, out)
         if leg is not None:
@@ -145,8 +143,8 @@ class UserLedger(LedgerStage):
         today = max(value.day_spend, default=None)
         if full:
             touched = {("day", d) for d in value.day_spend} | {("stream", s) for s in value.streams}
-        else:
-            touched = value.touched
+        else:  # told once: the value lives on in the store's cache
+            touched, value.touched = value.touched, set()
         scores = []
         for kind, what in sorted(touched, key=str):
             if kind == "day" and what in value.day_spend:

@@ -78,7 +78,6 @@ def effective_limit(state: UserState, econ: Economics) -> int:
 def apply_recharge(state: UserState, ev: Recharge) -> Outcome:
     state.balance += ev.coins
     state.recharged += ev.coins
-    state.seq += 1
     state.check()
     return Outcome(
         event_id=ev.event_id, type="recharge", status="accepted", reason=None, subject_id=ev.user_id, coins=ev.coins,
@@ -127,7 +126,6 @@ def apply_gift(state: UserState, ev: Gift, econ: Economics) -> tuple[Outcome, Cr
     state.spent += coins
     state.add_day_spend(utc_day(ev.ts), coins)
     state.add_stream_spend(ev.stream_id, utc_day(ev.ts), coins)
-    state.seq += 1
     state.check()
     require(state.balance == before - coins, 'state.balance == before - coins')
     outcome = Outcome(
@@ -140,7 +138,6 @@ def apply_gift(state: UserState, ev: Gift, econ: Economics) -> tuple[Outcome, Cr
 
 def apply_spend_limit(state: UserState, ev: SpendLimit) -> Outcome:
     state.own_limit = ev.daily_coin_limit
-    state.seq += 1
     state.check()
     return Outcome(
         event_id=ev.event_id, type="spend_limit", status="accepted", reason=None, subject_id=ev.user_id, coins=None,

@@ -37,8 +37,8 @@ class UserState:
     # Incremented on every change; lets read models refuse stale writes.
     seq: int = 0
     streams: dict[str, list[int]] = field(default_factory=dict)  # stream -> [coins, last day]
-    # Days and streams changed since this value was read from the store (not persisted): what the
-    # leaderboards must be told.
+    # Days and streams changed since the read model was last given this value (not persisted):
+    # what the leaderboards must be told.
     touched: set[tuple[str, Any]] = field(default_factory=set, compare=False, repr=False)
     first_ts: int | None = None  # event time of the user's first event (fraud rules)
     # What the fraud rules remember of the user (agents/fraud/sender.py).

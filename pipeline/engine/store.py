@@ -5,6 +5,10 @@ changelog. A batch changes it only through an overlay: `for_update` decodes the
 committed value on first touch, `commit` writes the overlay after the Kafka transaction
 committed, `abort` drops it. So an aborted transaction never leaks into state, and each
 key touched by a batch is written to the changelog once, however often it changed.
+
+Changes are found by content, not declared: a value taken for update is written if its
+encoding differs from the committed one it started from, so a rule cannot change state
+and forget to say so (the change would vanish on a restart).
 """
 
 from __future__ import annotations
@@ -18,9 +22,16 @@ from pipeline.invariants import require
 
 
 class Value(Protocol):
+    """A table's value. `seq` counts the committed batches that changed it: the store
+    sets it (rules never do) and `to_json` carries it under SEQ_FIELD, so the read model
+    can order the writes of one key."""
+
     seq: int
 
     def to_json(self) -> dict[str, Any]: ...
+
+
+SEQ_FIELD = "q"
 
 
 V = TypeVar("V", bound=Value)
@@ -32,6 +43,14 @@ RESTORE_CHUNK = 10_000  # changelog records per RocksDB write while restoring
 # 2.9 KB of Python objects), so a creator holding 64 new senders costs what it weighs,
 # not what a user does.
 DECODED_BYTES_PER_ENCODED_BYTE = 9
+
+
+def cached_bytes(encoded: int) -> int:
+    """The estimated memory of a cached value of `encoded` bytes: it and its encoding
+    (kept to tell a changed value from an unchanged one)."""
+    return encoded * (DECODED_BYTES_PER_ENCODED_BYTE + 1)
+
+
 # Per table unless the stage is given its share of PIPELINE_STATE_CACHE_MB (Stage.limit_cache).
 CACHE_BYTES = 16 * 1024 * 1024
 
@@ -49,8 +68,9 @@ class Store(Generic[V]):
         self.kv: KV = MemoryKV() if kv is None else kv
         self.prefix = prefix
         self.count = 0  # committed keys
-        # key -> (value, seq when read; -1: absent)
-        self.dirty: dict[str, tuple[V, int]] = {}
+        # key -> (value, its seq when taken, its committed encoding; None: absent)
+        self.dirty: dict[str, tuple[V, int, bytes | None]] = {}
+        self._blank = dumps(factory().to_json())  # what an absent key's new value starts as
         self._encoded: list[tuple[str, bytes]] | None = None
         self._restoring: list[Op] = []
         # Committed values already decoded, oldest first, their estimated memory at most
@@ -58,7 +78,7 @@ class Store(Generic[V]):
         # decode. A value leaves the cache while a batch holds it for update, and comes
         # back only with the commit, so an aborted batch's changes never reach it.
         self.cached = cached
-        self._cache: dict[str, tuple[V, int]] = {}  # key -> (value, estimated bytes)
+        self._cache: dict[str, tuple[V, bytes, int]] = {}  # key -> (value, encoding, estimated bytes)
         self.cache_bytes = 0
 
     def committed_get(self, key: str) -> V | None:
@@ -71,30 +91,30 @@ class Store(Generic[V]):
         self._keep(key, *loaded)
         return loaded[0]
 
-    def _load(self, key: str) -> tuple[V, int] | None:
-        """The committed value from the KV, decoded, and its encoded size."""
+    def _load(self, key: str) -> tuple[V, bytes] | None:
+        """The committed value from the KV, decoded, and its encoding."""
         raw = self.kv.get(self.prefix + key.encode())
-        return None if raw is None else (self._from_json(loads(raw)), len(raw))
+        return None if raw is None else (self._from_json(loads(raw)), raw)
 
-    def _keep(self, key: str, value: V, encoded_bytes: int) -> None:
+    def _keep(self, key: str, value: V, raw: bytes) -> None:
         self._forget(key)
-        cost = encoded_bytes * DECODED_BYTES_PER_ENCODED_BYTE
-        self._cache[key] = (value, cost)
+        cost = cached_bytes(len(raw))
+        self._cache[key] = (value, raw, cost)
         self.cache_bytes += cost
         self._evict()
 
-    def _forget(self, key: str) -> V | None:
-        """Out of the cache; the value it held, if any."""
+    def _forget(self, key: str) -> tuple[V, bytes] | None:
+        """Out of the cache; what it held, if anything."""
         entry = self._cache.pop(key, None)
         if entry is None:
             return None
-        self.cache_bytes -= entry[1]
-        return entry[0]
+        self.cache_bytes -= entry[2]
+        return entry[0], entry[1]
 
     def _evict(self) -> None:
         cache = self._cache
         while self.cache_bytes > self.cached:
-            self.cache_bytes -= cache.pop(next(iter(cache)))[1]
+            self.cache_bytes -= cache.pop(next(iter(cache)))[2]
         require(self.cache_bytes >= 0, "the cache's bytes are counted")
 
     def limit_cache(self, max_bytes: int) -> None:
@@ -112,35 +132,53 @@ class Store(Generic[V]):
         entry = self.dirty.get(key)
         if entry is None:
             # Out of the cache (or straight from the KV, never through the cache): changed
-            # in place from now on, it comes back only if committed.
-            base = self._forget(key)
+            # in place from now on, it comes back only with the commit.
+            base = self._forget(key) or self._load(key)
             if base is None:
-                loaded = self._load(key)
-                base = None if loaded is None else loaded[0]
-            entry = self.dirty[key] = (self._factory(), -1) if base is None else (base, base.seq)
+                value = self._factory()
+                entry = self.dirty[key] = (value, value.seq, None)
+            else:
+                entry = self.dirty[key] = (base[0], base[0].seq, base[1])
         return entry[0]
+
+    def taken(self) -> Iterator[tuple[str, V]]:
+        """Every value taken for update in this batch, changed or not."""
+        for key, (value, _, _) in self.dirty.items():
+            yield key, value
 
     def changes(self) -> Iterator[tuple[str, V]]:
         """Keys whose value changed in this batch (a read-only touch writes nothing)."""
-        for key, (value, base_seq) in self.dirty.items():
-            if value.seq != max(base_seq, 0):
-                yield key, value
+        for key, _ in self.encoded_changes():
+            yield key, self.dirty[key][0]
 
     def encoded_changes(self) -> list[tuple[str, bytes]]:
-        """The changes as changelog values; encoded once for the changelog and the KV."""
+        """The changes as changelog values, each with the next seq; encoded once for the
+        changelog and the KV. After this the batch's values are final."""
         if self._encoded is None:
-            self._encoded = [(k, dumps(v.to_json())) for k, v in self.changes()]
+            encoded = []
+            for key, (value, seq, base) in self.dirty.items():
+                require(value.seq == seq, "a value's seq is set by its store, never by a rule")
+                data = value.to_json()
+                require(data.get(SEQ_FIELD) == seq, "a value's encoding carries its seq under SEQ_FIELD")
+                raw = dumps(data)
+                if raw == (self._blank if base is None else base):
+                    continue
+                value.seq = data[SEQ_FIELD] = seq + 1
+                encoded.append((key, dumps(data)))
+            self._encoded = encoded
         return self._encoded
 
     def commit(self) -> None:
         changes = self.encoded_changes()
-        self.count += sum(1 for k, _ in changes if self.dirty[k][1] < 0)
+        self.count += sum(1 for k, _ in changes if self.dirty[k][2] is None)
         self.kv.write([(self.prefix + k.encode(), raw) for k, raw in changes])
         if self.cached:
-            # Only what was written: a value changed without a new seq is not written
-            # (changes()), and must not live on in memory either.
-            for key, raw in changes:
-                self._keep(key, self.dirty[key][0], len(raw))
+            # Every value taken is as committed now: changed and written, or unchanged.
+            written = dict(changes)
+            for key, (value, _, base) in self.dirty.items():
+                raw = written.get(key, base)
+                if raw is not None:
+                    self._keep(key, value, raw)
         self.abort()
 
     def abort(self) -> None:

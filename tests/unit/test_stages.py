@@ -23,6 +23,7 @@ from agents.ingest.records import Gift, Payout, Recharge, SpendLimit
 from agents.ledger.agent import UserLedger
 from agents.ledger.state import UserState
 from agents.outcomes import credited_of, outcomes_of
+from agents.readmodel import leaderboards
 from pipeline import economics, topics
 from pipeline.economics import Economics
 from pipeline.engine.codec import dumps, loads
@@ -132,7 +133,7 @@ def test_same_event_id_on_other_topics_is_not_a_duplicate(users: UserLedger) -> 
     batch = run(users, [recharge("x", 5_000), gift("x"), limit("x", 100_000)])
     assert batch.statuses == [("x", "accepted", None)] * 3
     assert ledger(users.table.get("u1")) == UserState(
-        4_000, 5_000, 1_000, 100_000, {T0 // DAY: 1_000}, 3, {"s1": [1_000, T0 // DAY]})
+        4_000, 5_000, 1_000, 100_000, {T0 // DAY: 1_000}, 1, {"s1": [1_000, T0 // DAY]})
 
 
 def test_same_event_id_for_another_user_is_not_a_duplicate(users: UserLedger) -> None:
@@ -297,7 +298,7 @@ def test_user_then_creator_ledger_end_to_end(users: UserLedger, creators: Creato
         ("p1", "accepted", None, 1000, 0), ("p2", "rejected", "insufficient_diamonds", None, 0)]
     # No cycle is covered yet: the credit is remembered with its time and cycle.
     assert ledger(creators.table.get("c1")) == CreatorState(
-        0, 2_000, 2_000, {T0 // DAY: 2_000}, 2, [], [[T0, 2_000, 1]], windows={"1m": {T0: 2_000}, "1h": {T0: 2_000}}
+        0, 2_000, 2_000, {T0 // DAY: 2_000}, 1, [], [[T0, 2_000, 1]], windows={"1m": {T0: 2_000}, "1h": {T0: 2_000}}
     )
     assert credited_of(second.out.effects) == 2_000
     progress = creators.progress_table.get("")
@@ -387,8 +388,8 @@ def test_user_changelog_restore_reproduces_state_and_dedupe(users: UserLedger, e
     ]
     fresh = restored(users, UserLedger(econ, 0, 1), batches)
     assert ledger(fresh.table.as_dict()["u1"]) == UserState(
-        # seq 6: g2 (over the limit) was rejected, which the fraud watch remembers
-        20_000, 50_000, 30_000, None, {T0 // DAY: 29_999, T0 // DAY + 1: 1}, 6, {"s1": [30_000, T0 // DAY + 1]}
+        # seq 3: each of the three batches changed it
+        20_000, 50_000, 30_000, None, {T0 // DAY: 29_999, T0 // DAY + 1: 1}, 3, {"s1": [30_000, T0 // DAY + 1]}
     )
     # The restored stage decides as the original would.
     events = [recharge("r1", 5), gift("g2"), gift("g9", "rose"), recharge("r1", 1, "u2")]
@@ -403,7 +404,7 @@ def test_creator_changelog_restore(creators: CreatorLedger, econ: Economics) -> 
         run(creators, [credit([(T0 - 1, 3), (T0 + 1, 4)], 14, 2, creator="c2")]),
     ]
     fresh = restored(creators, CreatorLedger(econ, sources=1, max_hold_ms=0), batches)
-    assert fresh.table.as_dict()["c1"] == CreatorState(500, 5_000, 4_500, {20_000: 5_000}, 3, [], [[T0, 5_000, 1]],
+    assert fresh.table.as_dict()["c1"] == CreatorState(500, 5_000, 4_500, {20_000: 5_000}, 2, [], [[T0, 5_000, 1]],
                                                        windows={"1m": {T0: 5_000}, "1h": {T0: 5_000}})
     # No cut was ever covered (no cycle was watched): every credit is remembered.
     assert fresh.table.as_dict()["c2"] == CreatorState(
@@ -451,7 +452,7 @@ def test_commit_returns_read_model_updates_of_changed_keys(users: UserLedger) ->
     updates = {u.id: u for u in users.commit()}
     assert updates["u2"].fields["coins"] == 1_000  # its self gift was rejected: only the watch changed
     update = updates["u1"]
-    assert (update.kind, update.id, update.seq) == ("user", "u1", 2)
+    assert (update.kind, update.id, update.seq) == ("user", "u1", 1)  # its first change
     assert update.fields == {
         "coins": 200, "recharged_coins": 300, "spent_coins": 100, "daily_coin_limit": -1,
         "last_spend_day": T0 // DAY, "last_spend_day_coins": 100,
@@ -483,3 +484,16 @@ def test_abort_takes_back_the_progress_of_the_aborted_batch(users: UserLedger) -
     users.end_batch(again, False, T0, applied)
     marks = [loads(m.value) for m in again.messages if m.topic == OPS]
     assert marks == [{"op": "m", "source": 0, "g": 0, "p": 0, "t": 0}]  # nothing applied: the aborted time is gone
+
+
+def test_a_cached_value_tells_the_read_model_its_boards_once(users: UserLedger) -> None:
+    """The store's cache keeps the value object across batches: the boards a batch
+    touched must not be written again by the next batch, which touched others."""
+    run(users, [recharge("r", 10_000)])
+    first = run_batch(users, [gift("g1", "rose", ts=T0)], T0)
+    second = run_batch(users, [gift("g2", "rose", ts=T0 + DAY)], T0 + DAY)
+    boards = [{key for key, _, _ in u.scores} for u in (*first.updates, *second.updates) if u.id == "u1"]
+    day, next_day = leaderboards.gifters_day_key(T0 // DAY), leaderboards.gifters_day_key(T0 // DAY + 1)
+    assert len(boards) == 2
+    assert day in boards[0] and next_day not in boards[0]
+    assert next_day in boards[1] and day not in boards[1]

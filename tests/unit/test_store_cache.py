@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from pipeline.engine.codec import loads
 from pipeline.engine.kv import MemoryKV
-from pipeline.engine.store import DECODED_BYTES_PER_ENCODED_BYTE, Store
+from pipeline.engine.store import Store, cached_bytes
+from pipeline.invariants import InvariantError
 from tests.unit.test_store_merge import Box, box_from_json
 
 
@@ -27,7 +30,7 @@ def committed(store: Store[Box], key: str) -> Any:
 
 
 # What one small Box value costs in the cache (its encoded size, times the estimate).
-BOX = len(b'{"n":1,"q":1}') * DECODED_BYTES_PER_ENCODED_BYTE
+BOX = cached_bytes(len(b'{"n":1,"q":1}'))
 
 
 def make(cached: int = 10) -> tuple[Store[Box], CountingKV]:
@@ -58,13 +61,36 @@ def test_an_aborted_change_never_reaches_the_cache() -> None:
     assert store.get("a") == committed(store, "a") == Box(5, 1)
 
 
-def test_a_change_without_a_new_seq_is_neither_written_nor_kept() -> None:
+def test_every_change_is_found_and_written_with_the_next_seq() -> None:
     store, _ = make()
     store.for_update("a").bump(5)
     store.commit()
-    store.for_update("a").n = 999  # a bug in a rule: changed, seq not bumped
+    store.for_update("a").n = 999  # changed without a word to the store
+    assert store.encoded_changes() == [("a", b'{"n":999,"q":2}')]
     store.commit()
-    assert store.get("a") == committed(store, "a") == Box(5, 1)
+    assert store.get("a") == committed(store, "a") == Box(999, 2)
+
+
+def test_an_unchanged_value_is_not_written_and_stays_cached() -> None:
+    store, kv = make()
+    store.for_update("a").bump(5)
+    store.commit()
+    value = store.for_update("a")
+    value.n += 1
+    value.n -= 1  # changed back: the same encoding as committed
+    assert store.encoded_changes() == []
+    store.commit()
+    reads = kv.reads
+    assert store.get("a") == Box(5, 1)
+    assert kv.reads == reads  # back in the cache without a read
+    assert committed(store, "a") == Box(5, 1)
+
+
+def test_a_rule_that_sets_seq_fails_loudly() -> None:
+    store, _ = make()
+    store.for_update("a").seq = 7
+    with pytest.raises(InvariantError, match="set by its store"):
+        store.encoded_changes()
 
 
 def test_the_cache_is_bounded_and_evicts_the_oldest() -> None:
