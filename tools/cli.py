@@ -83,6 +83,8 @@ def register(sub: argparse._SubParsersAction[Any], helps: dict[str, str]) -> Non
                    help="uniform, mega-live: peer engines run beside ours "
                         "(bench/peers/; default kstreams,quix; '' for none)")
     p.add_argument("--days", type=float, default=10.0, help="dedupe: simulated days of commits (default 10)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="uniform, mega-live: ours and each peer N times, interleaved; median, min, max (default 1)")
     p.set_defaults(func=_bench)
 
     from tools.fraud_eval import add_arguments as fraud_eval_arguments

@@ -6,7 +6,8 @@ fresh topic and key prefix, deleted afterwards) and writes
 - `uniform`: a backlog of gifts spread over 10,000 creators, read by one worker, by
   the peers (bench/peers/: Kafka Streams, Quix Streams) on the same topics, by the
   naive Faust reference (bench/naive.py) and a plain aiokafka reader (the ceiling),
-  then by two workers (backlog.py).
+  then by two workers (backlog.py). `--repeat N`: ours and the peers N times,
+  interleaved; each reported by its median run, with median, min and max (spread.py).
 - `mega-live`: the same with half of all gifts to one creator and one stream.
 - `latency`: a fixed offered rate (default 5,000 gifts/s; `latency-<rate>` otherwise):
   send-to-outcome and send-to-leaderboard latency.
@@ -35,7 +36,7 @@ import redis
 
 from pipeline import economics, redis_client, settings, topics
 from pipeline.settings import PROJECT_ROOT, Settings
-from tools.benchmark import backlog, index, readbench, report, runs
+from tools.benchmark import backlog, index, probes, readbench, report, runs, spread
 from tools.infra import dev
 from tools.infra.kafka import KAFKA_VERSION
 from tools.simulate import SimConfig, generate
@@ -101,7 +102,9 @@ def _batched(it: Any, n: int) -> Any:
 def throughput(base: Settings, scenario: str, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     """Every engine on the same backlog, produced before any starts: ours (one worker,
     every feature on), the peers on the same topics, the naive reference and the
-    ceiling; then two of our workers on a copy of the backlog."""
+    ceiling; then two of our workers on a copy of the backlog. With --repeat N, ours and
+    the peers run N rounds, each on a fresh copy (ours, then each peer, then again), and
+    each is reported by its median run with the spread of all."""
     econ = economics.load(base.economics_file)
     messages = list(generate(_config(scenario, args), econ))
     share = _gift_share(messages)
@@ -110,16 +113,25 @@ def throughput(base: Settings, scenario: str, args: argparse.Namespace, log_dir:
     peers = [p for p in backlog.PEERS if p.name in args.peers]
     for peer in peers:
         backlog.prepare(peer, log_dir)
-    s = deployment(base, f"{scenario}-w1")
-    try:
-        asyncio.run(runs.produce(s, messages))
-        figures["ours"] = asyncio.run(backlog.run_ours(s, 1, expected, log_dir))
-        for peer in peers:
-            figures[peer.name] = asyncio.run(backlog.run_peer(s, peer, expected, log_dir))
-        figures["naive"] = asyncio.run(runs.naive(s, len(messages), REFERENCE_BUDGET_S, log_dir))
-        figures["ceiling"] = asyncio.run(runs.ceiling(s, len(messages), REFERENCE_BUDGET_S))
-    finally:
-        cleanup(s)
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    bounds: dict[str, Any] = {}  # the reference and the ceiling, run once: they bound the picture
+    for i in range(repeat_of(args)):
+        s = deployment(base, f"{scenario}-w1" if i == 0 else f"{scenario}-w1-r{i + 1}")
+        try:
+            asyncio.run(runs.produce(s, messages))
+            rounds.setdefault("ours", []).append(asyncio.run(backlog.run_ours(s, 1, expected, log_dir)))
+            for peer in peers:
+                rounds.setdefault(peer.name, []).append(asyncio.run(backlog.run_peer(s, peer, expected, log_dir)))
+            if i == 0:
+                naive = probes.Answered.of(runs.well_formed_ids(messages))
+                bounds["naive"] = asyncio.run(runs.naive(s, naive, REFERENCE_BUDGET_S, log_dir))
+                bounds["ceiling"] = asyncio.run(runs.ceiling(s, len(messages), REFERENCE_BUDGET_S))
+        finally:
+            cleanup(s)
+    figures.update({name: spread.combine(done) for name, done in rounds.items()})
+    figures.update(bounds)
+    if repeat_of(args) > 1:
+        figures["repeat"] = repeat_of(args)
     s = deployment(base, f"{scenario}-w2")
     try:
         asyncio.run(runs.produce(s, messages))
@@ -127,6 +139,14 @@ def throughput(base: Settings, scenario: str, args: argparse.Namespace, log_dir:
     finally:
         cleanup(s)
     return _compared(figures, share)
+
+
+REPEATABLE = ("uniform", "mega-live")
+
+
+def repeat_of(args: argparse.Namespace) -> int:
+    """--repeat N (default 1: one run of each engine, the single-run result format)."""
+    return max(1, int(getattr(args, "repeat", 1) or 1))
 
 
 def latency(base: Settings, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
@@ -151,7 +171,9 @@ def state(base: Settings, args: argparse.Namespace, log_dir: Path) -> dict[str, 
         counts: Counter[str] = Counter()
         figures["ours"] = asyncio.run(runs.state(s, runs.counting(generate(cfg, econ), counts), cfg.events, log_dir))
         figures["gift_share"] = share = round(counts[topics.GIFTS] / cfg.events, 3)
-        figures["naive"] = asyncio.run(runs.naive(s, cfg.events, REFERENCE_BUDGET_S, log_dir))
+        # Neither malformed nor duplicate events in this config: each event id is one outcome.
+        naive = probes.Answered(cfg.events)
+        figures["naive"] = asyncio.run(runs.naive(s, naive, REFERENCE_BUDGET_S, log_dir))
         figures["ceiling"] = asyncio.run(runs.ceiling(s, cfg.events, REFERENCE_BUDGET_S))
     finally:
         cleanup(s)
@@ -160,24 +182,23 @@ def state(base: Settings, args: argparse.Namespace, log_dir: Path) -> dict[str, 
 
 def _compared(figures: dict[str, Any], share: float) -> dict[str, Any]:
     """Gifts per second of every run, and ours beside each of the others (rates and,
-    where measured, events per CPU-second)."""
+    where measured, events per CPU-second; of medians for repeated runs)."""
     runs_ = [name for name in report.RUNS if name in figures]
     for name in runs_:
         figures[name]["gifts_per_s"] = round(figures[name]["events_per_s"] * share)
     ours = figures["ours"]
     ratios: dict[str, float] = {}
     for name in runs_:
-        if name == "ours":
+        if name in ("ours", "ours_two_workers"):
             continue
         other = figures[name]
-        ratios[f"ours_vs_{name}"] = round(ours["events_per_s"] / max(1, other["events_per_s"]), 2)
-        if ours.get("events_per_cpu_s") and other.get("events_per_cpu_s"):
-            ratios[f"ours_vs_{name}_per_cpu_s"] = round(ours["events_per_cpu_s"] / other["events_per_cpu_s"], 2)
+        ratios[f"ours_vs_{name}"] = round(spread.rate(ours) / max(1.0, spread.rate(other)), 2)
+        ours_cpu, other_cpu = spread.rate(ours, "events_per_cpu_s"), spread.rate(other, "events_per_cpu_s")
+        if ours_cpu and other_cpu:
+            ratios[f"ours_vs_{name}_per_cpu_s"] = round(ours_cpu / other_cpu, 2)
     if "ours_two_workers" in runs_:
         ratios["two_workers_vs_one"] = round(
-            figures["ours_two_workers"]["events_per_s"] / max(1, ours["events_per_s"]), 2)
-        ratios.pop("ours_vs_ours_two_workers", None)
-        ratios.pop("ours_vs_ours_two_workers_per_cpu_s", None)
+            figures["ours_two_workers"]["events_per_s"] / max(1.0, spread.rate(ours)), 2)
     figures["ratios"] = ratios
     return figures
 
@@ -200,6 +221,8 @@ def main(args: argparse.Namespace) -> int:
         changed = index.write(DOCUMENT, RESULTS)
         print(f"{DOCUMENT.relative_to(PROJECT_ROOT)}: results index {'rewritten' if changed else 'up to date'}")
         return 0
+    if repeat_of(args) > 1 and args.scenario not in REPEATABLE:
+        raise SystemExit(f"--repeat is for the backlog scenarios ({', '.join(REPEATABLE)}), not {args.scenario}")
     base = settings.load()
     print("\n".join(dev.up(base)))
     log_dir = base.data_dir / "bench"

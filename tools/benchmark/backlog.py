@@ -1,11 +1,13 @@
 """Engines side by side on one backlog: our worker(s) and the peers a user would pick
 instead (bench/peers/), each started on the same input topics already produced, read
-from the beginning, and timed until its last outcome is committed.
+from the beginning, and timed from its processes' start until its last outcome is
+visible.
 
-Every engine is judged the same way: a read_committed consumer counts the records on
-its outcome topic; its outcomes are compared by event id with the reference ledger
-(tests/support/reference.py, written from the contract alone); its processes' CPU and
-memory are sampled each second.
+Every engine is judged the same way: a read_committed consumer reads its outcome topic
+until every expected event id is there (that read is the run's end); its outcomes are
+compared by event id with the reference ledger (tests/support/reference.py, written
+from the contract alone); its processes' CPU (whole, from their start) and memory are
+sampled each second.
 """
 
 from __future__ import annotations
@@ -24,13 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.structs import TopicPartition
 
 from pipeline import redis_client, topics
 from pipeline.settings import PROJECT_ROOT, Settings
-from tools.benchmark.probes import ProcStats, board_total
+from tools.benchmark.probes import Answered, ProcStats, board_total, read_outcomes
 from tools.benchmark.runs import start_workers
 from tools.simulate import Message
 
@@ -76,44 +76,6 @@ def reference_outcomes(messages: list[Message]) -> dict[str, dict[str, Any]]:
     return out
 
 
-async def _count_outcomes(s: Settings, topic: str, expected: int, started: float, stats: ProcStats,
-                          alive: Callable[[], bool]) -> dict[str, Any]:
-    """Read the committed records of `topic` until `expected` are in: the time of the
-    first and last, a per-second timeline, and the records themselves."""
-    consumer = AIOKafkaConsumer(**s.kafka_options(), isolation_level="read_committed", enable_auto_commit=False,
-                                fetch_max_wait_ms=50)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(s.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records: list[bytes] = []
-        first = last = None
-        rows: list[dict[str, float]] = []
-        second, in_second = started + 1.0, 0
-        stats.sample()
-        while len(records) < expected:
-            now = time.perf_counter()
-            if now - started > MAX_RUN_S or not alive():
-                break
-            for batch in (await consumer.getmany(timeout_ms=100, max_records=20_000)).values():
-                records.extend(r.value for r in batch)
-                in_second += len(batch)
-            now = time.perf_counter()
-            if in_second and first is None:
-                first = now - started
-            if len(records) >= expected:
-                last = now - started
-            while now >= second:
-                cpu, rss = stats.sample()
-                rows.append({"t": round(second - started, 1), "processed_per_s": in_second,
-                             "lag": expected - len(records), "cpu_pct": cpu, "rss_mb": rss})
-                second, in_second = second + 1.0, 0
-        return {"records": records, "first": first, "last": last, "timeline": rows}
-    finally:
-        await consumer.stop()
-
-
 def agreement(records: list[bytes], expected: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Outcomes compared with the reference by event id (a repeat after a crash may
     repeat an identical record; a contradicting one is a difference). Payouts that our
@@ -155,27 +117,29 @@ def stalls(timeline: list[dict[str, float]], first: float | None, last: float | 
 
 async def measure(s: Settings, outcome_topic: str, pids: list[int], started: float, expected: dict[str, dict[str, Any]],
                   alive: Callable[[], bool]) -> dict[str, Any]:
-    """One engine's figures, counted from `started` (when its processes started)."""
-    stats = ProcStats(pids)
-    cpu0 = stats.cpu_seconds()
-    seen = await _count_outcomes(s, outcome_topic, len(expected), started, stats, alive)
-    cpu = stats.cpu_seconds() - cpu0
-    n, first, last = len(seen["records"]), seen["first"], seen["last"]
-    span = (last or time.perf_counter() - started) - (first or 0.0)
-    figures: dict[str, Any] = {
-        "events": n, "complete": last is not None,
-        "elapsed_s": round(last, 2) if last is not None else None,
-        "events_per_s": round(len(expected) / last) if last else 0,
-        "first_to_last_per_s": round(n / span) if span > 0 else 0,
+    """One engine's figures, counted from `started`, when its processes started. Its end
+    is the read of the last expected outcome (by event id: a repeat cannot stand in for
+    a missing one); its CPU, read then, is its processes' whole CPU since they started."""
+    stats = ProcStats(pids, tree=True)
+    answered = Answered.of(eid.encode() for eid in expected)
+    timeline, records = await read_outcomes(s, outcome_topic, answered, started, stats, alive=alive,
+                                            until_s=MAX_RUN_S, keep=True)
+    cpu = stats.cpu_seconds()
+    end = answered.last - started if answered.done and answered.last is not None else None
+    first = answered.first - started if answered.first is not None else None
+    return {
+        "events": answered.count, "outcome_records": answered.records, "complete": answered.done,
+        "elapsed_s": round(end, 2) if end else None,
+        "events_per_s": round(answered.expected / end) if end else 0,
+        "first_to_last_per_s": round(answered.rate()),
         "first_outcome_s": round(first, 2) if first is not None else None,
-        "cpu_avg_pct": round(100 * cpu / last, 1) if last else None,
-        "events_per_cpu_s": round(n / cpu) if cpu > 0 else 0,
+        "cpu_avg_pct": round(100 * cpu / end, 1) if end else None,
+        "events_per_cpu_s": round(answered.count / cpu) if cpu > 0 else 0,
         "peak_rss_mb": round(stats.peak_rss_mb, 1),
-        "agreement": agreement(seen["records"], expected),
-        "stalls": stalls(seen["timeline"], first, last),
-        "timeline": seen["timeline"],
+        "agreement": agreement(records, expected),
+        "stalls": stalls(timeline, first, end),
+        "timeline": timeline,
     }
-    return figures
 
 
 async def create_outputs(s: Settings, prefix: str) -> None:
@@ -223,27 +187,12 @@ async def run_peer(s: Settings, peer: Peer, expected: dict[str, dict[str, Any]],
         proc = subprocess.Popen(peer.command, cwd=peer.dir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        figures = await measure(s, out_prefix + topics.OUTCOMES, _tree(proc.pid), started, expected,
+        figures = await measure(s, out_prefix + topics.OUTCOMES, [proc.pid], started, expected,
                                 lambda: proc.poll() is None)
     finally:
         _stop(proc)
         shutil.rmtree(state_dir, ignore_errors=True)
     return figures
-
-
-def _tree(pid: int) -> list[int]:
-    """A launcher script's process and its children (the JVM, the Python apps), once
-    they started: their CPU is the engine's."""
-    time.sleep(1.0)
-    pids = [pid]
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if os.getsid(int(p.name)) == os.getsid(pid) and int(p.name) != pid:
-                    pids.append(int(p.name))
-            except OSError:
-                pass
-    return pids
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

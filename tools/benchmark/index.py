@@ -25,7 +25,7 @@ def _headline(data: dict[str, Any]) -> str:
     parts = []
     for run, values in figures.items():
         if isinstance(values, dict) and "events_per_s" in values:
-            shown = [f"{values[c]:,} {c.replace('_', ' ')}" for c in COLUMNS if isinstance(values.get(c), (int, float))]
+            shown = [cell for c in COLUMNS if (cell := _cell(values, c))]
             parts.append(f"{run}: " + ", ".join(shown))
     ratios = figures.get("ratios")
     if isinstance(ratios, dict):
@@ -33,6 +33,17 @@ def _headline(data: dict[str, Any]) -> str:
     if not parts:  # a scenario of its own shape: its top-level numbers
         parts = [f"{k} {v:,}" for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return "; ".join(parts)
+
+
+def _cell(values: dict[str, Any], column: str) -> str | None:
+    """A run's figure; for repeated runs its median, with the range and count."""
+    name = column.replace("_", " ")
+    spread = values.get("spread")
+    summed = spread.get(column) if isinstance(spread, dict) else None
+    if isinstance(summed, dict) and isinstance(spread, dict):
+        return f"{summed['median']:,} {name} (median of {spread['runs']}, {summed['min']:,}-{summed['max']:,})"
+    value = values.get(column)
+    return f"{value:,} {name}" if isinstance(value, (int, float)) else None
 
 
 def table(results: Path) -> str:

@@ -42,9 +42,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         lines += [f"| {r} | " + " | ".join(_fmt(f[r].get(c, "")) for c in cols) + " |" for r in runs]
         lines.append("")
+        lines += _spread_table(f, runs)
     rest = {k: v for k, v in f.items() if k not in RUNS and k != "timeline"}  # timelines: the JSON and chart
     for r in runs:  # run figures beyond the table (latency, recovery, board)
-        rest.update({f"{r}.{k}": v for k, v in f[r].items() if k not in cols and k != "timeline"})
+        rest.update({f"{r}.{k}": v for k, v in f[r].items() if k not in cols and k not in ("timeline", "spread")})
     lines += ["| figure | value |", "|---|---|"]
     for key, value in rest.items():
         if isinstance(value, dict) and "p99_ms" in value:
@@ -53,6 +54,25 @@ def markdown(result: dict[str, Any]) -> str:
             value = ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
         lines.append(f"| {key} | {_fmt(value)} |")
     return "\n".join(lines) + "\n"
+
+
+def _spread_table(f: dict[str, Any], runs: list[str]) -> list[str]:
+    """Repeated runs: each engine's median, min and max, beside the median run the table
+    above shows, so a ratio is read with the spread it comes from."""
+    repeated = [r for r in runs if isinstance(f[r].get("spread"), dict)]
+    if not repeated:
+        return []
+    lines = [f"Repeated runs, interleaved (ours, then each peer, {f.get('repeat', '')} rounds): the table above "
+             "shows each engine's median run; the ratios compare medians.", "",
+             "| run | runs | complete | median run | events_per_s median | min | max | events_per_cpu_s median "
+             "| min | max |", "|---" * 11 + "|"]
+    for r in repeated:
+        sp = f[r]["spread"]
+        cells = [sp["runs"], sp["complete_runs"], sp["median_run"]]
+        for key in ("events_per_s", "events_per_cpu_s"):
+            cells += [sp[key][q] if key in sp else "" for q in ("median", "min", "max")]
+        lines.append(f"| {r} | " + " | ".join(_fmt(c) for c in cells) + " |")
+    return [*lines, ""]
 
 
 def chart(path: Path, result: dict[str, Any]) -> None:

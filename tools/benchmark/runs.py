@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -25,13 +25,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from agents.ingest.decode import decode
 from agents.readmodel import leaderboards
 from pipeline import redis_client, topics
+from pipeline.engine.stage import Malformed
 from pipeline.settings import PROJECT_ROOT, Settings
-from tools.benchmark.probes import Lag, ProcStats
+from tools.benchmark.probes import SAMPLE_S, Answered, ProcStats, read_outcomes
 from tools.local_worker import get, running_worker
 from tools.simulate import InputMessage, Message
 
 INPUTS = list(topics.INPUTS)
-SAMPLE_S = 1.0
 MAX_RUN_S = 3_600  # a run that has not finished by then is a failed run
 RECOVERY_TIMEOUT_S = 900
 BOARD_TIMEOUT_S = 60  # after every outcome is read, for the board to show them
@@ -40,6 +40,10 @@ PRODUCER = {"linger_ms": 5, "max_batch_size": 512 * 1024}
 # board, polled every 10 ms (more would load Redis as much as the ledger does).
 BOARD_SAMPLE = 10
 BOARD_POLL_S = 0.01
+# bench/naive.py's topics (not imported: bench/ is outside the type-checked packages).
+NAIVE_OUTCOMES = "naive-outcomes"
+NAIVE_CREDITS = "naive-credits"
+PROBE = b"probe"  # the event id of the event sent after a recovery
 
 
 def worker_env(s: Settings, web_port: int) -> dict[str, str]:
@@ -89,55 +93,57 @@ def _event_id(value: bytes) -> bytes:
     return m.group(1) if m else b""
 
 
-async def watch(s: Settings, group_id: str, total: int, pids: list[int], budget_s: float | None = None,
-                started: float | None = None) -> dict[str, Any]:
-    """Sample lag, CPU and memory each second until the group committed `total` input
-    records (or `budget_s` passed); times count from `started` (perf_counter; default
-    now). Rates are over the time from the first committed progress."""
-    lag = Lag(s, group_id, INPUTS)
-    await lag.start()
-    stats = ProcStats(pids)
-    stats.sample()
-    rows: list[dict[str, float]] = []
+async def watch(s: Settings, outcome_topic: str, answered: Answered, pids: list[int], *,
+                started: float | None = None, budget_s: float | None = None,
+                alive: Callable[[], bool] = lambda: True, inputs: Sequence[str] = ()) -> dict[str, Any]:
+    """Read `outcome_topic` into `answered`, with lag, CPU and memory each second, until
+    every expected outcome is visible (or `budget_s` passed): the end is that read.
+    `started` (perf_counter): when the processes were started for this run, whose times
+    and CPU then count from their start; by default they already run and both count
+    from now. The rate is over the time from the first outcome read to the last."""
+    stats = ProcStats(pids, tree=True)
+    cpu0 = 0.0 if started is not None else stats.cpu_seconds()
     started = time.perf_counter() if started is None else started
-    cpu_started = stats.cpu_seconds()
-    first: tuple[float, int] | None = None
-    try:
-        prev = 0
-        while True:
-            await asyncio.sleep(SAMPLE_S)
-            ends, done = await lag.read()
-            t = time.perf_counter() - started
-            cpu, rss = stats.sample()
-            rows.append({"t": round(t, 1), "processed_per_s": round((done - prev) / SAMPLE_S), "lag": ends - done,
-                         "cpu_pct": cpu, "rss_mb": rss})
-            prev = done
-            if first is None and done > 0:
-                first = (t - SAMPLE_S, 0)
-            if done >= total or t > (budget_s or MAX_RUN_S):
-                break
-        elapsed = time.perf_counter() - started
-        processed = done
-        span = elapsed - (first[0] if first else 0.0)
-        return {
-            "events": processed, "complete": processed >= total, "elapsed_s": round(elapsed, 2),
-            "events_per_s": round(processed / span) if span > 0 else 0,
-            "cpu_avg_pct": round(100 * (stats.cpu_seconds() - cpu_started) / elapsed, 1),
-            "peak_rss_mb": round(stats.peak_rss_mb, 1), "timeline": rows,
-        }
-    finally:
-        await lag.stop()
+    timeline, _ = await read_outcomes(s, outcome_topic, answered, started, stats, alive=alive,
+                                      until_s=budget_s or MAX_RUN_S, inputs=inputs)
+    watched = time.perf_counter() - started
+    cpu = stats.cpu_seconds() - cpu0
+    end = answered.last if answered.done and answered.last is not None else None
+    return {
+        "events": answered.count, "outcome_records": answered.records, "complete": answered.done,
+        "elapsed_s": round(end - started if end is not None else watched, 2),
+        "events_per_s": round(answered.rate()),
+        "first_outcome_s": round(answered.first - started, 2) if answered.first is not None else None,
+        "cpu_avg_pct": round(100 * cpu / watched, 1) if watched > 0 else None,
+        "peak_rss_mb": round(stats.peak_rss_mb, 1), "timeline": timeline,
+    }
 
 
-async def naive(s: Settings, total: int, budget_s: float, log_dir: Path) -> dict[str, Any]:
+def well_formed_ids(messages: Iterable[InputMessage]) -> set[bytes]:
+    """The event ids that must each get an outcome (the contract: one per well-formed
+    input; the naive reference sends none for a malformed one)."""
+    ids: set[bytes] = set()
+    for topic, key, value in messages:
+        ev = decode(topic, key, value)
+        if not isinstance(ev, Malformed):
+            ids.add(ev.event_id.encode())
+    return ids
+
+
+async def naive(s: Settings, answered: Answered, budget_s: float, log_dir: Path) -> dict[str, Any]:
     """The naive Faust reference on the same input topics (already produced), for at
-    most `budget_s`: its rate is what it committed over the time it ran."""
+    most `budget_s`, judged by its outputs: Faust's start-up drop (FAUST_NOTES.md) can
+    leave its committed offsets stuck at a gap while it goes on answering, and the
+    dropped events unanswered. `answered`: the event ids it must answer."""
+    await topics.ensure_topics(s, extra=(NAIVE_OUTCOMES, NAIVE_CREDITS))  # as it does: read before it runs
     env = {**os.environ, **worker_env(s, s.web_port), "PIPELINE_LOG_LEVEL": "warn"}
     with open(log_dir / "bench-naive.log", "ab") as log:
+        started = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "bench.naive"], cwd=PROJECT_ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
     try:
-        figures = await watch(s, s.topic("naive"), total, [proc.pid], budget_s=budget_s)
+        figures = await watch(s, s.topic(NAIVE_OUTCOMES), answered, [proc.pid], started=started, budget_s=budget_s,
+                              alive=lambda: proc.poll() is None)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -234,7 +240,8 @@ async def latency(s: Settings, messages: list[Message], rate: float, log_dir: Pa
                 await asyncio.sleep(BOARD_POLL_S)
 
         tasks = [asyncio.create_task(outcomes()), asyncio.create_task(boards())]
-        watching = asyncio.create_task(watch(s, s.group_id, len(messages), pids))
+        watching = asyncio.create_task(watch(s, s.topic(topics.OUTCOMES), Answered(len(messages), distinct=False),
+                                             pids, inputs=INPUTS))
         await produce(s, messages, rate=rate, sent_at=sent_at)
         figures = await watching
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
@@ -277,31 +284,41 @@ def percentiles(seconds: list[float], digits: int = 1) -> dict[str, float]:
 
 
 async def recovery(s: Settings, stack: ExitStack, worker: subprocess.Popen[bytes], log_dir: Path) -> dict[str, Any]:
-    """SIGKILL the worker, start another, and time until an event sent after the start
-    has its outcome committed: restore, group join (the dead member's session must
+    """SIGKILL the worker, start another, and time until the outcome of an event sent
+    after the start is visible: restore, group join (the dead member's session must
     expire first) and the first batch included."""
     worker.kill()
     worker.wait()
-    lag = Lag(s, s.group_id, INPUTS)
-    await lag.start()
+    consumer = AIOKafkaConsumer(**s.kafka_options(), isolation_level="read_committed", enable_auto_commit=False,
+                                fetch_max_wait_ms=5)
+    await consumer.start()
     try:
-        total, _ = await lag.read()
+        tps = [TopicPartition(s.topic(topics.OUTCOMES), p) for p in range(s.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)  # past every outcome of the backlog
+        for tp in tps:
+            await consumer.position(tp)
         started = time.perf_counter()
         log = log_dir / "bench-worker-recovered.log"
         log_start = log.stat().st_size if log.exists() else 0
         stack.enter_context(running_worker(s, log, worker_env(s, s.web_port), health_timeout_s=RECOVERY_TIMEOUT_S))
         healthy = time.perf_counter() - started
-        await produce(s, [(topics.SPEND_LIMITS, b"probe", b'{"event_id":"probe","user_id":"probe",'
-                          b'"daily_coin_limit":null,"ts":%d}' % int(time.time() * 1000))])
-        while (await lag.read())[1] < total + 1:
-            await asyncio.sleep(0.05)
-        answered = time.perf_counter() - started
+        await produce(s, [(topics.SPEND_LIMITS, b"probe", b'{"event_id":"%s","user_id":"probe",'
+                          b'"daily_coin_limit":null,"ts":%d}' % (PROBE, int(time.time() * 1000)))])
+        answered = Answered.of([PROBE])
+        while not answered.done:
+            if time.perf_counter() - started > 2 * RECOVERY_TIMEOUT_S:
+                raise SystemExit(f"no outcome of the probe after {2 * RECOVERY_TIMEOUT_S}s; see {log}")
+            for records in (await consumer.getmany(timeout_ms=50)).values():
+                answered.add([r.key for r in records], time.perf_counter())
+        assert answered.last is not None  # done
+        visible = answered.last - started
     finally:
-        await lag.stop()
+        await consumer.stop()
     with open(log, errors="replace") as f:
         f.seek(log_start)
         restored = re.findall(r"restored partitions .* from (\d+) changelog records in ([0-9.]+)s", f.read())
-    return {"healthy_s": round(healthy, 2), "first_outcome_s": round(answered, 2),
+    return {"healthy_s": round(healthy, 2), "first_outcome_s": round(visible, 2),
             "changelog_records": sum(int(n) for n, _ in restored), "restore_s": sum(float(x) for _, x in restored)}
 
 
@@ -310,7 +327,8 @@ async def state(s: Settings, messages: Iterable[Message], total: int, log_dir: P
     with ExitStack() as stack:
         [worker] = start_workers(stack, s, 1, log_dir)
         producing = asyncio.create_task(produce(s, messages))
-        figures = await watch(s, s.group_id, total, [worker.pid])
+        figures = await watch(s, s.topic(topics.OUTCOMES), Answered(total, distinct=False), [worker.pid],
+                              inputs=INPUTS)
         await producing
         figures["recovery"] = await recovery(s, stack, worker, log_dir)
     return figures
