@@ -18,8 +18,10 @@ from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.settings import PROJECT_ROOT
+from pipeline.topics import FRAUD_ALERTS, read_values
 from tests.conftest import Cluster
 from tests.support.harness import Deployment, Worker, produce, read_all, run
+from tools.quiesce import settled
 
 pytestmark = pytest.mark.integration
 
@@ -148,7 +150,8 @@ def fraud_run(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     worker = Worker(d, "fraud-worker").start()
     try:
         outcomes = run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(messages), timeout_s=120))
-        alerts = run(read_all(d.bootstrap, d.topic("fraud-alerts"), len(expected), timeout_s=30, settle_s=3.0))
+        run(settled(d.settings(), timeout_s=60))  # every alert of the set is committed now (tools/quiesce.py)
+        alerts = run(read_values(d.settings(), FRAUD_ALERTS))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # Redis is written after the commit
             _, body = worker.get("/alerts?limit=1000")

@@ -260,7 +260,11 @@ def test_workers_share_partitions_rebalance_and_answer_any_key(deployment: Deplo
     w1.wait_healthy()
     w2.wait_healthy()
     run(wait_end_offsets(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes) // 4, DONE_TIMEOUT_S))
+    assert sorted(w2.get("/health")[1]["partitions"]), "w2 held no partition when killed"
     w2.kill()
+    at_kill = len(run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), 2.0, settle_s=0)))
+    print(f"SIGKILL of w2 with {at_kill} of {len(model.outcomes)} outcomes committed")
+    assert 0 < at_kill < len(model.outcomes), "the kill did not land mid-stream"
     outcomes = run(read_all(d.bootstrap, d.topic("ledger-outcomes"), len(model.outcomes), DONE_TIMEOUT_S))
     _assert_same_outcomes(outcomes, model.outcomes)
     w2.start()

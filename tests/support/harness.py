@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,9 +75,8 @@ class Deployment:
             "PIPELINE_PARTITIONS": str(self.partitions),
             "PIPELINE_DATA_DIR": str(self.workdir / "data"),
             "PIPELINE_LOG_LEVEL": "info",
-            # The reference ledger decides by the contract alone; payout holds (a fraud
-            # rule's) are tested with holds on (test_fraud_pipeline.py).
-            "PIPELINE_HOLD_SUSPICIOUS_PAYOUTS": "0",
+            # Payout holds stay on, as deployed: the reference ledger has no fraud rules,
+            # so a test whose traffic could trip one says so (test_fraud_pipeline.py).
         })
         env.update(self.extra_env)
         return env
@@ -230,19 +229,34 @@ async def read_all(
 
 async def wait_end_offsets(bootstrap: str, topic: str, at_least: int, timeout_s: float) -> int:
     """Poll the sum of a topic's last stable offsets (committed records plus commit
-    markers, so a slight overestimate) until it reaches `at_least`; cheap and prompt."""
+    markers, so a slight overestimate) until it reaches `at_least`; cheap and prompt.
+    A timeout raises: a test that went on would fail later, far from the cause."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
     await consumer.start()
     try:
         tps = await partitions_of(consumer, topic)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            total = sum((await consumer.end_offsets(tps)).values())
-            if total >= at_least or time.monotonic() > deadline:
-                return total
-            await asyncio.sleep(0.02)
+
+        async def total() -> int:
+            return sum((await consumer.end_offsets(tps)).values())
+
+        return await await_offsets(total, at_least, timeout_s, topic)
     finally:
         await consumer.stop()
+
+
+async def await_offsets(read: Callable[[], Awaitable[int]], at_least: int, timeout_s: float, topic: str,
+                        poll_s: float = 0.02) -> int:
+    """`read()` until it gives at least `at_least`; TimeoutError naming `topic`, the
+    offset reached and the one awaited once `timeout_s` passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        total = await read()
+        if total >= at_least:
+            return total
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{topic}: end offsets reached {total:,} after {timeout_s:g}s, "
+                               f"awaiting {at_least:,}")
+        await asyncio.sleep(poll_s)
 
 
 def run(coro: Any) -> Any:
