@@ -234,7 +234,8 @@ def stage_factory(settings: Settings, econ: Economics) -> Callable[[int], list[S
             UserLedger(econ, p, partitions, kv=RocksKV(root / f"users-{p}-{n}"),
                        max_clock_skew_ms=settings.max_clock_skew_ms),
             CreatorLedger(econ, partitions, kv=RocksKV(root / f"creators-{p}-{n}"),
-                          hold_suspicious=settings.hold_suspicious_payouts),
+                          hold_suspicious=settings.hold_suspicious_payouts,
+                          max_hold_ms=settings.payout_max_wait_s * 1000),
         ]
 
     return make

@@ -60,6 +60,11 @@ class Settings:
     leaderboard_retention_days: int = 7
     # payout_concentration holds the payout (outcome rejected, `held_for_review`).
     hold_suspicious_payouts: bool = True
+    # Longest a payout waits for a user partition that sends no progress (no worker, or
+    # stuck) before it is decided without that partition's unapplied credits: the one
+    # way causal order can be broken, logged as such. Well above a worker's recovery
+    # (session timeout, restore: about a minute at 1 M users), which must not trip it.
+    payout_max_wait_s: int = 600
     # Bearer tokens every HTTP endpoint but /health, /metrics and the dashboard page
     # accepts (empty: open). Two during a rotation: the new one first, which our own
     # clients send.
@@ -235,6 +240,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             env, "PIPELINE_LEADERBOARD_RETENTION_DAYS", d.leaderboard_retention_days, 1, 3650
         ),
         hold_suspicious_payouts=hold == "1",
+        payout_max_wait_s=_int(env, "PIPELINE_PAYOUT_MAX_WAIT_S", d.payout_max_wait_s, 1, 86_400),
         http_tokens=tokens,
         internal_keys=internal_keys,
         accept_unsigned=accept_unsigned == "1",

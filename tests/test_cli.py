@@ -26,6 +26,7 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
 @pytest.mark.parametrize(("variable", "value"), [
     ("PIPELINE_WEB_PORT", "http"), ("PIPELINE_PARTITIONS", "0"), ("PIPELINE_REDIS_URL", "http://x"),
     ("PIPELINE_ECONOMICS_FILE", "/nonexistent.toml"), ("PIPELINE_HOLD_SUSPICIOUS_PAYOUTS", "yes"),
+    ("PIPELINE_PAYOUT_MAX_WAIT_S", "0"),
     ("PIPELINE_DATA_DIR", str(Path(__file__))),  # a file, not a folder
     ("PIPELINE_HTTP_TOKEN", "short"), ("PIPELINE_KAFKA_SECURITY_PROTOCOL", "TLS"),
     ("PIPELINE_KAFKA_SASL_MECHANISM", "GSSAPI"), ("PIPELINE_KAFKA_CA_FILE", "/nonexistent.pem"),

@@ -38,8 +38,10 @@ PROGRESS_PREFIX = "#progress"
 LOOP_PREFIX = "#loop"  # gift_loop legs, by the pair's smaller account (agents/fraud/loop.py)
 # Longest a payout waits for a user partition that sends no progress, in real time,
 # counted from its arrival or from this partition's start (a restart is not a reason to
-# give up); one that keeps progressing is waited for (CreatorLedger._stalled).
-MAX_HOLD_MS = 30_000
+# give up); one that keeps progressing is waited for (CreatorLedger._stalled). The
+# worker's is PIPELINE_PAYOUT_MAX_WAIT_S: 30 s was shorter than a SIGKILLed worker's
+# recovery, and a soak caught payouts decided without credits acknowledged before them.
+MAX_HOLD_MS = 600_000
 MAX_TIME_CUTS = 64
 
 
