@@ -116,7 +116,15 @@ class CreatorLedger(LedgerStage):
             publish(out, refused_payout(self.table.get(item.creator_id) or CreatorState(), item.payout, item.refused))
         elif isinstance(item, Leg):
             pairs = self.pairs.for_update(item.meeting_key)
-            for alert in loop.meet(pairs, item, self.rules.gift_loop):
+            alerts, closings = loop.meet(pairs, item, self.rules.gift_loop)
+            for alert in alerts:
+                self.raise_alert(alert, out)
+            for closing in closings:  # to the meeting point of the path's two ends (agents/fraud/loop.py)
+                out.send(topics.CREATOR_OPS, closing.meeting_key, closing.to_op())
+            pairs.check()
+        elif isinstance(item, loop.Closing):
+            pairs = self.pairs.for_update(item.meeting_key)
+            for alert in loop.close(pairs, item, self.rules.gift_loop):
                 self.raise_alert(alert, out)
             pairs.check()
         else:

@@ -2,11 +2,13 @@
 
 `c`: the combined credit of a batch's accepted gifts to one creator; `p`: a validated
 payout request; `m`: a progress mark of a user-ledger partition (key none, sent to every
-partition); `l`: a gift_loop leg (agents/fraud/loop.py; key: the pair's smaller account).
-Written only by this pipeline (Kafka ACLs enforce it: `python -m pipeline acls`), yet
-read as untrusted (CONTRACT.md, Trust): `decode_op` checks every field's type and range
-and what a record can be checked against (a credit never exceeds what its gifts could
-give), and anything else is a dead letter, never a crash.
+partition); `l`: a gift_loop leg (agents/fraud/loop.py; key: the pair's smaller account);
+`t`: a path of two legs that a third may close into a loop of three (key: the smaller of
+the path's two ends), written by the creator ledger itself. Written only by this
+pipeline (Kafka ACLs enforce it: `python -m pipeline acls`), yet read as untrusted
+(CONTRACT.md, Trust): `decode_op` checks every field's type and range and what a record
+can be checked against (a credit never exceeds what its gifts could give), and anything
+else is a dead letter, never a crash.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import orjson
 
 from agents.credit.rules import CreditBatch
 from agents.fraud.concentration import hour
-from agents.fraud.loop import parse_leg
+from agents.fraud.loop import Closing, parse_leg
 from agents.fraud.sender import Leg
 from agents.ingest.decode import ID_RE, MAX_QUANTITY, MAX_REASON_CHARS, MAX_TS, MAX_VALUE_BYTES
 from agents.ingest.records import Payout
@@ -107,7 +109,7 @@ class Forwarded:
         return self.payout.creator_id
 
 
-Op = CreditBatch | Payout | Forwarded | Mark | Leg
+Op = CreditBatch | Payout | Forwarded | Mark | Leg | Closing
 REFUSALS = ("invalid_ts",)
 
 
@@ -149,7 +151,7 @@ def decode_op(key: bytes | None, value: bytes | None, econ: Economics, partition
         return Malformed(f"creator-ops record: {exc}")
     except (ValueError, RecursionError) as exc:
         return Malformed(f"not JSON: {str(exc)[:MAX_REASON_CHARS]}")
-    want = None if isinstance(op, Mark) else (op.meeting_key if isinstance(op, Leg) else op.creator_id)
+    want = None if isinstance(op, Mark) else (op.meeting_key if isinstance(op, (Leg, Closing)) else op.creator_id)
     if (None if key is None else key.decode("utf-8", "replace")) != want:
         return Malformed(f"creator-ops record: key must be {want!r}")
     return op
@@ -170,16 +172,37 @@ def _checked(data: dict[str, Any], econ: Economics, partitions: int) -> Op:
             return payout
         return Forwarded(payout, _int(data["w"], "w", 1, MAX_TS) if "w" in data else 0, data.get("r"))
     if kind == "l":
-        ids = _list(data.get("ids"), "ids", MAX_OP_IDS)
-        if not all(type(i) is str and ID_RE.fullmatch(i) for i in ids):
-            raise BadOp("ids must be event ids")
-        start, end = _int(data.get("s"), "s", 0, MAX_TS), _int(data.get("t"), "t", 0, MAX_TS)
-        if start > end:
-            raise BadOp("s must not be after t")
-        return Leg(_id(data, "a"), _id(data, "b"), start, end, _int(data.get("c"), "c", 1, 10**18), tuple(ids))
+        return _leg(data)
+    if kind == "t":
+        return _closing(data)
     if kind == "c":
         return _credit(data, econ)
-    raise BadOp("op must be one of c, p, m, l")
+    raise BadOp("op must be one of c, p, m, l, t")
+
+
+def _leg(data: Any) -> Leg:
+    if type(data) is not dict:
+        raise BadOp("a leg must be an object")
+    ids = _list(data.get("ids"), "ids", MAX_OP_IDS)
+    if not all(type(i) is str and ID_RE.fullmatch(i) for i in ids):
+        raise BadOp("ids must be event ids")
+    start, end = _int(data.get("s"), "s", 0, MAX_TS), _int(data.get("t"), "t", 0, MAX_TS)
+    if start > end:
+        raise BadOp("s must not be after t")
+    leg = Leg(_id(data, "a"), _id(data, "b"), start, end, _int(data.get("c"), "c", 1, 10**18), tuple(ids))
+    if leg.sender == leg.recipient:
+        raise BadOp("a leg joins two accounts")
+    return leg
+
+
+def _closing(data: dict[str, Any]) -> Closing:
+    """A path X -> A -> Y, as only the meeting point of A could have sent it: A is the
+    smaller of each pair, and X is not Y."""
+    closing = Closing(_leg(data.get("i")), _leg(data.get("o")))
+    x, a, y = closing.into.sender, closing.into.recipient, closing.out.recipient
+    if closing.out.sender != a or not (a < x and a < y) or x == y:
+        raise BadOp("a closing is two legs X -> A -> Y, A the smallest of three accounts")
+    return closing
 
 
 def _credit(data: dict[str, Any], econ: Economics) -> CreditBatch:

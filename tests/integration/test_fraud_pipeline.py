@@ -106,6 +106,16 @@ def scenarios(ev: Events) -> tuple[set[tuple[str, str]], dict[str, str]]:
         ev.gift(a, b, "galaxy", t + MIN)
         ev.gift(b, a, "rose", t + MIN + after, quantity=back)
         expected |= {("gift_loop", a), ("gift_loop", b)} if fires else set()
+    # gift_loop of three (no pair both ways): the path's closing crosses partitions through
+    # creator-ops; (name, coins of the last leg, fires)
+    for name, last, fires in (("ring-under", 999, False), ("ring-over", 1_000, True)):
+        a, b, c = (f"loop-{name}-{x}" for x in "abc")
+        for who in (a, b, c):
+            ev.recharge(who, 5_000, t)
+        ev.gift(c, a, "rose", t + MIN, quantity=last)  # the closing leg first, then the path
+        ev.gift(a, b, "galaxy", t + 2 * MIN)
+        ev.gift(b, c, "galaxy", t + 3 * MIN)
+        expected |= {("gift_loop", a), ("gift_loop", b), ("gift_loop", c)} if fires else set()
     t += 2 * DAY
     # payout_concentration: (name, new senders' diamonds, old fan's diamonds, payout, first event age, fires)
     cases = [

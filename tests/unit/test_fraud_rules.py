@@ -56,9 +56,16 @@ class Mini:
         return outcome
 
     def send(self, events: list[tuple[str, Any]]) -> None:
+        """Then what the user ledger wrote to creator-ops, and what the creator ledger
+        writes there itself (gift_loop's closings), until nothing more is written."""
         out = self._batch(self.users, events)
-        ops = [self.creators.decode(m.topic, m.key, m.value)[0] for m in out.messages if m.topic == topics.CREATOR_OPS]
-        self._batch(self.creators, [(topics.CREATOR_OPS, op) for op in ops])
+        for _ in range(3):
+            ops = [self.creators.decode(m.topic, m.key, m.value)[0] for m in out.messages
+                   if m.topic == topics.CREATOR_OPS]
+            if not ops:
+                return
+            out = self._batch(self.creators, [(topics.CREATOR_OPS, op) for op in ops])
+        raise AssertionError("the creator ledger keeps writing to itself")
 
     def _batch(self, stage: Any, events: list[tuple[str, Any]]) -> Output:
         # decided live: the clock is the latest event's time
@@ -264,6 +271,47 @@ def test_gift_loop_sums_small_gifts_and_alerts_once_per_window(mini: Mini) -> No
     assert len(found) == 2 and len(found[0].event_ids) == 5  # the latest 4 of a leg, and the gift back
 
 
+TRIANGLE = [("a", "b"), ("b", "c"), ("c", "a")]
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1), (2, 1, 0), (1, 0, 2)])
+def test_gift_loop_of_three_accounts_in_any_order(mini: Mini, order: tuple[int, int, int]) -> None:
+    """No pair gifts both ways: the smallest account's two legs make a path, and the
+    third leg closes it wherever it meets, before or after the path arrives."""
+    for who in "abc":
+        mini.recharge(who, 5_000, T0)
+    for n, i in enumerate(order):
+        sender, recipient = TRIANGLE[i]
+        mini.gift(sender, recipient, "confetti", T0 + (n + 1) * HOUR, quantity=10)
+    found = mini.fired("gift_loop")
+    assert sorted(a.subject_id for a in found) == ["a", "b", "c"]
+    assert {a.details["shape"] for a in found} == {"triangle"} and found[0].ts == T0 + 3 * HOUR
+    assert sorted((leg["from"], leg["to"]) for leg in found[0].details["legs"]) == sorted(TRIANGLE)
+    assert len(set(found[0].event_ids)) == 3
+
+
+@pytest.mark.parametrize("last_at, coins, fires", [
+    (DAY - 1, 1_000, True), (DAY, 1_000, False), (HOUR, 999, False),
+])
+def test_gift_loop_of_three_needs_every_leg_within_one_window(mini: Mini, last_at: int, coins: int,
+                                                               fires: bool) -> None:
+    for who in "abc":
+        mini.recharge(who, 5_000, T0)
+    mini.gift("a", "b", "confetti", T0, quantity=10)
+    mini.gift("b", "c", "confetti", T0 + MIN, quantity=10)
+    mini.gift("c", "a", "rose", T0 + last_at, quantity=coins)
+    assert len(mini.fired("gift_loop")) == 3 * fires
+
+
+def test_gift_loop_of_three_alerts_once_per_window(mini: Mini) -> None:
+    for who in "abc":
+        mini.recharge(who, 50_000, T0)
+    for k in range(3):  # legs sent again an hour apart (LEG_REFRESH_MS), the loop the same
+        for sender, recipient in TRIANGLE:
+            mini.gift(sender, recipient, "confetti", T0 + k * 2 * HOUR + HOUR, quantity=10)
+    assert len(mini.fired("gift_loop")) == 3
+
+
 # --- payout_concentration --------------------------------------------------------------
 
 
@@ -374,17 +422,21 @@ def test_bad_thresholds_name_the_key(table: dict[str, Any], message: str) -> Non
 def test_gift_loop_meeting_point_is_bounded() -> None:
     """A popular creator's heavy fans: the least recent legs go first, the recent ones
     still make a loop."""
-    from agents.fraud.loop import MAX_PARTNERS, Pairs, meet
+    from agents.fraud.loop import MAX_CLOSINGS_PER_LEG, MAX_PARTNERS, Pairs, meet
     from agents.fraud.sender import Leg
     from agents.fraud.thresholds import GiftLoop
 
     pairs, rules = Pairs(), GiftLoop()
     for i in range(MAX_PARTNERS + 50):
-        assert meet(pairs, Leg(f"u{i:04d}", "c", T0 + i, T0 + i, 1_000, (f"g{i}",)), rules) == []
+        assert meet(pairs, Leg(f"u{i:04d}", "c", T0 + i, T0 + i, 1_000, (f"g{i}",)), rules) == ([], [])
         pairs.check()
     assert len(pairs.partners) == MAX_PARTNERS and "u0000" not in pairs.partners
-    found = meet(pairs, Leg("c", f"u{MAX_PARTNERS + 49:04d}", T0 + HOUR, T0 + HOUR, 1_000, ("back",)), rules)
+    found, closings = meet(pairs, Leg("c", f"u{MAX_PARTNERS + 49:04d}", T0 + HOUR, T0 + HOUR, 1_000, ("back",)),
+                           rules)
     assert [a.subject_id for a in found] == ["c", f"u{MAX_PARTNERS + 49:04d}"]
+    # The leg back to one fan is a path from each other fan: bounded, the latest first.
+    assert len(closings) == MAX_CLOSINGS_PER_LEG
+    assert [c.into.sender for c in closings[:2]] == [f"u{MAX_PARTNERS + 48:04d}", f"u{MAX_PARTNERS + 47:04d}"]
 
 
 def test_a_lowered_threshold_applies_to_state_written_under_the_old_one() -> None:

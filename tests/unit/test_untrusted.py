@@ -15,6 +15,7 @@ from aiokafka import errors
 
 from agents.credit.ops import Forwarded, Mark, batch_op, decode_op, mark_op, payout_op
 from agents.credit.rules import CreditBatch
+from agents.fraud.loop import Closing
 from agents.fraud.sender import Leg
 from agents.ingest.decode import Malformed, decode, parse_json
 from agents.ingest.records import Gift, Payout, Recharge
@@ -58,6 +59,20 @@ def test_what_the_pipeline_writes_decodes_back() -> None:
     assert op(mark_op(3, 10, 20), key=None) == Mark(3, 10, 20)
     leg = Leg("a", "c1", NOW, NOW + 5, 1_000, ("g1", "g2"))
     assert op(leg.to_op(), key=b"a") == leg
+    closing = Closing(Leg("x", "a", NOW, NOW, 1_000, ("g3",)), Leg("a", "y", NOW, NOW + 1, 1_000, ("g4",)))
+    assert op(closing.to_op(), key=b"x") == closing  # needs y -> x, which meets at x
+
+
+@pytest.mark.parametrize("into, out, key", [
+    (("b", "x"), ("x", "y"), b"b"),  # the path's middle is not the smallest of the three
+    (("x", "a"), ("a", "x"), b"x"),  # a pair, not a path between two others
+    (("x", "a"), ("b", "y"), b"x"),  # two legs that do not meet
+    (("x", "a"), ("a", "y"), b"y"),  # sent to the wrong meeting point
+])
+def test_a_closing_the_pipeline_could_not_have_written_is_malformed(into: tuple[str, str], out: tuple[str, str],
+                                                                    key: bytes) -> None:
+    closing = Closing(Leg(*into, NOW, NOW, 1_000, ("g1",)), Leg(*out, NOW, NOW, 1_000, ("g2",)))
+    assert isinstance(op(closing.to_op(), key=key), Malformed)
 
 
 @pytest.mark.parametrize("value, why", [
