@@ -83,6 +83,11 @@ def register(sub: argparse._SubParsersAction[Any], helps: dict[str, str]) -> Non
                    help="uniform, mega-live: peer engines run beside ours "
                         "(bench/peers/; default kstreams,quix; '' for none)")
     p.add_argument("--days", type=float, default=10.0, help="dedupe: simulated days of commits (default 10)")
+    from tools.broken import BREAKAGES
+
+    p.add_argument("--broken", metavar="NAME", default=None, choices=sorted(BREAKAGES),
+                   help="uniform, mega-live: our workers run from a copy of the tree with this deliberate fault "
+                        "(tools/broken.py); the run must fail (exit 1)")
     p.add_argument("--repeat", type=int, default=1,
                    help="uniform, mega-live: ours and each peer N times, interleaved; median, min, max (default 1)")
     p.set_defaults(func=_bench)

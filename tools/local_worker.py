@@ -32,7 +32,8 @@ def get(s: Settings, path: str, raw: bool = False) -> Any:
 
 @contextmanager
 def running_worker(s: Settings, log_path: Path, env: dict[str, str] | None = None,
-                   health_timeout_s: float = HEALTH_TIMEOUT_S) -> Iterator[subprocess.Popen[bytes]]:
+                   health_timeout_s: float = HEALTH_TIMEOUT_S,
+                   cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m pipeline worker` with the current environment (plus `env`), healthy
     (its partitions restored) within `health_timeout_s`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +41,7 @@ def running_worker(s: Settings, log_path: Path, env: dict[str, str] | None = Non
     with open(log_path, "ab") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "worker"], stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {})}, cwd=cwd,
         )
     try:
         deadline = time.monotonic() + health_timeout_s

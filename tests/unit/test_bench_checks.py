@@ -323,3 +323,16 @@ def test_the_offset_wait_returns_what_it_reached() -> None:
 def test_the_offset_wait_raises_naming_the_topic_and_both_offsets() -> None:
     with pytest.raises(TimeoutError, match=r"t-outcomes: end offsets reached 7 after 0.05s, awaiting 1,000"):
         asyncio.run(await_offsets(_offsets([3, 7]), 1_000, 0.05, "t-outcomes", poll_s=0.01))
+
+
+def test_a_fast_wrong_run_is_a_failed_run() -> None:
+    from tools.benchmark.backlog import verdict
+
+    right = {"complete": True, "board_exact": True,
+             "agreement": {"identical": 10, "different": 0, "missing": 0, "held_for_review": 1}}
+    assert verdict({"ours": right, "ours_two_workers": right})["ok"]
+    wrong = {**right, "agreement": {**right["agreement"], "different": 3}}
+    judged = verdict({"ours": right, "ours_two_workers": wrong})
+    assert not judged["ok"] and judged["failed"] == ["ours_two_workers_equals_the_reference"]
+    assert verdict({"ours": {**right, "board_exact": False}})["failed"] == ["ours_board_exact"]
+    assert not verdict({})["ok"]  # nothing judged proves nothing

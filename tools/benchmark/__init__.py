@@ -36,6 +36,7 @@ import redis
 
 from pipeline import economics, redis_client, settings, topics
 from pipeline.settings import PROJECT_ROOT, Settings
+from tools import broken
 from tools.benchmark import backlog, index, probes, readbench, report, runs, spread
 from tools.infra import dev
 from tools.infra.kafka import KAFKA_VERSION
@@ -99,7 +100,8 @@ def _batched(it: Any, n: int) -> Any:
         yield batch
 
 
-def throughput(base: Settings, scenario: str, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+def throughput(base: Settings, scenario: str, args: argparse.Namespace, log_dir: Path,
+               root: Path | None = None) -> dict[str, Any]:
     """Every engine on the same backlog, produced before any starts: ours (one worker,
     every feature on), the peers on the same topics, the naive reference and the
     ceiling; then two of our workers on a copy of the backlog. With --repeat N, ours and
@@ -119,7 +121,7 @@ def throughput(base: Settings, scenario: str, args: argparse.Namespace, log_dir:
         s = deployment(base, f"{scenario}-w1" if i == 0 else f"{scenario}-w1-r{i + 1}")
         try:
             asyncio.run(runs.produce(s, messages))
-            rounds.setdefault("ours", []).append(asyncio.run(backlog.run_ours(s, 1, expected, log_dir)))
+            rounds.setdefault("ours", []).append(asyncio.run(backlog.run_ours(s, 1, expected, log_dir, root)))
             for peer in peers:
                 rounds.setdefault(peer.name, []).append(asyncio.run(backlog.run_peer(s, peer, expected, log_dir)))
             if i == 0:
@@ -135,9 +137,10 @@ def throughput(base: Settings, scenario: str, args: argparse.Namespace, log_dir:
     s = deployment(base, f"{scenario}-w2")
     try:
         asyncio.run(runs.produce(s, messages))
-        figures["ours_two_workers"] = asyncio.run(backlog.run_ours(s, 2, expected, log_dir))
+        figures["ours_two_workers"] = asyncio.run(backlog.run_ours(s, 2, expected, log_dir, root))
     finally:
         cleanup(s)
+    figures["verdict"] = backlog.verdict(figures)
     return _compared(figures, share)
 
 
@@ -221,6 +224,8 @@ def main(args: argparse.Namespace) -> int:
         changed = index.write(DOCUMENT, RESULTS)
         print(f"{DOCUMENT.relative_to(PROJECT_ROOT)}: results index {'rewritten' if changed else 'up to date'}")
         return 0
+    if getattr(args, "broken", None) and args.scenario not in REPEATABLE:
+        raise SystemExit(f"--broken is for the backlog scenarios ({', '.join(REPEATABLE)}), not {args.scenario}")
     if repeat_of(args) > 1 and args.scenario not in REPEATABLE:
         raise SystemExit(f"--repeat is for the backlog scenarios ({', '.join(REPEATABLE)}), not {args.scenario}")
     base = settings.load()
@@ -244,6 +249,11 @@ def main(args: argparse.Namespace) -> int:
         figures = latency(base, args, log_dir)
     elif args.scenario == "state":
         figures = state(base, args, log_dir)
+    elif args.broken:
+        with broken.broken_tree(args.broken) as root:
+            broken.check_imports(root, broken.worker_env(root, dict(os.environ)))
+            figures = throughput(base, args.scenario, args, log_dir, root)
+        figures["broken"] = args.broken
     else:
         figures = throughput(base, args.scenario, args, log_dir)
     # Settings given to the run's workers beyond the defaults (secrets left out).
@@ -252,9 +262,14 @@ def main(args: argparse.Namespace) -> int:
     result = {"scenario": args.scenario, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "machine": machine(), "settings": given, "figures": figures}
     name = args.scenario if args.scenario != "latency" or args.rate == 5_000 else f"latency-{args.rate:.0f}"
+    name += f"-broken-{args.broken}" if args.broken else ""
     stem = free_stem(RESULTS, name, dt.date.today().isoformat())
     paths = report.write(stem, result)
     index.write(DOCUMENT, RESULTS)
     print(report.markdown(result))
     print("written " + ", ".join(str(p.relative_to(PROJECT_ROOT)) for p in paths) + f"; index in {DOCUMENT.name}")
+    judged = figures.get("verdict") if isinstance(figures, dict) else None
+    if isinstance(judged, dict) and not judged["ok"]:
+        print(f"FAILED: {', '.join(judged['failed'])}")
+        return 1
     return 0

@@ -76,6 +76,23 @@ def reference_outcomes(messages: list[Message]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def verdict(figures: dict[str, Any], runs: tuple[str, ...] = ("ours", "ours_two_workers")) -> dict[str, Any]:
+    """A benchmark run is done only if it was right: each of our runs complete, every
+    outcome the reference's (payouts held by a fraud rule counted apart) and the
+    creators' board exact. A fast wrong run is a failed run."""
+    checks: dict[str, bool] = {}
+    for name in runs:
+        run = figures.get(name)
+        if not isinstance(run, dict):
+            continue
+        agreed = run.get("agreement", {})
+        checks[f"{name}_complete"] = bool(run.get("complete"))
+        checks[f"{name}_equals_the_reference"] = agreed.get("different") == 0 and agreed.get("missing") == 0
+        checks[f"{name}_board_exact"] = bool(run.get("board_exact"))
+    return {"ok": bool(checks) and all(checks.values()), "checks": checks,
+            "failed": [name for name, ok in checks.items() if not ok]}
+
+
 def agreement(records: list[bytes], expected: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Outcomes compared with the reference by event id (a repeat after a crash may
     repeat an identical record; a contradicting one is a difference). Payouts that our
@@ -207,12 +224,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-async def run_ours(s: Settings, workers: int, expected: dict[str, dict[str, Any]], log_dir: Path) -> dict[str, Any]:
-    """Our worker(s) on the backlog of deployment `s`, then the time until the creators'
-    board shows every credited diamond."""
+async def run_ours(s: Settings, workers: int, expected: dict[str, dict[str, Any]], log_dir: Path,
+                   root: Path | None = None) -> dict[str, Any]:
+    """Our worker(s) on the backlog of deployment `s` (run from the tree at `root` if
+    given), then the time until the creators' board shows every credited diamond."""
     with ExitStack() as stack:
         started = time.perf_counter()  # the workers' start-up (health) counts
-        procs = start_workers(stack, s, workers, log_dir)
+        procs = start_workers(stack, s, workers, log_dir, root)
         figures = await measure(s, s.topic(topics.OUTCOMES), [p.pid for p in procs], started, expected,
                                 lambda: all(p.poll() is None for p in procs))
         credited = sum(o["diamonds"] for o in expected.values() if o["type"] == "gift" and o["status"] == "accepted")

@@ -27,6 +27,7 @@ from agents.readmodel import leaderboards
 from pipeline import redis_client, topics
 from pipeline.engine.stage import Malformed
 from pipeline.settings import PROJECT_ROOT, Settings
+from tools import broken
 from tools.benchmark.probes import SAMPLE_S, Answered, ProcStats, read_outcomes
 from tools.local_worker import get, running_worker
 from tools.simulate import InputMessage, Message
@@ -51,12 +52,18 @@ def worker_env(s: Settings, web_port: int) -> dict[str, str]:
             "PIPELINE_WEB_PORT": str(web_port), "PIPELINE_PARTITIONS": str(s.partitions)}
 
 
-def start_workers(stack: ExitStack, s: Settings, n: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
-    """n healthy workers (web ports from PIPELINE_WEB_PORT up)."""
+def start_workers(stack: ExitStack, s: Settings, n: int, log_dir: Path,
+                  root: Path | None = None) -> list[subprocess.Popen[bytes]]:
+    """n healthy workers (web ports from PIPELINE_WEB_PORT up); run from the tree at
+    `root` (a broken copy, tools/broken.py) when given."""
+    def env(i: int) -> dict[str, str]:
+        given = worker_env(s, s.web_port + i)
+        return given if root is None else broken.worker_env(root, {**os.environ, **given})
+
     return [
         stack.enter_context(running_worker(
             Settings(**{**s.__dict__, "web_port": s.web_port + i}), log_dir / f"bench-worker-{i}.log",
-            worker_env(s, s.web_port + i)))
+            env(i), cwd=root))
         for i in range(n)
     ]
 
