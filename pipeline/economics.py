@@ -36,6 +36,9 @@ class Economics:
     platform_daily_coin_limit: int
     dedupe_window_days: int
     fraud: FraudRules = FraudRules()
+    # Coins one user may spend on gifts per UTC calendar month, before the user's own
+    # budget (None: no platform budget, the contract's default).
+    platform_monthly_coin_limit: int | None = None
 
     def creator_diamonds(self, coins: int) -> int:
         """Diamonds credited for a gift of `coins`; the remainder is the platform fee."""
@@ -60,7 +63,8 @@ def _need_int(data: Mapping[str, Any], key: str, lo: int, hi: int, source: str) 
 def parse(data: Mapping[str, Any], source: str = "economics") -> Economics:
     known = {
         "gifts", "recharge_packages", "creator_share_percent", "payout_millicents_per_diamond",
-        "min_payout_diamonds", "platform_daily_coin_limit", "dedupe_window_days", "fraud",
+        "min_payout_diamonds", "platform_daily_coin_limit", "platform_monthly_coin_limit", "dedupe_window_days",
+        "fraud",
     }
     unknown = set(data) - known
     if unknown:
@@ -90,6 +94,8 @@ def parse(data: Mapping[str, Any], source: str = "economics") -> Economics:
         platform_daily_coin_limit=_need_int(data, "platform_daily_coin_limit", 0, 10**12, source),
         dedupe_window_days=_need_int(data, "dedupe_window_days", 7, 365, source),
         fraud=parse_fraud(data.get("fraud"), source),
+        platform_monthly_coin_limit=(None if "platform_monthly_coin_limit" not in data
+                                     else _need_int(data, "platform_monthly_coin_limit", 0, 10**12, source)),
     )
 
 

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from agents.credit.state import WINDOWS
 from agents.ingest.decode import ID_RE
+from agents.ledger.state import month_name
 from agents.readmodel import alerts, leaderboards
 from agents.readmodel.redis_sink import hash_key
 from pipeline import metrics, redis_client
@@ -35,9 +36,12 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 2.0
 USER_FIELDS = (
     "coins", "recharged_coins", "spent_coins", "daily_coin_limit", "last_spend_day", "last_spend_day_coins",
+    "monthly_coin_limit", "last_spend_month", "last_spend_month_coins",
 )
 CREATOR_FIELDS = ("diamonds", "lifetime_diamonds", "paid_out_diamonds")
-NULLABLE = {"daily_coin_limit", "last_spend_day"}  # stored as -1 when null
+# Stored as -1 when null.
+NULLABLE = {"daily_coin_limit", "last_spend_day", "monthly_coin_limit", "last_spend_month"}
+MONTHS = {"last_spend_month"}  # stored as months since year 0, shown as the contract's YYYY-MM
 # Query numbers are ASCII digits only: int() and str.isdigit() also take '５' or '٥', and
 # date.fromisoformat() takes '2026-W01-1' and '20260102xx'.
 LIMIT_RE = re.compile(r"[0-9]{1,9}")
@@ -163,7 +167,7 @@ class _Reads:
         body: dict[str, Any] = {f"{kind}_id": id_}
         for name in fields:
             value = int(h.get(name, -1 if name in NULLABLE else 0))
-            body[name] = None if name in NULLABLE and value < 0 else value
+            body[name] = None if name in NULLABLE and value < 0 else month_name(value) if name in MONTHS else value
         return view.json(body)
 
     async def board(self, view: View, request: Request, key: Callable[[], str], id_name: str,

@@ -48,7 +48,7 @@ CONTRACT: dict[str, tuple[str, list[tuple[str, str, int, int | None]]]] = {
     ]),
     "spend-limits": ("user_id", [
         ("event_id", "id", 0, 0), ("user_id", "id", 0, 0), ("daily_coin_limit", "int?", 0, 10**9),
-        ("ts", "int", 0, MAX_TS),
+        ("monthly_coin_limit", "int?", 0, 10**9), ("ts", "int", 0, MAX_TS),
     ]),
 }
 
@@ -181,6 +181,11 @@ SPECIFIC: dict[str, list[tuple[str, bytes]]] = {
     "spend-limits": [
         ("null daily_coin_limit clears", changed("spend-limits", daily_coin_limit=None)),
         ("zero daily_coin_limit", changed("spend-limits", daily_coin_limit=0)),
+        ("monthly_coin_limit only", encode({**{k: v for k, v in BASE["spend-limits"].items()
+                                               if k != "daily_coin_limit"}, "monthly_coin_limit": 5_000})),
+        ("null monthly_coin_limit only clears", encode({**{k: v for k, v in BASE["spend-limits"].items()
+                                                          if k != "daily_coin_limit"}, "monthly_coin_limit": None})),
+        ("neither limit", without("spend-limits", "daily_coin_limit")),
     ],
 }
 
@@ -356,5 +361,8 @@ def test_schema_files_are_documented() -> None:
         for name, prop in schema["properties"].items():
             assert prop.get("description"), f"{topic}.{name}"
         if topic in INPUTS:
-            assert schema["required"] == [name for name, *_ in CONTRACT[topic][1]]
+            either = [r["required"][0] for r in schema.get("anyOf", ())]  # at least one of these
+            fields = [name for name, *_ in CONTRACT[topic][1]]
+            assert schema["required"] + either == [name for name in fields if name not in either] + either
+            assert set(either) == ({"daily_coin_limit", "monthly_coin_limit"} if topic == "spend-limits" else set())
             assert f"`{CONTRACT[topic][0]}`" in schema["description"]

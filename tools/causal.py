@@ -33,6 +33,7 @@ Event = tuple[str, dict[str, Any]]  # topic (no prefix), contract value
 KEY_FIELDS = {topics.RECHARGES: "user_id", topics.GIFTS: "sender_id", topics.SPEND_LIMITS: "user_id",
               topics.PAYOUTS: "creator_id"}
 MAX_ROUND = 10_000
+MONTHLY_BUDGETS = (None, 2_000, 20_000, 300_000, 7_000)  # spend-limits records that set one
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,16 @@ class CausalStream:
                                                "amount_cents": coins, "currency": "USD", "ts": self._ts()}))
             else:
                 limit = rng.choice((None, 0, 500, 5_000, 50_000))
-                out.append((topics.SPEND_LIMITS, {"event_id": self._id("l"), "user_id": user,
-                                                  "daily_coin_limit": limit, "ts": self._ts()}))
+                ev: dict[str, Any] = {"event_id": self._id("l"), "user_id": user, "daily_coin_limit": limit,
+                                      "ts": self._ts()}
+                # Monthly budgets, drawn without the random stream (seeded streams stay as they were):
+                # a third of the records set both limits, a third the monthly one alone.
+                n = self.n
+                if n % 3:
+                    ev["monthly_coin_limit"] = MONTHLY_BUDGETS[n % len(MONTHLY_BUDGETS)]
+                if n % 3 == 2:
+                    del ev["daily_coin_limit"]
+                out.append((topics.SPEND_LIMITS, ev))
         self.recharged_last = recharged
         return out
 

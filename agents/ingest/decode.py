@@ -25,10 +25,11 @@ MAX_REASON_CHARS = 300
 MAX_QUANTITY = 10_000
 
 
-# (field, kind, low, high): kinds are "id", "int", "int?" (int or null), "str", "currency".
+# (field, kind, low, high): kinds are "id", "int", "int?" (int or null), "int?-" (int, null
+# or absent: ABSENT), "str", "currency".
 FieldSpec = tuple[str, str, int, int | None]
 _ID = 0, 0
-SPECS: dict[str, tuple[str, tuple[FieldSpec, ...], Callable[..., Event]]] = {
+SPECS: dict[str, tuple[str, tuple[FieldSpec, ...], Callable[..., Event | Malformed]]] = {
     "recharges": ("user_id", (
         ("event_id", "id", *_ID), ("user_id", "id", *_ID), ("coins", "int", 1, 1_000_000),
         ("amount_cents", "int", 0, None), ("currency", "currency", *_ID), ("ts", "int", 0, MAX_TS),
@@ -43,10 +44,18 @@ SPECS: dict[str, tuple[str, tuple[FieldSpec, ...], Callable[..., Event]]] = {
         ("ts", "int", 0, MAX_TS),
     ), Payout),
     "spend-limits": ("user_id", (
-        ("event_id", "id", *_ID), ("user_id", "id", *_ID), ("daily_coin_limit", "int?", 0, 10**9),
-        ("ts", "int", 0, MAX_TS),
-    ), SpendLimit),
+        ("event_id", "id", *_ID), ("user_id", "id", *_ID), ("daily_coin_limit", "int?-", 0, 10**9),
+        ("monthly_coin_limit", "int?-", 0, 10**9), ("ts", "int", 0, MAX_TS),
+    ), lambda *args: _spend_limit(*args)),
 }
+ABSENT: Any = object()  # an optional field not on the wire (not null: absent leaves a limit as it was)
+
+
+def _spend_limit(event_id: str, user_id: str, daily: Any, monthly: Any, ts: int) -> SpendLimit | Malformed:
+    if daily is ABSENT and monthly is ABSENT:
+        return Malformed("needs at least one of daily_coin_limit and monthly_coin_limit")
+    return SpendLimit(event_id, user_id, None if daily is ABSENT else daily, ts,
+                      None if monthly is ABSENT else monthly, daily is not ABSENT, monthly is not ABSENT)
 
 
 INT_FIELDS = {topic: tuple(f[0] for f in spec[1] if f[1].startswith("int")) for topic, spec in SPECS.items()}
@@ -114,10 +123,10 @@ def _check(spec: FieldSpec, value: Any) -> str | None:
     elif kind == "currency":
         if type(value) is not str or not CURRENCY_RE.fullmatch(value):
             return f"{name} must be 3 letters"
-    elif value is None and kind == "int?":
+    elif value is None and kind in ("int?", "int?-"):
         return None
     elif type(value) is not int:
-        return f"{name} must be an integer{' or null' if kind == 'int?' else ''}, not {type(value).__name__}"
+        return f"{name} must be an integer{' or null' if kind != 'int' else ''}, not {type(value).__name__}"
     elif value < lo or (hi is not None and value > hi):
         return f"{name} must be from {lo} to {hi}" if hi is not None else f"{name} must be at least {lo}"
     return None
@@ -149,6 +158,9 @@ def decode(topic: str, key: bytes | None, value: bytes | None) -> Event | Malfor
     args = []
     for spec in fields:
         if spec[0] not in data:
+            if spec[1] == "int?-":
+                args.append(ABSENT)
+                continue
             return Malformed(f"missing field {spec[0]}")
         value_ = data[spec[0]]
         problem = _check(spec, value_)

@@ -57,10 +57,16 @@ class Payout:
 
 @dataclass(frozen=True, slots=True)
 class SpendLimit:
+    """Sets or clears (None) the user's own daily and monthly limits; a limit whose
+    field was absent on the wire is left as it was (`sets_daily`, `sets_monthly`)."""
+
     event_id: str
     user_id: str
     daily_coin_limit: int | None
     ts: int
+    monthly_coin_limit: int | None = None
+    sets_daily: bool = True
+    sets_monthly: bool = False
 
     type = "spend_limit"
 

@@ -141,6 +141,7 @@ class UserLedger(LedgerStage):
 
     def read_model(self, key: str, value: UserState, full: bool = False) -> ReadModelUpdate:
         today = max(value.day_spend, default=None)
+        month = max(value.month_spend, default=None)
         if full:
             touched = {("day", d) for d in value.day_spend} | {("stream", s) for s in value.streams}
         else:  # told once: the value lives on in the store's cache
@@ -158,4 +159,7 @@ class UserLedger(LedgerStage):
             "daily_coin_limit": -1 if value.own_limit is None else value.own_limit,
             "last_spend_day": -1 if today is None else today,
             "last_spend_day_coins": 0 if today is None else value.day_spend[today],
+            "monthly_coin_limit": -1 if value.own_monthly is None else value.own_monthly,
+            "last_spend_month": -1 if month is None else month,
+            "last_spend_month_coins": 0 if month is None else value.month_spend[month],
         }, value.seq, tuple(scores))

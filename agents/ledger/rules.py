@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agents.ingest.records import Gift, Recharge, SpendLimit, UserEvent
-from agents.ledger.state import UserState, utc_day
+from agents.ledger.state import UserState, utc_day, utc_month
 from agents.outcomes import Outcome
 from pipeline.economics import DAY_MS, Economics
 from pipeline.invariants import require
@@ -75,6 +75,12 @@ def effective_limit(state: UserState, econ: Economics) -> int:
     return limit if state.own_limit is None else min(limit, state.own_limit)
 
 
+def monthly_budget(state: UserState, econ: Economics) -> int | None:
+    """The smaller of the platform's and the user's own monthly budget (None: neither)."""
+    budgets = [b for b in (econ.platform_monthly_coin_limit, state.own_monthly) if b is not None]
+    return min(budgets) if budgets else None
+
+
 def apply_recharge(state: UserState, ev: Recharge) -> Outcome:
     state.balance += ev.coins
     state.recharged += ev.coins
@@ -104,6 +110,13 @@ def gift_rejection(state: UserState, ev: Gift, econ: Economics) -> str | None:
         return "spend_limit_exceeded"  # that day's spend is no longer known: fail safe
     if state.day_spend.get(day, 0) + coins > effective_limit(state, econ):
         return "spend_limit_exceeded"
+    budget = monthly_budget(state, econ)
+    if budget is not None:
+        month = utc_month(ev.ts)
+        if state.month_total_forgotten(month):
+            return "monthly_limit_exceeded"  # that month's spend is no longer known: fail safe
+        if state.month_spend.get(month, 0) + coins > budget:
+            return "monthly_limit_exceeded"
     return None
 
 
@@ -125,6 +138,9 @@ def apply_gift(state: UserState, ev: Gift, econ: Economics) -> tuple[Outcome, Cr
     state.balance -= coins
     state.spent += coins
     state.add_day_spend(utc_day(ev.ts), coins)
+    month = utc_month(ev.ts)
+    if not state.month_total_forgotten(month):  # forgotten only while no budget applies
+        state.add_month_spend(month, coins)
     state.add_stream_spend(ev.stream_id, utc_day(ev.ts), coins)
     state.check()
     require(state.balance == before - coins, 'state.balance == before - coins')
@@ -137,7 +153,10 @@ def apply_gift(state: UserState, ev: Gift, econ: Economics) -> tuple[Outcome, Cr
 
 
 def apply_spend_limit(state: UserState, ev: SpendLimit) -> Outcome:
-    state.own_limit = ev.daily_coin_limit
+    if ev.sets_daily:
+        state.own_limit = ev.daily_coin_limit
+    if ev.sets_monthly:
+        state.own_monthly = ev.monthly_coin_limit
     state.check()
     return Outcome(
         event_id=ev.event_id, type="spend_limit", status="accepted", reason=None, subject_id=ev.user_id, coins=None,

@@ -2,11 +2,13 @@
 
 Invariants (checked by `check()` after every change):
 - balance >= 0, and recharged == balance + spent (coins are conserved per user);
-- spend is kept for at most MAX_SPEND_DAYS UTC days (bounded state per user).
+- spend is kept for at most MAX_SPEND_DAYS UTC days and MAX_SPEND_MONTHS UTC calendar
+  months (bounded state per user).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,9 @@ from pipeline.invariants import require
 # Spend is kept for the user's newest MAX_SPEND_DAYS spend days; a gift dated before
 # all of them once that many are kept is refused (its day's total is unknown).
 MAX_SPEND_DAYS = 40
+# Month spend likewise, for the newest MAX_SPEND_MONTHS months: an event older than the
+# duplicate window (7 days) is refused, so two months matter at most.
+MAX_SPEND_MONTHS = 3
 # Coins per live stream are kept (for the stream's top-gifter board) while the user gave
 # to the stream within STREAM_DAYS days of their newest gift, for MAX_STREAMS streams.
 STREAM_DAYS = 30
@@ -27,6 +32,16 @@ def utc_day(ts: int) -> int:
     return ts // DAY_MS
 
 
+def utc_month(ts: int) -> int:
+    """The UTC calendar month of `ts`, as months since year 0 (year * 12 + month - 1)."""
+    t = time.gmtime(ts // 1000)
+    return t.tm_year * 12 + t.tm_mon - 1
+
+
+def month_name(month: int) -> str:
+    return f"{month // 12:04d}-{month % 12 + 1:02d}"
+
+
 @dataclass(slots=True)
 class UserState:
     balance: int = 0
@@ -34,7 +49,7 @@ class UserState:
     spent: int = 0
     own_limit: int | None = None
     day_spend: dict[int, int] = field(default_factory=dict)
-    # Incremented on every change; lets read models refuse stale writes.
+    # Set by the store (pipeline/engine/store.py): lets read models refuse stale writes.
     seq: int = 0
     streams: dict[str, list[int]] = field(default_factory=dict)  # stream -> [coins, last day]
     # Days and streams changed since the read model was last given this value (not persisted):
@@ -43,6 +58,8 @@ class UserState:
     first_ts: int | None = None  # event time of the user's first event (fraud rules)
     # What the fraud rules remember of the user (agents/fraud/sender.py).
     watch: SenderWatch = field(default_factory=SenderWatch)
+    own_monthly: int | None = None  # the user's own monthly budget (spend-limits)
+    month_spend: dict[int, int] = field(default_factory=dict)  # utc_month -> coins
 
     def check(self) -> None:
         require(self.balance >= 0, "balance >= 0")
@@ -52,6 +69,10 @@ class UserState:
         require(len(self.day_spend) <= MAX_SPEND_DAYS, "spend days <= MAX_SPEND_DAYS")
         require(all(v > 0 for v in self.day_spend.values()), "each day's spend > 0")
         require(len(self.streams) <= MAX_STREAMS, "streams <= MAX_STREAMS")
+        require(self.own_monthly is None or self.own_monthly >= 0, "own monthly budget >= 0")
+        require(len(self.month_spend) <= MAX_SPEND_MONTHS, "spend months <= MAX_SPEND_MONTHS")
+        require(all(v > 0 for v in self.month_spend.values()), "each month's spend > 0")
+        require(sum(self.month_spend.values()) <= self.spent, "month spend <= lifetime spend")
 
     def add_stream_spend(self, stream_id: str, day: int, coins: int) -> None:
         entry = self.streams.setdefault(stream_id, [0, day])
@@ -77,6 +98,15 @@ class UserState:
         if len(self.day_spend) > MAX_SPEND_DAYS:
             del self.day_spend[min(self.day_spend)]
 
+    def month_total_forgotten(self, month: int) -> bool:
+        return len(self.month_spend) >= MAX_SPEND_MONTHS and month < min(self.month_spend)
+
+    def add_month_spend(self, month: int, coins: int) -> None:
+        require(not self.month_total_forgotten(month), "not self.month_total_forgotten(month)")
+        self.month_spend[month] = self.month_spend.get(month, 0) + coins
+        if len(self.month_spend) > MAX_SPEND_MONTHS:
+            del self.month_spend[min(self.month_spend)]
+
     def to_json(self) -> dict[str, Any]:
         data = {
             "b": self.balance, "r": self.recharged, "s": self.spent, "l": self.own_limit,
@@ -86,6 +116,8 @@ class UserState:
         watch = self.watch.to_json()
         if watch:
             data["w"] = watch
+        if self.own_monthly is not None or self.month_spend:
+            data["ml"], data["m"] = self.own_monthly, [[m, coins] for m, coins in self.month_spend.items()]
         return data
 
     @classmethod
@@ -93,6 +125,7 @@ class UserState:
         state = cls(
             data["b"], data["r"], data["s"], data["l"], {d: c for d, c in data["d"]}, data["q"], data.get("st", {}),
             first_ts=data.get("f"), watch=SenderWatch.from_json(data.get("w")),
+            own_monthly=data.get("ml"), month_spend={m: c for m, c in data.get("m", [])},
         )
         state.check()
         state.watch.check()  # the rules check it where it changes (agents/fraud/sender.py)

@@ -79,6 +79,8 @@ def _check_state(worker: Worker, model: ReferenceLedger, users: set[str], creato
         status, body = worker.get(f"/users/{user}")
         assert status == 200
         assert {k: body[k] for k in ("coins", "recharged_coins", "spent_coins")} == model.user(user), user
+        want = model.budget_fields(user)
+        assert {k: body[k] for k in want} == want, user
     for creator in sorted(creators):
         status, body = worker.get(f"/creators/{creator}")
         assert status == 200

@@ -7,6 +7,7 @@ event-time order, which the pipeline reproduces per key.
 
 from __future__ import annotations
 
+import datetime
 from collections import defaultdict
 from typing import Any
 
@@ -15,6 +16,7 @@ CATALOG = {
     "money_gun": 500, "galaxy": 1000, "lion": 29999, "universe": 44999,
 }
 PLATFORM_LIMIT = 200_000
+PLATFORM_MONTHLY_LIMIT: int | None = None  # "none from the platform by default"
 MIN_PAYOUT = 2_000
 DAY = 86_400_000
 MAX_AHEAD_MS = 5 * 60_000  # the default PIPELINE_MAX_CLOCK_SKEW_MS
@@ -30,6 +32,8 @@ class ReferenceLedger:
         self.spent: dict[str, int] = defaultdict(int)
         self.day_spent: dict[tuple[str, int], int] = defaultdict(int)
         self.own_limit: dict[str, int | None] = {}
+        self.own_monthly: dict[str, int | None] = {}
+        self.month_spent: dict[tuple[str, int, int], int] = defaultdict(int)  # (user, year, month)
         self.diamonds: dict[str, int] = defaultdict(int)
         self.lifetime: dict[str, int] = defaultdict(int)
         self.paid_out: dict[str, int] = defaultdict(int)
@@ -81,6 +85,8 @@ class ReferenceLedger:
                 own = self.own_limit.get(subject)
                 limit = PLATFORM_LIMIT if own is None else min(PLATFORM_LIMIT, own)
                 day = (subject, ev["ts"] // DAY)
+                when = datetime.datetime.fromtimestamp(ev["ts"] / 1000, datetime.UTC)
+                month = (subject, when.year, when.month)
                 if cost is None:
                     out["status"], out["reason"] = "rejected", "unknown_gift"
                 elif subject == ev["creator_id"]:
@@ -89,11 +95,15 @@ class ReferenceLedger:
                     out["status"], out["reason"] = "rejected", "insufficient_coins"
                 elif self.day_spent[day] + cost > limit:
                     out["status"], out["reason"] = "rejected", "spend_limit_exceeded"
+                elif (budget := self._monthly_budget(subject)) is not None and (
+                        self.month_spent[month] + cost > budget):
+                    out["status"], out["reason"] = "rejected", "monthly_limit_exceeded"
                 else:
                     credited = cost // 2
                     self.coins[subject] -= cost
                     self.spent[subject] += cost
                     self.day_spent[day] += cost
+                    self.month_spent[month] += cost
                     self.diamonds[ev["creator_id"]] += credited
                     self.lifetime[ev["creator_id"]] += credited
                     self.stream_coins[(ev["stream_id"], subject)] += cost
@@ -116,14 +126,31 @@ class ReferenceLedger:
                     out["usd_cents"] = ev["diamonds"] * 500 // 1000
             out["balance_after"] = self.diamonds[subject]
         else:
-            if not duplicate:
-                self.own_limit[subject] = ev["daily_coin_limit"]
+            if not duplicate:  # a field absent leaves that limit as it was
+                if "daily_coin_limit" in ev:
+                    self.own_limit[subject] = ev["daily_coin_limit"]
+                if "monthly_coin_limit" in ev:
+                    self.own_monthly[subject] = ev["monthly_coin_limit"]
         self.outcomes.append(out)
         return out
+
+    def _monthly_budget(self, user_id: str) -> int | None:
+        own = self.own_monthly.get(user_id)
+        budgets = [b for b in (PLATFORM_MONTHLY_LIMIT, own) if b is not None]
+        return min(budgets) if budgets else None
 
     def user(self, user_id: str) -> dict[str, int]:
         return {"coins": self.coins[user_id], "recharged_coins": self.recharged[user_id],
                 "spent_coins": self.spent[user_id]}
+
+    def budget_fields(self, user_id: str) -> dict[str, Any]:
+        """The read model's monthly fields (CONTRACT.md, Read model): the own budget, the
+        latest month with accepted gifts (YYYY-MM) and its coins."""
+        months = [(y, m) for (u, y, m), coins in self.month_spent.items() if u == user_id and coins > 0]
+        last = max(months, default=None)
+        return {"monthly_coin_limit": self.own_monthly.get(user_id),
+                "last_spend_month": None if last is None else f"{last[0]:04d}-{last[1]:02d}",
+                "last_spend_month_coins": 0 if last is None else self.month_spent[(user_id, *last)]}
 
     def creator(self, creator_id: str) -> dict[str, int]:
         return {

@@ -21,7 +21,7 @@ from agents.fraud.concentration import NewSenders
 from agents.fraud.sender import SenderWatch
 from agents.ingest.records import Gift, Payout, Recharge, SpendLimit
 from agents.ledger.agent import UserLedger
-from agents.ledger.state import UserState
+from agents.ledger.state import UserState, utc_month
 from agents.outcomes import credited_of, outcomes_of
 from agents.readmodel import leaderboards
 from pipeline import economics, topics
@@ -133,7 +133,8 @@ def test_same_event_id_on_other_topics_is_not_a_duplicate(users: UserLedger) -> 
     batch = run(users, [recharge("x", 5_000), gift("x"), limit("x", 100_000)])
     assert batch.statuses == [("x", "accepted", None)] * 3
     assert ledger(users.table.get("u1")) == UserState(
-        4_000, 5_000, 1_000, 100_000, {T0 // DAY: 1_000}, 1, {"s1": [1_000, T0 // DAY]})
+        4_000, 5_000, 1_000, 100_000, {T0 // DAY: 1_000}, 1, {"s1": [1_000, T0 // DAY]},
+        month_spend={utc_month(T0): 1_000})
 
 
 def test_same_event_id_for_another_user_is_not_a_duplicate(users: UserLedger) -> None:
@@ -389,7 +390,8 @@ def test_user_changelog_restore_reproduces_state_and_dedupe(users: UserLedger, e
     fresh = restored(users, UserLedger(econ, 0, 1), batches)
     assert ledger(fresh.table.as_dict()["u1"]) == UserState(
         # seq 3: each of the three batches changed it
-        20_000, 50_000, 30_000, None, {T0 // DAY: 29_999, T0 // DAY + 1: 1}, 3, {"s1": [30_000, T0 // DAY + 1]}
+        20_000, 50_000, 30_000, None, {T0 // DAY: 29_999, T0 // DAY + 1: 1}, 3, {"s1": [30_000, T0 // DAY + 1]},
+        month_spend={utc_month(T0): 30_000},
     )
     # The restored stage decides as the original would.
     events = [recharge("r1", 5), gift("g2"), gift("g9", "rose"), recharge("r1", 1, "u2")]
@@ -456,6 +458,7 @@ def test_commit_returns_read_model_updates_of_changed_keys(users: UserLedger) ->
     assert update.fields == {
         "coins": 200, "recharged_coins": 300, "spent_coins": 100, "daily_coin_limit": -1,
         "last_spend_day": T0 // DAY, "last_spend_day_coins": 100,
+        "monthly_coin_limit": -1, "last_spend_month": utc_month(T0), "last_spend_month_coins": 100,
     }
 
 

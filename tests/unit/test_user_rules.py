@@ -7,7 +7,9 @@ day), never computed with the functions under test.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
+import json
 
 import pytest
 from hypothesis import given, settings
@@ -23,7 +25,7 @@ from agents.ledger.rules import (
     duplicate_outcome,
     gift_coins,
 )
-from agents.ledger.state import MAX_SPEND_DAYS, UserState
+from agents.ledger.state import MAX_SPEND_DAYS, MAX_SPEND_MONTHS, UserState, utc_month
 from agents.outcomes import GIFT_REASONS, Outcome
 from pipeline import economics
 from pipeline.economics import Economics
@@ -171,7 +173,8 @@ def test_accepted_gift_outcome_and_state(econ: Economics) -> None:
         event_id="g-9", type="gift", status="accepted", reason=None, subject_id="u1", coins=500, diamonds=250,
         usd_cents=None, balance_after=500, ts=T0,
     )
-    assert state == UserState(500, 1_050, 550, None, {20_000: 550}, seq=3, streams={"s1": [500, T0 // DAY]})
+    assert state == UserState(500, 1_050, 550, None, {20_000: 550}, seq=3, streams={"s1": [500, T0 // DAY]},
+                              month_spend={utc_month(T0): 500})
     assert state.touched == {("day", T0 // DAY), ("stream", "s1")}
 
 
@@ -412,3 +415,92 @@ def test_gift_on_a_forgotten_day_is_refused(econ: Economics) -> None:
     assert state.day_spend == later
     newest_day = user(10**6, day_spend=later)
     assert_accepted(newest_day, gift("rose", ts=(day + 1) * DAY), econ)  # a kept day: fine
+
+
+# --- monthly budgets -------------------------------------------------------------------
+
+OCT_31_LAST_MS = 1_730_419_199_999  # 2024-10-31T23:59:59.999Z
+NOV_1 = OCT_31_LAST_MS + 1
+
+
+def budget(value: int | None, ts: int = T0) -> SpendLimit:
+    """A spend-limits record with only `monthly_coin_limit` (the daily limit absent)."""
+    return SpendLimit(_eid(), "u1", None, ts, value, sets_daily=False, sets_monthly=True)
+
+
+def test_a_monthly_budget_caps_the_month_and_is_checked_after_the_daily_limit(econ: Economics) -> None:
+    state = user(10_000)
+    apply_spend_limit(state, budget(1_000))
+    assert apply_gift(state, gift("rose", 900), econ)[0].status == "accepted"
+    assert apply_gift(state, gift("rose", 100), econ)[0].status == "accepted"  # exactly the budget
+    assert_rejected(state, gift("rose", 1), econ, "monthly_limit_exceeded")
+    apply_spend_limit(state, limit(500))  # both exceeded: the daily limit is checked first
+    assert_rejected(state, gift("rose", 600), econ, "spend_limit_exceeded")
+    assert state.month_spend == {utc_month(T0): 1_000} and state.own_limit == 500
+
+
+def test_a_month_ends_at_its_last_millisecond_utc(econ: Economics) -> None:
+    state = user(10_000)
+    apply_spend_limit(state, budget(100, ts=OCT_31_LAST_MS - DAY))
+    assert apply_gift(state, gift("rose", 100, ts=OCT_31_LAST_MS), econ)[0].status == "accepted"
+    assert_rejected(state, gift("rose", 1, ts=OCT_31_LAST_MS), econ, "monthly_limit_exceeded")
+    assert apply_gift(state, gift("rose", 100, ts=NOV_1), econ)[0].status == "accepted"  # a new month
+    assert state.month_spend == {utc_month(OCT_31_LAST_MS): 100, utc_month(NOV_1): 100}
+    assert utc_month(NOV_1) == utc_month(OCT_31_LAST_MS) + 1
+
+
+def test_a_budget_set_mid_month_counts_what_the_month_already_spent(econ: Economics) -> None:
+    state = user(10_000)
+    assert apply_gift(state, gift("rose", 800), econ)[0].status == "accepted"  # no budget yet
+    apply_spend_limit(state, budget(1_000))
+    assert_rejected(state, gift("rose", 300), econ, "monthly_limit_exceeded")
+    assert apply_gift(state, gift("rose", 200), econ)[0].status == "accepted"
+    apply_spend_limit(state, budget(None))  # cleared
+    assert apply_gift(state, gift("rose", 5_000), econ)[0].status == "accepted"
+
+
+def test_an_absent_field_leaves_its_limit_as_it_was() -> None:
+    state = user(0, own_limit=300)
+    apply_spend_limit(state, budget(2_000))
+    assert (state.own_limit, state.own_monthly) == (300, 2_000)
+    apply_spend_limit(state, limit(None))  # daily only: cleared, the monthly budget kept
+    assert (state.own_limit, state.own_monthly) == (None, 2_000)
+
+
+def test_the_platform_monthly_budget_and_the_smaller_one_applies(econ: Economics) -> None:
+    capped = dataclasses.replace(econ, platform_monthly_coin_limit=700)
+    state = user(10_000)
+    assert_rejected(state, gift("rose", 701), capped, "monthly_limit_exceeded")
+    apply_spend_limit(state, budget(5_000))  # the user's own is larger: the platform's stands
+    assert_rejected(state, gift("rose", 701), capped, "monthly_limit_exceeded")
+    apply_spend_limit(state, budget(300))
+    assert_rejected(state, gift("rose", 301), capped, "monthly_limit_exceeded")
+    assert apply_gift(state, gift("rose", 300), capped)[0].status == "accepted"
+
+
+def test_month_totals_are_bounded_and_a_forgotten_month_fails_safe(econ: Economics) -> None:
+    state = user(10_000)
+    months = [T0 + i * 31 * DAY for i in range(MAX_SPEND_MONTHS + 1)]
+    for ts in months:
+        assert apply_gift(state, gift("rose", 10, ts=ts), econ)[0].status == "accepted"
+    assert len(state.month_spend) == MAX_SPEND_MONTHS and utc_month(months[0]) not in state.month_spend
+    apply_spend_limit(state, budget(1_000_000, ts=months[-1]))
+    # A gift dated in the forgotten month: its month's spend is unknown, so it is refused.
+    assert_rejected(state, gift("rose", 1, ts=months[0]), econ, "monthly_limit_exceeded")
+
+
+def test_spend_limits_on_the_wire_set_what_they_carry() -> None:
+    from agents.ingest.decode import decode
+    from pipeline.engine.stage import Malformed
+
+    def wire(**fields: object) -> object:
+        value = {"event_id": "l1", "user_id": "u1", "ts": T0, **fields}
+        return decode("spend-limits", b"u1", json.dumps(value).encode())
+
+    assert wire(monthly_coin_limit=7) == SpendLimit("l1", "u1", None, T0, 7, sets_daily=False, sets_monthly=True)
+    assert wire(daily_coin_limit=None) == SpendLimit("l1", "u1", None, T0, None, sets_daily=True, sets_monthly=False)
+    both = wire(daily_coin_limit=5, monthly_coin_limit=None)
+    assert both == SpendLimit("l1", "u1", 5, T0, None, sets_daily=True, sets_monthly=True)
+    neither = wire()
+    assert isinstance(neither, Malformed) and "at least one of" in neither.error
+    assert isinstance(wire(monthly_coin_limit=10**9 + 1), Malformed)
