@@ -56,7 +56,7 @@ from pipeline import economics, redis_client, settings, topics
 from pipeline.engine.stage import Malformed
 from pipeline.settings import ConfigError, Settings
 from tools import broken, causal
-from tools.benchmark import RESULTS, cleanup, deployment, machine, runs
+from tools.benchmark import RESULTS, cleanup, deployment, free_stem, machine, runs
 from tools.benchmark.probes import Lag, ProcStats
 from tools.infra import dev
 from tools.local_worker import get
@@ -793,8 +793,9 @@ def command(args: argparse.Namespace) -> str:
             + (" --free" if args.free else "") + (f" --broken {args.broken}" if args.broken else ""))
 
 
-def stem_name(args: argparse.Namespace, today: str) -> str:
-    return f"{today}-soak" + ("-free" if args.free else "") + (f"-broken-{args.broken}" if args.broken else "")
+def stem_name(args: argparse.Namespace) -> str:
+    """Without the date: free_stem adds it, and -2, -3... so a run never overwrites another."""
+    return "soak" + ("-free" if args.free else "") + (f"-broken-{args.broken}" if args.broken else "")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -819,7 +820,7 @@ def main(args: argparse.Namespace) -> int:
     result = {"scenario": f"soak-broken-{args.broken}" if args.broken else "soak",
               "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "machine": machine(), "command": command(args), **result}
-    stem = RESULTS / stem_name(args, dt.date.today().isoformat())
+    stem = free_stem(RESULTS, stem_name(args), dt.date.today().isoformat())
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(result) + "\n")
     print(markdown(result))

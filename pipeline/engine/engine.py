@@ -109,6 +109,11 @@ class Engine:
             max_poll_interval_ms=300_000,
             # A rebalance waits for the current cycle (or restore) to end: give it time.
             rebalance_timeout_ms=300_000,
+            # A topic missing from the metadata when the worker subscribes (a broker that
+            # just created it) is looked for again only at the next refresh: at aiokafka's
+            # default of 5 minutes, a soak's workers on a fresh broker consumed nothing
+            # for 5 minutes. One small request per 30 s bounds that wait.
+            metadata_max_age_ms=30_000,
         )
         await self.consumer.start()
         self.consumer.subscribe([s.topic(t) for t in self.input_topics], listener=_Listener(self))

@@ -317,10 +317,10 @@ def test_the_soak_offers_every_breakage_and_names_its_results() -> None:
     soak.add_arguments(p)
     for name in broken.BREAKAGES:
         args = p.parse_args(["--broken", name])
-        assert soak.stem_name(args, "2027-01-02") == f"2027-01-02-soak-broken-{name}"
+        assert soak.stem_name(args) == f"soak-broken-{name}"
         assert soak.command(args).endswith(f"--broken {name}")
-    assert soak.stem_name(p.parse_args([]), "2027-01-02") == "2027-01-02-soak"
-    assert soak.stem_name(p.parse_args(["--free"]), "2027-01-02") == "2027-01-02-soak-free"
+    assert soak.stem_name(p.parse_args([])) == "soak"
+    assert soak.stem_name(p.parse_args(["--free"])) == "soak-free"
     assert not p.parse_args(["--causal"]).free  # the old flag still parses: causal is the default
 
 
