@@ -36,6 +36,18 @@ MAX_ROUND = 10_000
 MONTHLY_BUDGETS = (None, 2_000, 20_000, 300_000, 7_000)  # spend-limits records that set one
 
 
+def spend_limit(event_id: str, user: str, daily: int | None, ts: int, n: int) -> dict[str, Any]:
+    """A spend-limits record, the `n`th of its stream: a third set both limits, a third
+    the monthly budget alone, drawn from `n` and not from a random stream (seeded
+    streams stay as they were before monthly budgets)."""
+    ev: dict[str, Any] = {"event_id": event_id, "user_id": user, "daily_coin_limit": daily, "ts": ts}
+    if n % 3:
+        ev["monthly_coin_limit"] = MONTHLY_BUDGETS[n % len(MONTHLY_BUDGETS)]
+    if n % 3 == 2:
+        del ev["daily_coin_limit"]
+    return ev
+
+
 @dataclass(frozen=True)
 class CausalConfig:
     rounds: int = 100
@@ -111,16 +123,8 @@ class CausalStream:
                                                "amount_cents": coins, "currency": "USD", "ts": self._ts()}))
             else:
                 limit = rng.choice((None, 0, 500, 5_000, 50_000))
-                ev: dict[str, Any] = {"event_id": self._id("l"), "user_id": user, "daily_coin_limit": limit,
-                                      "ts": self._ts()}
-                # Monthly budgets, drawn without the random stream (seeded streams stay as they were):
-                # a third of the records set both limits, a third the monthly one alone.
-                n = self.n
-                if n % 3:
-                    ev["monthly_coin_limit"] = MONTHLY_BUDGETS[n % len(MONTHLY_BUDGETS)]
-                if n % 3 == 2:
-                    del ev["daily_coin_limit"]
-                out.append((topics.SPEND_LIMITS, ev))
+                eid = self._id("l")
+                out.append((topics.SPEND_LIMITS, spend_limit(eid, user, limit, self._ts(), self.n)))
         self.recharged_last = recharged
         return out
 

@@ -29,6 +29,16 @@ MAX_QUANTITY = 10_000
 # or absent: ABSENT), "str", "currency".
 FieldSpec = tuple[str, str, int, int | None]
 _ID = 0, 0
+ABSENT: Any = object()  # an optional field not on the wire (not null: absent leaves a limit as it was)
+
+
+def _spend_limit(event_id: str, user_id: str, daily: Any, monthly: Any, ts: int) -> SpendLimit | Malformed:
+    if daily is ABSENT and monthly is ABSENT:
+        return Malformed("needs at least one of daily_coin_limit and monthly_coin_limit")
+    return SpendLimit(event_id, user_id, None if daily is ABSENT else daily, ts,
+                      None if monthly is ABSENT else monthly, daily is not ABSENT, monthly is not ABSENT)
+
+
 SPECS: dict[str, tuple[str, tuple[FieldSpec, ...], Callable[..., Event | Malformed]]] = {
     "recharges": ("user_id", (
         ("event_id", "id", *_ID), ("user_id", "id", *_ID), ("coins", "int", 1, 1_000_000),
@@ -46,16 +56,8 @@ SPECS: dict[str, tuple[str, tuple[FieldSpec, ...], Callable[..., Event | Malform
     "spend-limits": ("user_id", (
         ("event_id", "id", *_ID), ("user_id", "id", *_ID), ("daily_coin_limit", "int?-", 0, 10**9),
         ("monthly_coin_limit", "int?-", 0, 10**9), ("ts", "int", 0, MAX_TS),
-    ), lambda *args: _spend_limit(*args)),
+    ), _spend_limit),
 }
-ABSENT: Any = object()  # an optional field not on the wire (not null: absent leaves a limit as it was)
-
-
-def _spend_limit(event_id: str, user_id: str, daily: Any, monthly: Any, ts: int) -> SpendLimit | Malformed:
-    if daily is ABSENT and monthly is ABSENT:
-        return Malformed("needs at least one of daily_coin_limit and monthly_coin_limit")
-    return SpendLimit(event_id, user_id, None if daily is ABSENT else daily, ts,
-                      None if monthly is ABSENT else monthly, daily is not ABSENT, monthly is not ABSENT)
 
 
 INT_FIELDS = {topic: tuple(f[0] for f in spec[1] if f[1].startswith("int")) for topic, spec in SPECS.items()}

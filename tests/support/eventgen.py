@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.support.reference import CATALOG, KEY_FIELD, ReferenceLedger
+from tools.causal import spend_limit
 
 DAY = 86_400_000
-MONTHLY_BUDGETS = (None, 2_000, 20_000, 300_000, 7_000)
 # 20 s of event time before the latest UTC midnight: in time (CONTRACT.md: at most 7
 # days old, at most 5 minutes ahead) for the minutes a test runs.
 START_TS = int(time.time() * 1000) // DAY * DAY - 20_000
@@ -89,13 +89,7 @@ def user_stream(seed: int, n: int, users: int = 60, creators: int = 12) -> Strea
         elif roll < 0.25:
             topic, user = "spend-limits", rng.choice(user_ids)
             limit = rng.choice([None, 0, 500, 5000, 50_000, 1_000_000])
-            ev = {"event_id": f"l{i}", "user_id": user, "daily_coin_limit": limit, "ts": ts}
-            # Monthly budgets too, drawn without the random stream (seeded streams stay as they were):
-            # a third set both limits, a third the monthly one alone.
-            if i % 3:
-                ev["monthly_coin_limit"] = MONTHLY_BUDGETS[i % len(MONTHLY_BUDGETS)]
-            if i % 3 == 2:
-                del ev["daily_coin_limit"]
+            ev = spend_limit(f"l{i}", user, limit, ts, i)
         else:
             topic, sender = "gifts", rng.choice(user_ids)
             creator = sender if rng.random() < 0.03 else rng.choice(creator_ids)
