@@ -11,13 +11,16 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from agents.fraud.alerts import Alert, alerts_of
-from agents.outcomes import Outcome, credited_of, outcomes_of
+from agents.outcomes import LevelUp, Outcome, credited_of, outcomes_of
 
 EVENTS = Counter(
     "ledger_events_total", "Ledger outcomes published, by event type, status and rejection reason.",
     ["type", "status", "reason"],
 )
 COINS_RECHARGED = Counter("ledger_coins_recharged_total", "Coins added by accepted recharges.")
+BONUS_COINS = Counter("ledger_bonus_coins_total",
+                      "Bonus coins of promotions given by accepted recharges (no payment behind them).")
+LEVEL_UPS = Counter("ledger_gifter_level_ups_total", "Gifter level-ups published on badges.")
 COINS_SPENT = Counter("ledger_coins_spent_total", "Coins spent on accepted gifts.")
 DIAMONDS_CREDITED = Counter("ledger_diamonds_credited_total", "Diamonds credited to creators.")
 DIAMONDS_PAID_OUT = Counter("ledger_diamonds_paid_out_total", "Diamonds deducted by accepted payouts.")
@@ -34,22 +37,25 @@ def count_committed(effects: list[Any]) -> None:
     count_outcomes(outcomes_of(effects), time.time())
     count_alerts(alerts_of(effects))
     DIAMONDS_CREDITED.inc(credited_of(effects))
+    LEVEL_UPS.inc(sum(1 for e in effects if type(e) is LevelUp))
 
 
 def count_outcomes(outcomes: list[Outcome], now_s: float) -> None:
     """A committed batch's outcomes: counted per label set, not per outcome (the
     per-call cost of a labelled counter is a lock and a lookup)."""
     by_label: collections.Counter[tuple[str, str, str]] = collections.Counter()
-    sums = {"recharge": 0, "gift": 0, "payout": 0, "usd": 0}
+    sums = {"recharge": 0, "gift": 0, "payout": 0, "usd": 0, "bonus": 0}
     for o in outcomes:
         by_label[(o.type, o.status, o.reason or "")] += 1
         if o.status == "accepted" and o.type != "spend_limit":
             sums[o.type] += (o.diamonds if o.type == "payout" else o.coins) or 0
             sums["usd"] += o.usd_cents or 0
+            sums["bonus"] += o.bonus_coins or 0
         OUTCOME_LATENCY.observe(max(0.0, now_s - o.ts / 1000))
     for labels, n in by_label.items():
         EVENTS.labels(*labels).inc(n)
     COINS_RECHARGED.inc(sums["recharge"])
+    BONUS_COINS.inc(sums["bonus"])
     COINS_SPENT.inc(sums["gift"])
     DIAMONDS_PAID_OUT.inc(sums["payout"])
     USD_CENTS_PAID.inc(sums["usd"])

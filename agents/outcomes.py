@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.engine.stage import Output
-from pipeline.topics import OUTCOMES
+from pipeline.topics import BADGES, OUTCOMES
 
 Status = Literal["accepted", "rejected", "duplicate"]
 
 # Rejection reasons of the contract, in the order the checks run.
-GIFT_REASONS = ("unknown_gift", "self_gift", "insufficient_coins", "spend_limit_exceeded")
+GIFT_REASONS = ("unknown_gift", "self_gift", "insufficient_coins", "spend_limit_exceeded", "monthly_limit_exceeded")
 PAYOUT_REASONS = ("below_min_payout", "insufficient_diamonds")
 
 
@@ -29,6 +29,30 @@ class Outcome:
     usd_cents: int | None
     balance_after: int | None
     ts: int
+    # An accepted recharge's bonus (0 without a promotion) and its promotion.
+    bonus_coins: int | None = None
+    promo_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LevelUp:
+    """A gift raised its sender's gifter level: one `badges` record (CONTRACT.md)."""
+
+    user_id: str
+    level: int
+    previous_level: int
+    event_id: str
+    ts: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"badge_id": f"gifter_level:{self.user_id}:{self.level}", "user_id": self.user_id,
+                "badge": "gifter_level", "level": self.level, "previous_level": self.previous_level,
+                "event_id": self.event_id, "ts": self.ts}
+
+
+def publish_level_up(out: Output, level_up: LevelUp) -> None:
+    out.effects.append(level_up)
+    out.send(BADGES, level_up.user_id, level_up.to_json())
 
 
 @dataclass(frozen=True, slots=True)

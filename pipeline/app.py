@@ -31,10 +31,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.credit.agent import CreatorLedger
 from agents.ledger.agent import UserLedger
+from agents.ledger.promotions import PromotionBook, PromotionsInput
 from agents.metrics import count_committed
+from agents.outcomes import outcomes_of
+from agents.readmodel.outcomes import OutcomeCache
 from agents.readmodel.redis_sink import WRITE_TIMEOUT_S, RedisReadModel
 from pipeline import fleet, redis_client, topics
-from pipeline.economics import Economics
+from pipeline.economics import DAY_MS, Economics
 from pipeline.engine.engine import Engine, PartitionMoved
 from pipeline.engine.kv import RocksKV
 from pipeline.engine.stage import Stage
@@ -64,8 +67,16 @@ class LedgerService(Service):
         super().__init__(**kwargs)
         self.settings = settings
         self.read_model = RedisReadModel(settings, redis_client.connect(settings, socket_timeout=WRITE_TIMEOUT_S))
-        self.engine = Engine(settings, stage_factory(settings, econ), self.read_model.write, count_committed)
+        self.outcomes = OutcomeCache(self.read_model.redis, settings.redis_prefix, settings.outcome_retention_s)
+        self.promotions = PromotionBook(econ.dedupe_window_days * DAY_MS)
+        self.engine = Engine(settings, stage_factory(settings, econ, self.promotions), self.read_model.write,
+                             self._committed, broadcasts={topics.PROMOTIONS: PromotionsInput(self.promotions)})
         self.fleet = fleet.Publisher(settings, lambda: self.engine.processed_total, lambda: len(self.engine.tasks))
+
+    def _committed(self, effects: list[Any]) -> None:
+        """A committed batch's effects: metrics, and its outcomes for GET /outcomes."""
+        count_committed(effects)
+        self.outcomes.add(outcomes_of(effects))
 
     async def on_start(self) -> None:
         if not self.settings.internal_keys:
@@ -113,6 +124,7 @@ class LedgerService(Service):
 
     async def on_stop(self) -> None:
         await self.engine.stop()
+        await self.outcomes.close()
         await self.read_model.close()
         await self.fleet.close()
 
@@ -222,7 +234,8 @@ def state_root(settings: Settings) -> Path:
     return root / f"pid-{os.getpid()}"
 
 
-def stage_factory(settings: Settings, econ: Economics) -> Callable[[int], list[Stage]]:
+def stage_factory(settings: Settings, econ: Economics,
+                  promotions: PromotionBook | None = None) -> Callable[[int], list[Stage]]:
     """A partition's stages, each with its own RocksDB (kv.py) under `state_root`."""
     root = state_root(settings)
     generation = itertools.count()
@@ -232,7 +245,7 @@ def stage_factory(settings: Settings, econ: Economics) -> Callable[[int], list[S
         n = next(generation)
         return [
             UserLedger(econ, p, partitions, kv=RocksKV(root / f"users-{p}-{n}"),
-                       max_clock_skew_ms=settings.max_clock_skew_ms),
+                       max_clock_skew_ms=settings.max_clock_skew_ms, promotions=promotions),
             CreatorLedger(econ, partitions, kv=RocksKV(root / f"creators-{p}-{n}"),
                           hold_suspicious=settings.hold_suspicious_payouts,
                           max_hold_ms=settings.payout_max_wait_s * 1000),

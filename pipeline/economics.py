@@ -7,6 +7,7 @@ mistyped price must never reach a ledger that moves money.
 
 from __future__ import annotations
 
+import bisect
 import re
 import tomllib
 from collections.abc import Mapping
@@ -23,6 +24,9 @@ DEFAULT_FILE = Path(__file__).with_name("economics.toml")
 MAX_GIFT_PRICE = 10_000_000
 MAX_GIFTS = 1_000
 DAY_MS = 86_400_000
+# Lifetime coins spent on accepted gifts at which gifter levels 1, 2, ... begin.
+DEFAULT_GIFTER_LEVELS = (1, 100, 500, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000)
+MAX_GIFTER_LEVELS = 100
 _GIFT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
@@ -39,6 +43,11 @@ class Economics:
     # Coins one user may spend on gifts per UTC calendar month, before the user's own
     # budget (None: no platform budget, the contract's default).
     platform_monthly_coin_limit: int | None = None
+    gifter_levels: tuple[int, ...] = DEFAULT_GIFTER_LEVELS
+
+    def gifter_level(self, spent: int) -> int:
+        """The highest level whose threshold `spent` reaches (0 below the first)."""
+        return bisect.bisect_right(self.gifter_levels, spent)
 
     def creator_diamonds(self, coins: int) -> int:
         """Diamonds credited for a gift of `coins`; the remainder is the platform fee."""
@@ -64,7 +73,7 @@ def parse(data: Mapping[str, Any], source: str = "economics") -> Economics:
     known = {
         "gifts", "recharge_packages", "creator_share_percent", "payout_millicents_per_diamond",
         "min_payout_diamonds", "platform_daily_coin_limit", "platform_monthly_coin_limit", "dedupe_window_days",
-        "fraud",
+        "fraud", "gifter_levels",
     }
     unknown = set(data) - known
     if unknown:
@@ -85,6 +94,15 @@ def parse(data: Mapping[str, Any], source: str = "economics") -> Economics:
         or any(type(p) is not int or not 1 <= p <= 1_000_000 for p in packages)
     ):
         raise ConfigError(f"{source}: `recharge_packages` must be a non-empty list of integers from 1 to 1000000")
+    levels = data.get("gifter_levels", list(DEFAULT_GIFTER_LEVELS))
+    if (
+        not isinstance(levels, list)
+        or not 1 <= len(levels) <= MAX_GIFTER_LEVELS
+        or any(type(t) is not int or not 1 <= t <= 10**15 for t in levels)
+        or any(a >= b for a, b in zip(levels, levels[1:]))
+    ):
+        raise ConfigError(f"{source}: `gifter_levels` must be a list of 1 to {MAX_GIFTER_LEVELS} increasing integers "
+                          "from 1 to 10^15 (the coins at which levels 1, 2, ... begin)")
     return Economics(
         gifts=MappingProxyType(dict(gifts)),
         recharge_packages=tuple(packages),
@@ -96,6 +114,7 @@ def parse(data: Mapping[str, Any], source: str = "economics") -> Economics:
         fraud=parse_fraud(data.get("fraud"), source),
         platform_monthly_coin_limit=(None if "platform_monthly_coin_limit" not in data
                                      else _need_int(data, "platform_monthly_coin_limit", 0, 10**12, source)),
+        gifter_levels=tuple(levels),
     )
 
 

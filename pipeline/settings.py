@@ -65,6 +65,10 @@ class Settings:
     # way causal order can be broken, logged as such. Well above a worker's recovery
     # (session timeout, restore: about a minute at 1 M users), which must not trip it.
     payout_max_wait_s: int = 600
+    # Committed outcomes stay in Redis this long for GET /outcomes/{event_id}
+    # (agents/readmodel/outcomes.py); a worker holds at most outcome_max_waits long polls.
+    outcome_retention_s: int = 300
+    outcome_max_waits: int = 10_000
     # Bearer tokens every HTTP endpoint but /health, /metrics and the dashboard page
     # accepts (empty: open). Two during a rotation: the new one first, which our own
     # clients send.
@@ -241,6 +245,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ),
         hold_suspicious_payouts=hold == "1",
         payout_max_wait_s=_int(env, "PIPELINE_PAYOUT_MAX_WAIT_S", d.payout_max_wait_s, 1, 86_400),
+        outcome_retention_s=_int(env, "PIPELINE_OUTCOME_RETENTION_S", d.outcome_retention_s, 60, 7 * 86_400),
+        outcome_max_waits=_int(env, "PIPELINE_OUTCOME_MAX_WAITS", d.outcome_max_waits, 1, 100_000),
         http_tokens=tokens,
         internal_keys=internal_keys,
         accept_unsigned=accept_unsigned == "1",

@@ -31,11 +31,16 @@ RECHARGES = "recharges"
 GIFTS = "gifts"
 PAYOUTS = "payouts"
 SPEND_LIMITS = "spend-limits"
+# Compacted, keyed by promo_id, read whole by every worker (a broadcast input).
+PROMOTIONS = "promotions"
 OUTCOMES = "ledger-outcomes"
+BADGES = "badges"
 DEAD_LETTERS = "dead-letters"
 FRAUD_ALERTS = "fraud-alerts"
-INPUTS = (RECHARGES, GIFTS, PAYOUTS, SPEND_LIMITS)
-OUTPUTS = (OUTCOMES, DEAD_LETTERS, FRAUD_ALERTS)
+INPUTS = (RECHARGES, GIFTS, PAYOUTS, SPEND_LIMITS, PROMOTIONS)
+OUTPUTS = (OUTCOMES, DEAD_LETTERS, FRAUD_ALERTS, BADGES)
+# Read whole by every worker, whatever their partition count (pipeline/engine/broadcast.py).
+BROADCAST = (PROMOTIONS,)
 
 # Internal topics (design of this project, under the same prefix).
 # Credits of accepted gifts and validated payouts, repartitioned by creator.
@@ -45,7 +50,11 @@ CREATORS_CHANGELOG = "ledger-creators-changelog"
 # What `redrive` has sent back, by fingerprint (pipeline/redrive.py).
 REDRIVE_LOG = "ledger-redrive-log"
 INTERNAL = (CREATOR_OPS, USERS_CHANGELOG, CREATORS_CHANGELOG, REDRIVE_LOG)
-COMPACTED = (USERS_CHANGELOG, CREATORS_CHANGELOG, REDRIVE_LOG)
+COMPACTED = (USERS_CHANGELOG, CREATORS_CHANGELOG, REDRIVE_LOG, PROMOTIONS)
+# A promotion's superseded versions and tombstones are kept this long at least: a
+# recharge dated up to the duplicate window (7 days) back must find the version then in
+# force, also on a worker that reads the topic anew.
+BROADCAST_HISTORY_MS = 8 * 86_400_000
 
 # Largest record the pipeline writes (a changelog record of a busy key); the topic
 # setting must allow it.
@@ -74,9 +83,12 @@ def specs(settings: Settings, extra: tuple[str, ...] = ()) -> list[TopicSpec]:
             # reads what is not compacted yet (every batch writes each key it changed).
             config.update({"cleanup.policy": "compact", "segment.bytes": str(CHANGELOG_SEGMENT_BYTES),
                            "min.cleanable.dirty.ratio": "0.3"})
+        if name in BROADCAST:
+            config.update({"min.compaction.lag.ms": str(BROADCAST_HISTORY_MS),
+                           "delete.retention.ms": str(BROADCAST_HISTORY_MS)})
         if settings.replication_factor > 1:
             config["min.insync.replicas"] = str(min(2, settings.replication_factor))
-        out.append(TopicSpec(settings.topic(name), settings.partitions, config))
+        out.append(TopicSpec(settings.topic(name), 1 if name in BROADCAST else settings.partitions, config))
     return out
 
 
@@ -121,7 +133,8 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0, extra: tupl
             except TopicAlreadyExistsError:
                 pass  # created concurrently by another worker
             log.info("created topics: %s", ", ".join(s.name for s in missing))
-        wrong = {n: c for n, c in counts.items() if c != settings.partitions}
+        broadcast = {settings.topic(t) for t in BROADCAST}  # any count will do
+        wrong = {n: c for n, c in counts.items() if c != settings.partitions and n not in broadcast}
         if wrong:
             raise ConfigError(
                 f"topics {wrong} do not have PIPELINE_PARTITIONS={settings.partitions} partitions; "

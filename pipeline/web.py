@@ -24,6 +24,7 @@ from agents.credit.state import WINDOWS
 from agents.ingest.decode import ID_RE
 from agents.ledger.state import month_name
 from agents.readmodel import alerts, leaderboards
+from agents.readmodel.outcomes import MAX_WAIT_MS, OutcomeWaiters, TooManyWaits
 from agents.readmodel.redis_sink import hash_key
 from pipeline import metrics, redis_client
 from pipeline.dashboard import routes as dashboard
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 2.0
 USER_FIELDS = (
     "coins", "recharged_coins", "spent_coins", "daily_coin_limit", "last_spend_day", "last_spend_day_coins",
-    "monthly_coin_limit", "last_spend_month", "last_spend_month_coins",
+    "monthly_coin_limit", "last_spend_month", "last_spend_month_coins", "gifter_level", "lifetime_spent_coins",
+    "bonus_coins",
 )
 CREATOR_FIELDS = ("diamonds", "lifetime_diamonds", "paid_out_diamonds")
 # Stored as -1 when null.
@@ -123,6 +125,7 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
     reads = _Reads(client, settings)
     _register_entities(app, reads)
     _register_boards(app, reads)
+    _register_outcomes(app, OutcomeWaiters(client, settings.redis_prefix, settings.outcome_max_waits))
     _register_worker(app, service)
 
 
@@ -255,6 +258,34 @@ def _register_boards(app: Any, reads: _Reads) -> None:
             except (RedisError, OSError):
                 return error(self, 503, "read model unavailable (Redis)")
             return self.json({"alerts": found})
+
+
+WAIT_RE = re.compile(r"[0-9]{1,5}")
+
+
+def _register_outcomes(app: Any, waiters: OutcomeWaiters) -> None:
+    @app.page("/outcomes/{event_id}")
+    class OutcomeView(View):
+        async def get(self, request: Request, event_id: str) -> Response:
+            """The event's committed outcome, waiting up to wait_ms for its commit."""
+            if not ID_RE.fullmatch(event_id):
+                return error(self, 400, f"event_id must match {ID_RE.pattern}")
+            raw_wait = request.query.get("wait_ms", "0")
+            if not WAIT_RE.fullmatch(raw_wait) or int(raw_wait) > MAX_WAIT_MS:
+                return error(self, 400, f"wait_ms must be an integer from 0 to {MAX_WAIT_MS}")
+            try:
+                found = await waiters.get(event_id, int(raw_wait))
+            except TooManyWaits as exc:
+                answer = error(self, 503, f"too many waits open, retry shortly: {exc}")
+                answer.headers["Retry-After"] = "1"
+                return answer
+            except (RedisError, OSError):
+                return error(self, 503, "read model unavailable (Redis)")
+            if found is None:
+                return error(self, 404, f"no committed outcome for {event_id} (yet, or no longer: outcomes are kept "
+                                        "for PIPELINE_OUTCOME_RETENTION_S)")
+            body = found.encode() if isinstance(found, str) else found
+            return self.bytes(body, content_type="application/json")
 
 
 def _register_worker(app: Any, service: Any) -> None:

@@ -2,7 +2,7 @@
 
 Users read the schemas; the worker runs decode.py. For every sample value whose key equals
 its id field, decode returns Malformed exactly when the schema (applied by
-`tools.schemas.validator`, on `json.loads` output so 5.0 stays a float) rejects it. The
+`pipeline.schemas.validator`, on `json.loads` output so 5.0 stays a float) rejects it. The
 field table below is written from CONTRACT.md, not from decode.py, so the test checks both.
 """
 
@@ -16,10 +16,10 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from agents.ingest.decode import Malformed, decode
-from tools.schemas import SCHEMA_DIR, load_schema, topics, validator
+from pipeline.schemas import SCHEMA_DIR, load_schema, topics, validator
 
-INPUTS = ("recharges", "gifts", "payouts", "spend-limits")
-OUTPUTS = ("ledger-outcomes", "dead-letters", "fraud-alerts")
+INPUTS = ("recharges", "gifts", "payouts", "spend-limits", "promotions")
+OUTPUTS = ("ledger-outcomes", "dead-letters", "fraud-alerts", "badges")
 MAX_TS = 253_402_300_799_999
 BIG = 2**64 + 1  # orjson reads integers past 64 bits as floats; the contract has no such limit
 
@@ -50,6 +50,11 @@ CONTRACT: dict[str, tuple[str, list[tuple[str, str, int, int | None]]]] = {
         ("event_id", "id", 0, 0), ("user_id", "id", 0, 0), ("daily_coin_limit", "int?", 0, 10**9),
         ("monthly_coin_limit", "int?", 0, 10**9), ("ts", "int", 0, MAX_TS),
     ]),
+    "promotions": ("promo_id", [
+        ("promo_id", "id", 0, 0), ("starts_ts", "int", 0, MAX_TS), ("ends_ts", "int", 0, MAX_TS),
+        ("bonus_percent", "int", 1, 100), ("packages", "ints", 1, 20), ("max_per_user", "int", 1, 1_000),
+        ("ts", "int", 0, MAX_TS),
+    ]),
 }
 
 BASE: dict[str, dict[str, Any]] = {
@@ -60,6 +65,8 @@ BASE: dict[str, dict[str, Any]] = {
     "payouts": {"event_id": "e3", "creator_id": "c-1", "diamonds": 2_000, "ts": 1_700_000_000_000},
     "spend-limits": {"event_id": "e4", "user_id": "u.1", "daily_coin_limit": 1_000,
                      "ts": 1_700_000_000_000},
+    "promotions": {"promo_id": "p-1", "starts_ts": 1_700_000_000_000, "ends_ts": 1_700_086_400_000,
+                   "bonus_percent": 10, "packages": [500, 1_000], "max_per_user": 1, "ts": 1_700_000_000_000},
 }
 
 
@@ -187,6 +194,21 @@ SPECIFIC: dict[str, list[tuple[str, bytes]]] = {
                                                           if k != "daily_coin_limit"}, "monthly_coin_limit": None})),
         ("neither limit", without("spend-limits", "daily_coin_limit")),
     ],
+    "promotions": [
+        ("one package", changed("promotions", packages=[1_000_000])),
+        ("twenty packages", changed("promotions", packages=list(range(1, 21)))),
+        ("no package", changed("promotions", packages=[])),
+        ("21 packages", changed("promotions", packages=list(range(1, 22)))),
+        ("a repeated package", changed("promotions", packages=[500, 500])),
+        ("a package 500.0", changed("promotions", packages=Raw("[500.0]"))),
+        ("a package 0", changed("promotions", packages=[0])),
+        ("a package over 10^6", changed("promotions", packages=[1_000_001])),
+        ("a package as a string", changed("promotions", packages=["500"])),
+        ("a package true", changed("promotions", packages=[True])),
+        ("ends_ts equal to starts_ts", changed("promotions", ends_ts=1_700_000_000_000)),
+        ("ends_ts before starts_ts", changed("promotions", ends_ts=1)),
+        ("starts_ts 0", changed("promotions", starts_ts=0)),
+    ],
 }
 
 # Python's `$` also matches before a trailing "\n"; the contract's pattern does not.
@@ -239,10 +261,25 @@ AGREEMENT = [
 ]
 
 
+def contract_accepts(topic: str, raw: bytes) -> bool:
+    """The schema, and the one rule between two fields the contract states that no
+    schema can: a promotion's ends_ts is greater than its starts_ts."""
+    if not schema_accepts(topic, raw):
+        return False
+    data = json.loads(raw)
+    return topic != "promotions" or data["ends_ts"] > data["starts_ts"]
+
+
 @pytest.mark.parametrize(("topic", "name", "raw"), AGREEMENT)
 def test_decode_agrees_with_schema(topic: str, name: str, raw: bytes) -> None:
     decoded = decode(topic, key_for(topic, raw), raw)
-    assert isinstance(decoded, Malformed) == (not schema_accepts(topic, raw)), decoded
+    assert isinstance(decoded, Malformed) == (not contract_accepts(topic, raw)), decoded
+
+
+def test_the_promotion_rule_between_two_fields_is_the_one_exception() -> None:
+    raw = changed("promotions", ends_ts=1)
+    assert schema_accepts("promotions", raw) and not contract_accepts("promotions", raw)
+    assert "greater than starts_ts" in load_schema("promotions")["properties"]["ends_ts"]["description"]
 
 
 def test_samples_cover_both_outcomes() -> None:
@@ -317,6 +354,11 @@ OUTPUT_SAMPLES: dict[str, tuple[dict[str, Any], list[tuple[str, Any]]]] = {
          "ts": 1_700_000_000_000},
         [("severity", "critical"), ("subject_type", "stream"), ("event_ids", "e:2"), ("details", [])],
     ),
+    "badges": (
+        {"badge_id": "gifter_level:u_1:4", "user_id": "u_1", "badge": "gifter_level", "level": 4,
+         "previous_level": 2, "event_id": "e:2", "ts": 1_700_000_000_000},
+        [("badge", "top_gifter"), ("level", 0), ("previous_level", -1), ("user_id", "u 1"), ("ts", 1.5)],
+    ),
 }
 
 
@@ -337,8 +379,8 @@ def test_output_schema_rejects_bad_field(topic: str) -> None:
         assert not validator(topic).is_valid({**record, field: value}), (field, value)
 
 
-REASONS = [None, "unknown_gift", "self_gift", "insufficient_coins", "spend_limit_exceeded",
-           "below_min_payout", "insufficient_diamonds", "held_for_review"]
+REASONS = [None, "invalid_ts", "unknown_gift", "self_gift", "insufficient_coins", "spend_limit_exceeded",
+           "monthly_limit_exceeded", "below_min_payout", "insufficient_diamonds", "held_for_review"]
 
 
 @pytest.mark.parametrize("reason", REASONS)

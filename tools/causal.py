@@ -10,6 +10,16 @@ round's events in any order, gives them all. Within a round a user has at most o
 event and a creator paid out receives no gift, so nothing in a round depends on
 another event of it. Many gifts come right after their sender's recharge (the round
 after it) and many cost more than the sender has; daily limits and payouts are mixed in.
+
+Promotions change every few rounds (`CausalConfig.promotions`): a version published in
+a round is in force from the round's time + 1, so only later rounds' recharges (produced
+after its acknowledgement) can see it, and they must. A withdrawal (tombstone) is in
+force from its broker time, known only once acknowledged: it goes in a round of its own,
+and `produce` records that time in the event (`kafka_ts`) for the reference. Only while
+the producers' clock is the broker's (skew_ms <= 0): dated ahead, events produced before
+the tombstone would be dated after its broker time, and whether it ends their bonus
+would depend on whether they were decided before it was published (the contract:
+publishing never changes a recharge already decided), which no reference can know.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from aiokafka import AIOKafkaProducer
 from pipeline import topics
 from pipeline.economics import Economics
 from pipeline.settings import Settings
-from tools.simulate import Message, message
+from tools.simulate import message
 
 Event = tuple[str, dict[str, Any]]  # topic (no prefix), contract value
 
@@ -34,6 +44,7 @@ KEY_FIELDS = {topics.RECHARGES: "user_id", topics.GIFTS: "sender_id", topics.SPE
               topics.PAYOUTS: "creator_id"}
 MAX_ROUND = 10_000
 MONTHLY_BUDGETS = (None, 2_000, 20_000, 300_000, 7_000)  # spend-limits records that set one
+PROMOTIONS = 3  # promotions a stream keeps changing
 
 
 def spend_limit(event_id: str, user: str, daily: int | None, ts: int, n: int) -> dict[str, Any]:
@@ -61,6 +72,9 @@ class CausalConfig:
     # ahead): a stream dated ahead, then one dated by the clock, makes the second's
     # events earlier than the first's though produced after them.
     skew_ms: int = 0
+    # A promotion changes every this many rounds (a new version, or every third time a
+    # withdrawal); 0: no promotions.
+    promotions: int = 5
 
     def __post_init__(self) -> None:
         if not 1 <= self.per_round <= min(MAX_ROUND, self.users):
@@ -78,6 +92,8 @@ class CausalStream:
         self.econ = econ
         self.clock = clock
         self.rng = random.Random(cfg.seed)
+        self.promo_rng = random.Random(cfg.seed + 2)  # its own: the rest of the stream stays as it was
+        self.rounds_made = 0
         self.balance: dict[str, int] = {}
         self.recharged_last: list[str] = []  # they gift in the next round
         self.last_ts = 0
@@ -99,6 +115,12 @@ class CausalStream:
         cfg, rng, p = self.cfg, self.rng, self.cfg.id_prefix
         # One time for the round, rising from round to round and keeping to the clock.
         self.last_ts = max(self.last_ts + 1, int(self.clock() * 1000) + cfg.skew_ms)
+        i = self.rounds_made
+        self.rounds_made += 1
+        every = cfg.promotions
+        if every and i % every == every - 1 and (i // every) % 3 == 2 and cfg.skew_ms <= 0:
+            return [(topics.PROMOTIONS, {"promo_id": f"{p}promo{(i // every) % PROMOTIONS}", "tombstone": True})]
+        promotions = self._promotions(i) if every and (i == 0 or i % every == every - 1) else []
         eager = self.recharged_last[: cfg.per_round // 3]
         chosen = set(eager)
         others = [u for u in (f"{p}u{i}" for i in rng.sample(range(cfg.users), cfg.per_round)) if u not in chosen]
@@ -126,7 +148,20 @@ class CausalStream:
                 eid = self._id("l")
                 out.append((topics.SPEND_LIMITS, spend_limit(eid, user, limit, self._ts(), self.n)))
         self.recharged_last = recharged
-        return out
+        return out + promotions
+
+    def _promotions(self, i: int) -> list[Event]:
+        """Round 0: every promotion; later: a new version of one. Each in force from the
+        next round on, for a day; packages that the stream's recharges use."""
+        rng, since = self.promo_rng, self.last_ts + 1
+        ids = range(PROMOTIONS) if i == 0 else [(i // self.cfg.promotions) % PROMOTIONS]
+        packages = list(self.econ.recharge_packages)
+        return [(topics.PROMOTIONS, {
+            "promo_id": f"{self.cfg.id_prefix}promo{j}", "starts_ts": since, "ends_ts": since + 86_400_000,
+            "bonus_percent": rng.choice((5, 10, 10, 20, 50, 100)),
+            "packages": sorted(rng.sample(packages, rng.randint(1, len(packages)))),
+            "max_per_user": rng.choice((1, 2, 5)), "ts": since,
+        }) for j in ids]
 
     def _gift(self, sender: str, creator: str) -> dict[str, Any]:
         """Aimed at 40-130 % of what the sender has (by this stream's estimate)."""
@@ -141,9 +176,17 @@ class CausalStream:
                 "gift_id": gift_id, "quantity": quantity, "ts": self._ts()}
 
 
-def encode(event: Event) -> Message:
+def encode(event: Event) -> tuple[str, bytes | None, bytes | None]:
     topic, value = event
+    if topic == topics.PROMOTIONS:
+        body = None if value.get("tombstone") else message(topic, value, "promo_id")[2]
+        return topic, value["promo_id"].encode(), body
     return message(topic, value, KEY_FIELDS[topic])
+
+
+def outcome_events(events: list[Event]) -> list[Event]:
+    """The events of a round that get an outcome (all but promotions)."""
+    return [e for e in events if e[0] != topics.PROMOTIONS]
 
 
 async def produce(settings: Settings, stream: CausalStream,
@@ -161,7 +204,10 @@ async def produce(settings: Settings, stream: CausalStream,
             futures = []
             for topic, key, value in map(encode, events):
                 futures.append(await producer.send(settings.topic(topic), value, key=key))
-            await asyncio.gather(*futures)  # every acknowledgement before the next round
+            acks = await asyncio.gather(*futures)  # every acknowledgement before the next round
+            for (_, ev), ack in zip(events, acks):
+                if ev.get("tombstone"):
+                    ev["kafka_ts"] = ack.timestamp  # the broker's: promotions are LogAppendTime
             sent.append(events)
             messages += len(events)
             if on_round is not None:

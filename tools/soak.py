@@ -200,7 +200,7 @@ def subject(event: causal.Event) -> str:
 def touched(events: Iterable[causal.Event]) -> set[str]:
     """Every user and creator whose state or outcome a round's events may change or read."""
     out: set[str] = set()
-    for topic, ev in events:
+    for topic, ev in causal.outcome_events(list(events)):
         out.add(subject((topic, ev)))
         if topic == topics.GIFTS:
             out.add(ev["creator_id"])
@@ -226,8 +226,8 @@ class RetryingStream(causal.CausalStream):
     def round(self) -> list[causal.Event]:
         events = super().round()
         busy = touched(events)
-        free = [e for e in self.previous if subject(e) not in busy]
-        again = self.retry_rng.sample(free, min(len(free), int(len(events) * self.share)))
+        free = [e for e in causal.outcome_events(self.previous) if subject(e) not in busy]
+        again = self.retry_rng.sample(free, min(len(free), int(len(causal.outcome_events(events)) * self.share)))
         self.previous = events
         self.resent += len(again)
         return events + again
@@ -406,7 +406,10 @@ def expected_outcomes(reference: ReferenceLedger,
     kinds: Counter[str] = Counter()
     for events in rounds:
         for topic, ev in events:
-            record = reference.apply(topic, ev)
+            found = reference.feed(topic, ev)
+            if found is None:  # a promotion: no outcome
+                continue
+            record = found
             want.setdefault(ev["event_id"], []).append(canonical(record))
             kinds[f"{record['type']}:{record['status']}:{record['reason']}"] += 1
     return want, kinds
@@ -419,7 +422,7 @@ def reference_read_model(reference: ReferenceLedger,
     users: set[str] = set()
     creators: set[str] = set()
     for events in rounds:
-        for topic, ev in events:
+        for topic, ev in causal.outcome_events(list(events)):
             (creators if topic == topics.PAYOUTS else users).add(subject((topic, ev)))
             if topic == topics.GIFTS:
                 creators.add(ev["creator_id"])

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from agents.ingest.records import Event, Gift, Payout, Recharge, SpendLimit
+from agents.ingest.records import Event, Gift, Payout, Promotion, Recharge, SpendLimit, Withdrawal
 from pipeline.engine.stage import Malformed  # the decoders' answer for bad content
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -26,7 +26,7 @@ MAX_QUANTITY = 10_000
 
 
 # (field, kind, low, high): kinds are "id", "int", "int?" (int or null), "int?-" (int, null
-# or absent: ABSENT), "str", "currency".
+# or absent: ABSENT), "str", "currency", "ints" (a list of lo..hi distinct ints, high each).
 FieldSpec = tuple[str, str, int, int | None]
 _ID = 0, 0
 ABSENT: Any = object()  # an optional field not on the wire (not null: absent leaves a limit as it was)
@@ -39,7 +39,18 @@ def _spend_limit(event_id: str, user_id: str, daily: Any, monthly: Any, ts: int)
                       None if monthly is ABSENT else monthly, daily is not ABSENT, monthly is not ABSENT)
 
 
-SPECS: dict[str, tuple[str, tuple[FieldSpec, ...], Callable[..., Event | Malformed]]] = {
+MAX_PACKAGES = 20
+MAX_PACKAGE_COINS = 1_000_000
+
+
+def _promotion(promo_id: str, starts_ts: int, ends_ts: int, bonus_percent: int, packages: list[int],
+               max_per_user: int, ts: int) -> Promotion | Malformed:
+    if ends_ts <= starts_ts:
+        return Malformed("ends_ts must be greater than starts_ts")
+    return Promotion(promo_id, starts_ts, ends_ts, bonus_percent, frozenset(packages), max_per_user, ts)
+
+
+SPECS: dict[str, tuple[str, tuple[FieldSpec, ...], Callable[..., Any]]] = {
     "recharges": ("user_id", (
         ("event_id", "id", *_ID), ("user_id", "id", *_ID), ("coins", "int", 1, 1_000_000),
         ("amount_cents", "int", 0, None), ("currency", "currency", *_ID), ("ts", "int", 0, MAX_TS),
@@ -57,6 +68,11 @@ SPECS: dict[str, tuple[str, tuple[FieldSpec, ...], Callable[..., Event | Malform
         ("event_id", "id", *_ID), ("user_id", "id", *_ID), ("daily_coin_limit", "int?-", 0, 10**9),
         ("monthly_coin_limit", "int?-", 0, 10**9), ("ts", "int", 0, MAX_TS),
     ), _spend_limit),
+    "promotions": ("promo_id", (
+        ("promo_id", "id", *_ID), ("starts_ts", "int", 0, MAX_TS), ("ends_ts", "int", 0, MAX_TS),
+        ("bonus_percent", "int", 1, 100), ("packages", "ints", 1, MAX_PACKAGES), ("max_per_user", "int", 1, 1_000),
+        ("ts", "int", 0, MAX_TS),
+    ), _promotion),
 }
 
 
@@ -122,6 +138,12 @@ def _check(spec: FieldSpec, value: Any) -> str | None:
     elif kind == "str":
         if type(value) is not str:
             return f"{name} must be a string"
+    elif kind == "ints":
+        if (type(value) is not list or not lo <= len(value) <= (hi or 0)
+                or any(type(v) is not int or not 1 <= v <= MAX_PACKAGE_COINS for v in value)):
+            return f"{name} must be a list of {lo} to {hi} integers from 1 to {MAX_PACKAGE_COINS}"
+        if len(set(value)) != len(value):
+            return f"{name} must not repeat a value"
     elif kind == "currency":
         if type(value) is not str or not CURRENCY_RE.fullmatch(value):
             return f"{name} must be 3 letters"
@@ -134,8 +156,30 @@ def _check(spec: FieldSpec, value: Any) -> str | None:
     return None
 
 
+def decode_promotion(key: bytes | None, value: bytes | None, timestamp: int) -> Promotion | Withdrawal | Malformed:
+    """A `promotions` record; `timestamp`: its Kafka timestamp, a tombstone's time."""
+    if value is None:
+        promo_id = _key_text(key)
+        if promo_id is None or not ID_RE.fullmatch(promo_id):
+            return Malformed("a tombstone's key must be the promo_id it withdraws")
+        return Withdrawal(promo_id, timestamp)
+    return _decode("promotions", key, value)  # type: ignore[no-any-return]
+
+
+def _key_text(key: bytes | None) -> str | None:
+    try:
+        return None if key is None else key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def decode(topic: str, key: bytes | None, value: bytes | None) -> Event | Malformed:
-    """`topic` is the contract name (without prefix)."""
+    """`topic` is the contract name (without prefix); for `promotions` (whose records
+    are a Promotion, and a tombstone a Withdrawal) use decode_promotion."""
+    return _decode(topic, key, value)  # type: ignore[no-any-return]
+
+
+def _decode(topic: str, key: bytes | None, value: bytes | None) -> Any:
     key_field, fields, make = SPECS[topic]
     if value is None or not value:
         return Malformed("empty value")

@@ -75,5 +75,36 @@ class SpendLimit:
         return self.user_id
 
 
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """A version of a promotion, in force for recharges dated from `ts` on (until a later
+    record of its promo_id is in force). Decoded: ends_ts > starts_ts, packages distinct."""
+
+    promo_id: str
+    starts_ts: int
+    ends_ts: int
+    bonus_percent: int
+    packages: frozenset[int]
+    max_per_user: int
+    ts: int
+
+    @property
+    def key(self) -> str:
+        return self.promo_id
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """A promotion's tombstone: no promotion of that id for recharges from `ts` on, the
+    record's Kafka timestamp (a tombstone has no value to carry one)."""
+
+    promo_id: str
+    ts: int
+
+    @property
+    def key(self) -> str:
+        return self.promo_id
+
+
 Event = Recharge | Gift | Payout | SpendLimit
 UserEvent = Recharge | Gift | SpendLimit

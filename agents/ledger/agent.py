@@ -15,9 +15,10 @@ from agents.fraud import sender
 from agents.fraud.sender import Leg
 from agents.ingest.decode import decode
 from agents.ingest.records import Event, Payout, UserEvent
+from agents.ledger.promotions import PromotionBook
 from agents.ledger.rules import INVALID_TS, Credit, TimeBounds, apply_user_event, duplicate_outcome, out_of_time
 from agents.ledger.state import UserState
-from agents.outcomes import Outcome, publish
+from agents.outcomes import Outcome, publish, publish_level_up
 from agents.readmodel import leaderboards
 from agents.stage import LedgerStage
 from pipeline import topics
@@ -59,10 +60,12 @@ class UserLedger(LedgerStage):
     index_name = "user_event_ids"
 
     def __init__(self, econ: Economics, partition: int, partitions: int, kv: KV | None = None,
-                 max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS) -> None:
+                 max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS, promotions: PromotionBook | None = None) -> None:
         super().__init__(Store(UserState, UserState.from_json), econ.dedupe_keep_ms, kv=kv)
         self.econ = econ
         self.in_time = TimeBounds(max_clock_skew_ms, econ.dedupe_window_days * DAY_MS)
+        # The worker's promotions, shared by its partitions (the engine's broadcast input).
+        self.promotions = promotions or PromotionBook(self.in_time.behind_ms)
         self.rules = econ.fraud
         self.partition = partition
         self.partitions = partitions
@@ -98,9 +101,12 @@ class UserLedger(LedgerStage):
         else:
             self.dedupe.add(dkey, item.ts)
             state = self.table.for_update(item.key)
-            outcome, credit = apply_user_event(state, item, self.econ)
-            if credit is not None:
-                self.credits.add(credit)
+            decided = apply_user_event(state, item, self.econ, self.promotions)
+            outcome = decided.outcome
+            if decided.credit is not None:
+                self.credits.add(decided.credit)
+            if decided.level_up is not None:
+                publish_level_up(out, decided.level_up)
             self._watch(state, item, outcome, out)
         publish(out, outcome)
 
@@ -162,4 +168,7 @@ class UserLedger(LedgerStage):
             "monthly_coin_limit": -1 if value.own_monthly is None else value.own_monthly,
             "last_spend_month": -1 if month is None else month,
             "last_spend_month_coins": 0 if month is None else value.month_spend[month],
+            "bonus_coins": value.bonus,
+            "lifetime_spent_coins": value.spent,
+            "gifter_level": self.econ.gifter_level(value.spent),
         }, value.seq, tuple(scores))

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agents.ingest.records import Gift, Recharge, SpendLimit, UserEvent
-from agents.ledger.state import UserState, utc_day, utc_month
-from agents.outcomes import Outcome
+from agents.ledger.promotions import PromotionBook
+from agents.ledger.state import MAX_PROMOS, UserState, utc_day, utc_month
+from agents.outcomes import LevelUp, Outcome
 from pipeline.economics import DAY_MS, Economics
 from pipeline.invariants import require
 
@@ -81,13 +82,29 @@ def monthly_budget(state: UserState, econ: Economics) -> int | None:
     return min(budgets) if budgets else None
 
 
-def apply_recharge(state: UserState, ev: Recharge) -> Outcome:
+def apply_recharge(state: UserState, ev: Recharge, book: PromotionBook) -> Outcome:
+    """Coins plus the bonus of the best promotion in force at the recharge's ts."""
+    if len(state.promos) >= MAX_PROMOS:  # make room: forget what can never qualify again
+        state.promos = {p: n for p, n in state.promos.items() if book.known(p)}
+    bonus = book.best(ev.coins, ev.ts, state.promos)
+    if bonus is not None and bonus.promo_id not in state.promos and len(state.promos) >= MAX_PROMOS:
+        bonus = None  # its count could not be kept: no bonus rather than an unbounded one
+    before = state.balance
     state.balance += ev.coins
     state.recharged += ev.coins
+    if bonus is not None:
+        require(bonus.coins >= 0, "a bonus is not negative")
+        require(bonus.coins <= ev.coins, "a bonus is at most 100 % of the coins")
+        state.balance += bonus.coins
+        state.bonus += bonus.coins
+        state.promos[bonus.promo_id] = state.promos.get(bonus.promo_id, 0) + 1
     state.check()
+    bonus_coins = 0 if bonus is None else bonus.coins
+    require(state.balance == before + ev.coins + bonus_coins, "balance += coins + bonus")
     return Outcome(
         event_id=ev.event_id, type="recharge", status="accepted", reason=None, subject_id=ev.user_id, coins=ev.coins,
-        diamonds=None, usd_cents=None, balance_after=state.balance, ts=ev.ts,
+        diamonds=None, usd_cents=None, balance_after=state.balance, ts=ev.ts, bonus_coins=bonus_coins,
+        promo_id=None if bonus is None else bonus.promo_id,
     )
 
 
@@ -120,7 +137,17 @@ def gift_rejection(state: UserState, ev: Gift, econ: Economics) -> str | None:
     return None
 
 
-def apply_gift(state: UserState, ev: Gift, econ: Economics) -> tuple[Outcome, Credit | None]:
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """What applying one user event decided: its outcome, the credit an accepted gift
+    owes its creator, and the level-up it gave its sender."""
+
+    outcome: Outcome
+    credit: Credit | None = None
+    level_up: LevelUp | None = None
+
+
+def apply_gift(state: UserState, ev: Gift, econ: Economics) -> Decided:
     coins = gift_coins(ev, econ)
     reason = gift_rejection(state, ev, econ)
     if reason is not None:
@@ -128,13 +155,14 @@ def apply_gift(state: UserState, ev: Gift, econ: Economics) -> tuple[Outcome, Cr
             event_id=ev.event_id, type="gift", status="rejected", reason=reason, subject_id=ev.sender_id,
             coins=coins, diamonds=None, usd_cents=None, balance_after=state.balance, ts=ev.ts,
         )
-        return outcome, None
+        return Decided(outcome)
     assert coins is not None  # narrowing; python -O is refused
     require(coins > 0, 'coins > 0')
     diamonds = econ.creator_diamonds(coins)
     require(diamonds >= 0, 'diamonds >= 0')
     require(diamonds <= coins, 'diamonds <= coins')  # the fee, coins - diamonds, is never negative
     before = state.balance
+    level = econ.gifter_level(state.spent)
     state.balance -= coins
     state.spent += coins
     state.add_day_spend(utc_day(ev.ts), coins)
@@ -148,8 +176,11 @@ def apply_gift(state: UserState, ev: Gift, econ: Economics) -> tuple[Outcome, Cr
         event_id=ev.event_id, type="gift", status="accepted", reason=None, subject_id=ev.sender_id, coins=coins,
         diamonds=diamonds, usd_cents=None, balance_after=state.balance, ts=ev.ts,
     )
-    return outcome, Credit(ev.creator_id, ev.stream_id, ev.sender_id, coins, diamonds, ev.ts, ev.event_id,
-                           state.first_ts)
+    credit = Credit(ev.creator_id, ev.stream_id, ev.sender_id, coins, diamonds, ev.ts, ev.event_id, state.first_ts)
+    new_level = econ.gifter_level(state.spent)
+    require(new_level >= level, "a gifter level never goes down")
+    level_up = LevelUp(ev.sender_id, new_level, level, ev.event_id, ev.ts) if new_level > level else None
+    return Decided(outcome, credit, level_up)
 
 
 def apply_spend_limit(state: UserState, ev: SpendLimit) -> Outcome:
@@ -183,10 +214,10 @@ def duplicate_outcome(state: UserState, ev: UserEvent, econ: Economics) -> Outco
     )
 
 
-def apply_user_event(state: UserState, ev: UserEvent, econ: Economics) -> tuple[Outcome, Credit | None]:
+def apply_user_event(state: UserState, ev: UserEvent, econ: Economics, book: PromotionBook) -> Decided:
     state.note_event(ev.ts)
     if isinstance(ev, Gift):
         return apply_gift(state, ev, econ)
     if isinstance(ev, Recharge):
-        return apply_recharge(state, ev), None
-    return apply_spend_limit(state, ev), None
+        return Decided(apply_recharge(state, ev, book))
+    return Decided(apply_spend_limit(state, ev))

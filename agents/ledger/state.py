@@ -1,7 +1,9 @@
 """Per-user ledger state and its invariants.
 
 Invariants (checked by `check()` after every change):
-- balance >= 0, and recharged == balance + spent (coins are conserved per user);
+- balance >= 0, and recharged + bonus == balance + spent (coins are conserved per user:
+  bonus coins, which have no payment behind them, are counted apart);
+- bonuses are counted for at most MAX_PROMOS promotions per user;
 - spend is kept for at most MAX_SPEND_DAYS UTC days and MAX_SPEND_MONTHS UTC calendar
   months (bounded state per user).
 """
@@ -26,6 +28,9 @@ MAX_SPEND_MONTHS = 3
 # to the stream within STREAM_DAYS days of their newest gift, for MAX_STREAMS streams.
 STREAM_DAYS = 30
 MAX_STREAMS = 1_000
+# Bonuses received, per promotion (for its max_per_user), for this many promotions at
+# most: those no in-time recharge can qualify for any more are forgotten first.
+MAX_PROMOS = 64
 
 
 def utc_day(ts: int) -> int:
@@ -60,11 +65,16 @@ class UserState:
     watch: SenderWatch = field(default_factory=SenderWatch)
     own_monthly: int | None = None  # the user's own monthly budget (spend-limits)
     month_spend: dict[int, int] = field(default_factory=dict)  # utc_month -> coins
+    bonus: int = 0  # bonus coins received from promotions
+    promos: dict[str, int] = field(default_factory=dict)  # promo_id -> bonuses received
 
     def check(self) -> None:
         require(self.balance >= 0, "balance >= 0")
         require(self.spent >= 0, "spent >= 0")
-        require(self.recharged == self.balance + self.spent, "recharged == balance + spent")
+        require(self.bonus >= 0, "bonus >= 0")
+        require(self.recharged + self.bonus == self.balance + self.spent, "recharged + bonus == balance + spent")
+        require(len(self.promos) <= MAX_PROMOS, "promotions counted <= MAX_PROMOS")
+        require(all(n > 0 for n in self.promos.values()), "each promotion counted was received")
         require(self.own_limit is None or self.own_limit >= 0, "own daily limit >= 0")
         require(len(self.day_spend) <= MAX_SPEND_DAYS, "spend days <= MAX_SPEND_DAYS")
         require(all(v > 0 for v in self.day_spend.values()), "each day's spend > 0")
@@ -108,7 +118,7 @@ class UserState:
             del self.month_spend[min(self.month_spend)]
 
     def to_json(self) -> dict[str, Any]:
-        data = {
+        data: dict[str, Any] = {
             "b": self.balance, "r": self.recharged, "s": self.spent, "l": self.own_limit,
             "d": [[day, coins] for day, coins in self.day_spend.items()], "q": self.seq,
             "st": self.streams, "f": self.first_ts,
@@ -118,6 +128,8 @@ class UserState:
             data["w"] = watch
         if self.own_monthly is not None or self.month_spend:
             data["ml"], data["m"] = self.own_monthly, [[m, coins] for m, coins in self.month_spend.items()]
+        if self.bonus or self.promos:
+            data["bo"], data["p"] = self.bonus, self.promos
         return data
 
     @classmethod
@@ -126,6 +138,7 @@ class UserState:
             data["b"], data["r"], data["s"], data["l"], {d: c for d, c in data["d"]}, data["q"], data.get("st", {}),
             first_ts=data.get("f"), watch=SenderWatch.from_json(data.get("w")),
             own_monthly=data.get("ml"), month_spend={m: c for m, c in data.get("m", [])},
+            bonus=data.get("bo", 0), promos=dict(data.get("p", {})),
         )
         state.check()
         state.watch.check()  # the rules check it where it changes (agents/fraud/sender.py)

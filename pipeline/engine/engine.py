@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from pipeline import metrics
+from pipeline.engine.broadcast import Broadcast, BroadcastSink
 from pipeline.engine.fetch import fetch
 from pipeline.engine.signing import UNSIGNED_ERROR
 from pipeline.engine.stage import ReadModelUpdate, Stage
@@ -48,12 +49,16 @@ END_OFFSETS_TIMEOUT_S = 5.0  # then the cycle goes on with every empty input lag
 MIN_FETCH_RECORDS = 2_000
 UNDECODABLE_RETRY_S = 30.0
 MIN_SHARE = 250  # records per stage a task may apply in a cycle, at least (Engine._share)
+BROADCAST_WAIT_S = 1.0  # then the cycle's input waits for the next cycle (broadcast.py)
 
 
 class Engine:
     def __init__(self, settings: Settings, stages: StageFactory, sink: ReadModelSink,
-                 on_committed: Callable[[list[Any]], None] | None = None) -> None:
+                 on_committed: Callable[[list[Any]], None] | None = None,
+                 broadcasts: dict[str, BroadcastSink] | None = None) -> None:
         self.settings = settings
+        # Topics every worker reads whole, into the stages' shared state (broadcast.py).
+        self.broadcast = Broadcast(settings, broadcasts) if broadcasts else None
         self.on_committed = on_committed  # each committed batch's Output.effects (PartitionTask)
         self.make_stages = stages
         self.sink = sink  # committed state changes, written in the background (_sink_soon)
@@ -116,6 +121,8 @@ class Engine:
             metadata_max_age_ms=30_000,
         )
         await self.consumer.start()
+        if self.broadcast is not None:
+            await self.broadcast.start()
         self.consumer.subscribe([s.topic(t) for t in self.input_topics], listener=_Listener(self))
 
     async def stop(self) -> None:
@@ -131,6 +138,8 @@ class Engine:
                 await task.stop()
             if self.consumer is not None:
                 await self.consumer.stop()
+            if self.broadcast is not None:
+                await self.broadcast.stop()
 
     async def run(self) -> None:
         assert self.consumer is not None
@@ -197,6 +206,16 @@ class Engine:
             watch_ends = {}  # a cut needs every partition: unknown this cycle
         time_cut = await self._time_cut(watch_ends)
         now_ms = time.time() * 1000
+        if self.broadcast is not None and self.tasks:
+            with metrics.CYCLE_SECONDS.labels("broadcast").time():
+                caught = await self.broadcast.catch_up(ends, now_ms, BROADCAST_WAIT_S)
+            if not caught:  # causal order: what was fetched may depend on what is unread
+                log.warning("broadcast inputs not read to their ends this cycle: the fetched input waits")
+                self._flow_control()
+                return
+            first = self.tasks.get(0)
+            if first is not None:
+                first.broadcast_letters(self.broadcast)
         started = time.perf_counter()
         poisoned: list[tuple[PartitionTask, PoisonRecord]] = []
         assigned = consumer.assignment()
@@ -271,6 +290,8 @@ class Engine:
         wanted = {task.tp(t) for task in self.tasks.values() for t in task.input_topics if not task.buffered(t)}
         if self.tasks:  # and the stages' cuts (Stage.watched_inputs), in the same round trip
             wanted.update(tp for tps in self.watched_tps.values() for tp in tps)
+            if self.broadcast is not None:
+                wanted.update(self.broadcast.tps)
         if not wanted:
             return {}
         try:
@@ -490,6 +511,9 @@ class Engine:
         task just built: its producer's fencing waited for the previous owner's last
         transaction to complete, so the group's offsets include it."""
         task.committed_offsets = await self._committed(task)
+        if task.partition == 0 and self.broadcast is not None:
+            assert self.consumer is not None
+            task.broadcast_marks = {tp: await self.consumer.committed(tp) or 0 for tp in self.broadcast.tps}
         self._seek(task, task.rewind())  # rewind: nothing buffered, nothing uncommitted
 
     async def _restore(self, tasks: list[PartitionTask]) -> None:

@@ -22,6 +22,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from pipeline import metrics
 from pipeline.engine.batches import RecordBatches
+from pipeline.engine.broadcast import Broadcast
 from pipeline.engine.merge import NO_TIME, EventTimeMerge, Pending
 from pipeline.engine.partitioning import misrouted_error, partition_for
 from pipeline.engine.signing import UNSIGNED_ERROR, signer_of
@@ -172,6 +173,11 @@ class PartitionTask:
         # Internal topics (full names): their records are signed when written and
         # verified when read, if the deployment has a key (signing.py).
         self.signer = signer_of(settings.internal_keys, settings.accept_unsigned)
+        # Partition 0 only: per broadcast partition, the offset below which its malformed
+        # records are dead-lettered, as committed (None: not ours), and as this batch
+        # moves it (broadcast.py).
+        self.broadcast_marks: dict[TopicPartition, int] | None = None
+        self._broadcast_next: dict[TopicPartition, int] = {}
         self.internal = frozenset(settings.topic(t) for s in stages for t in (s.changelog_topic, *s.internal_inputs))
 
     @property
@@ -252,6 +258,23 @@ class PartitionTask:
             log.error("partition %d: %s offset %d cannot be decoded: %r", self.partition, topic, r.offset, exc)
             return Malformed(f"cannot be decoded: {exc.__class__.__name__}: {str(exc)[:200]}", "poison"), None
 
+    def broadcast_letters(self, broadcast: Broadcast) -> None:
+        """Dead-letter the broadcast's malformed records read since the last batch."""
+        marks = self.broadcast_marks
+        if marks is None:
+            return
+        start = {tp: self._broadcast_next.get(tp, marks.get(tp, 0)) for tp in broadcast.tps}
+        for letter in broadcast.letters_between(marks):
+            if letter.offset >= start[letter.tp]:
+                self.out.dead_letters.append((letter.tp.topic[len(self.settings.topic_prefix):], "malformed"))
+                self._send_dead_letter(letter.tp.topic, letter.offset, letter.key, letter.value, letter.error,
+                                       with_payload=True, partition=letter.tp.partition)
+        self._broadcast_next = {tp: broadcast.position(tp) for tp in broadcast.tps}
+
+    def _broadcast_moved(self) -> dict[TopicPartition, int]:
+        marks = self.broadcast_marks or {}
+        return {tp: o for tp, o in self._broadcast_next.items() if marks.get(tp) != o}
+
     def buffered(self, topic: str) -> int:
         return self.merges[self.stage_of[topic]].buffered(topic)
 
@@ -326,8 +349,9 @@ class PartitionTask:
         self.restore_letters = []
 
     def _send_dead_letter(self, source_topic: str, offset: int, key: bytes | None, value: bytes | None, error: str,
-                          with_payload: bool) -> None:
-        letter = dead_letter(source_topic, self.partition, offset, error, value or b"")
+                          with_payload: bool, partition: int | None = None) -> None:
+        letter = dead_letter(source_topic, self.partition if partition is None else partition, offset, error,
+                             value or b"")
         if not with_payload:
             letter.update(payload_b64="", error=f"{error} (payload left out: a dead letter with it could not be "
                                                 "committed)"[:MAX_ERROR_CHARS])
@@ -338,7 +362,7 @@ class PartitionTask:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.out.messages) or self.next_offsets != self.committed_offsets
+        return bool(self.out.messages) or self.next_offsets != self.committed_offsets or bool(self._broadcast_moved())
 
     async def commit(self) -> list[ReadModelUpdate]:
         """Commit the batch: outputs, changelogs and offsets in one transaction."""
@@ -361,15 +385,20 @@ class PartitionTask:
                     for t, o in self.next_offsets.items()
                     if self.committed_offsets.get(t) != o
                 }
+                broadcast = self._broadcast_moved()
+                offsets.update((tp, OffsetAndMetadata(o, "")) for tp, o in broadcast.items())
                 if offsets:
                     await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
         except Exception as exc:
             metrics.TRANSACTIONS.labels("aborted").inc()
             for stage in self.stages:
                 stage.abort()
+            self._broadcast_next = {}
             raise TransactionFailed(self.partition, exc, list(self.processed)) from exc
         metrics.TRANSACTIONS.labels("committed").inc()
         self.committed_offsets = dict(self.next_offsets)
+        if self.broadcast_marks is not None:
+            self.broadcast_marks.update(broadcast)
         self.processed = []
         self.quarantine.committed(self.committed_offsets)
         updates = [u for stage in self.stages for u in stage.commit()]
@@ -385,6 +414,7 @@ class PartitionTask:
             merge.clear()
         self.out = Output()
         self.processed = []
+        self._broadcast_next = {}
         self.next_offsets = dict(self.committed_offsets)
         self.fetch_next = dict(self.committed_offsets)
         return dict(self.committed_offsets)

@@ -78,7 +78,7 @@ def _check_state(worker: Worker, model: ReferenceLedger, users: set[str], creato
     for user in sorted(users):
         status, body = worker.get(f"/users/{user}")
         assert status == 200
-        assert {k: body[k] for k in ("coins", "recharged_coins", "spent_coins")} == model.user(user), user
+        assert {k: body[k] for k in model.user(user)} == model.user(user), user
         want = model.budget_fields(user)
         assert {k: body[k] for k in want} == want, user
     for creator in sorted(creators):
@@ -144,6 +144,8 @@ def _check_metrics(worker: Worker, model: ReferenceLedger, malformed: int) -> No
     assert samples["ledger_events_total"] == len(model.outcomes)
     assert samples["ledger_dead_letters_total"] == malformed
     assert samples["ledger_coins_recharged_total"] == sum(model.recharged.values())
+    assert samples["ledger_bonus_coins_total"] == sum(model.bonus.values()) > 0
+    assert samples["ledger_gifter_level_ups_total"] == len(model.badges)
     assert samples["ledger_coins_spent_total"] == sum(model.spent.values())
     assert samples["ledger_diamonds_credited_total"] == sum(model.lifetime.values())
     assert samples["ledger_diamonds_paid_out_total"] == sum(model.paid_out.values())
@@ -162,8 +164,7 @@ def _backlog(d: Deployment, seed: int, events: int) -> tuple[Stream, ReferenceLe
     most."""
     stream = user_stream(seed=seed, n=events)
     model = ReferenceLedger()
-    for topic, ev in stream.events:
-        model.apply(topic, ev)
+    stream.apply_to(model)
     d.create_topics()
     return stream, model, run(produce(d.bootstrap, [(d.topic(t), k, v) for t, k, v in stream.messages]))
 
@@ -184,6 +185,13 @@ def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[
         assert statuses[("payout", "rejected", reason)] > 0, reason
     assert statuses[("payout", "accepted", None)] > 0
     assert stream.malformed
+    # Promotions: each one given, the tie broken by id, max_per_user reached, the new version.
+    given = Counter((o["promo_id"], o["bonus_coins"] * 100 // o["coins"]) for o in model.outcomes
+                    if o["type"] == "recharge" and o["status"] == "accepted")
+    for promo in (("welcome", 20), ("welcome", 50), ("big", 10), ("tie", 10), (None, 0)):
+        assert given[promo] > 0, promo
+    assert len({b["user_id"] for b in model.badges}) > 10 and any(b["level"] - b["previous_level"] > 1
+                                                                 for b in model.badges)
 
     worker = Worker(d, "w1")
     workers.append(worker)
@@ -200,6 +208,9 @@ def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[
     assert {(x["source_topic"], x["partition"], x["offset"]) for x in letters} == malformed
     assert len(letters) == len(malformed)
     assert all(x["error"] for x in letters)
+    badges = run(read_all(d.bootstrap, d.topic("badges"), len(model.badges), 30))
+    assert set(map(json.dumps, badges)) == set(map(json.dumps, model.badges))  # a repeat is the same record
+    assert len({b["badge_id"] for b in badges}) == len(badges) or kill_at
 
     # Payouts once every credit is in: their outcomes depend on the creators' balances.
     creators = set(model.diamonds) | CREATORS
@@ -225,8 +236,9 @@ def _scenario(d: Deployment, workers: list[Worker], events: int, kill_at: tuple[
     _eventually(lambda: _check_boards(d, worker, model))
     _eventually(lambda: _check_windows(worker, model, creators))
     _eventually(lambda: _check_state(worker, model, users, creators))
-    # Conservation: coins recharged = held + spent; spent = diamonds credited + fee.
-    assert sum(model.recharged.values()) == sum(model.coins.values()) + sum(model.spent.values())
+    # Conservation: coins recharged + bonus = held + spent; spent = diamonds credited + fee.
+    assert sum(model.recharged.values()) + sum(model.bonus.values()) == (
+        sum(model.coins.values()) + sum(model.spent.values()))
     assert sum(model.spent.values()) == sum(model.lifetime.values()) + model.fees
 
 

@@ -26,10 +26,23 @@ START_TS = int(time.time() * 1000) // DAY * DAY - 20_000
 class Stream:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # well-formed, in order
     malformed: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
-    messages: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)  # all, as produced
+    messages: list[tuple[str, bytes | None, bytes | None]] = field(default_factory=list)  # all, as produced
+    # (events before it, promo_id, value or None for a tombstone, its time for the model)
+    promotions: list[tuple[int, str, dict[str, Any] | None, int]] = field(default_factory=list)
+
+    def apply_to(self, model: ReferenceLedger) -> None:
+        """Every event and promotion into `model`, in the order produced."""
+        promos = iter(self.promotions)
+        nxt = next(promos, None)
+        for i, (topic, ev) in enumerate([*self.events, ("", {})]):
+            while nxt is not None and nxt[0] <= i:
+                model.publish_promotion(nxt[1], nxt[2], nxt[3])
+                nxt = next(promos, None)
+            if topic:
+                model.apply(topic, ev)
 
 
-def _encode(topic: str, ev: dict[str, Any]) -> tuple[str, bytes | None, bytes]:
+def _encode(topic: str, ev: dict[str, Any]) -> tuple[str, bytes | None, bytes | None]:
     return topic, ev[KEY_FIELD[topic]].encode(), json.dumps(ev).encode()
 
 
@@ -52,6 +65,34 @@ def _malformed(rng: random.Random, ts: int) -> tuple[str, bytes | None, bytes]:
         {"event_id": f"bad{ts}", "user_id": "u1", "daily_coin_limit": "10", "ts": ts}).encode()
 
 
+def _promotions(stream: Stream, model: ReferenceLedger, i: int, n: int, ts: int) -> None:
+    """The promotions of a stream of `n` events, published when `at` events are in:
+    overlapping ones, a tie on bonus_percent, max_per_user 1 and 2, a change of
+    version, and a tombstone of one that ended before the stream (its broker time is
+    after every event of the stream, and had better not matter)."""
+    hour = 3_600_000
+    at = len(stream.events)
+
+    def publish(promo_id: str, value: dict[str, Any] | None, since: int) -> None:
+        stream.promotions.append((at, promo_id, value, since))
+        model.publish_promotion(promo_id, value, since)
+        stream.messages.append(("promotions", promo_id.encode(), None if value is None else json.dumps(value).encode()))
+
+    def promo(promo_id: str, percent: int, packages: list[int], max_per_user: int, starts: int, ends: int,
+              since: int) -> dict[str, Any]:
+        return {"promo_id": promo_id, "starts_ts": starts, "ends_ts": ends, "bonus_percent": percent,
+                "packages": packages, "max_per_user": max_per_user, "ts": since}
+
+    if i == 0:
+        publish("welcome", promo("welcome", 20, [100, 500], 1, START_TS, START_TS + hour, ts - 1), ts - 1)
+        publish("big", promo("big", 10, [5000, 10000], 2, START_TS - hour, START_TS + hour, ts - 1), ts - 1)
+        publish("tie", promo("tie", 10, [5000], 1, START_TS - hour, START_TS + hour, ts - 1), ts - 1)
+        publish("gone", promo("gone", 100, [100], 5, START_TS - 2 * hour, START_TS - hour, ts - 1), ts - 1)
+    elif i == n // 3:  # a new version: from now on 50 %, and for 1,000 coins too
+        publish("welcome", promo("welcome", 50, [100, 500, 1000], 2, START_TS, START_TS + hour, ts), ts)
+        publish("gone", None, 2**62)  # ended anyway: its tombstone withdraws nothing
+
+
 def user_stream(seed: int, n: int, users: int = 60, creators: int = 12) -> Stream:
     """Recharges, gifts and spend limits, plus duplicates, malformed messages and
     payouts asking for exactly what the creator has earned by then (or one more), so a
@@ -66,6 +107,8 @@ def user_stream(seed: int, n: int, users: int = 60, creators: int = 12) -> Strea
     ts = START_TS
     for i in range(n):
         ts += rng.randint(1, 20)
+        if i in (0, n // 3):
+            _promotions(stream, model, i, n, ts)
         roll = rng.random()
         if roll < 0.01:
             msg = _malformed(rng, ts)

@@ -21,6 +21,7 @@ MIN_PAYOUT = 2_000
 DAY = 86_400_000
 MAX_AHEAD_MS = 5 * 60_000  # the default PIPELINE_MAX_CLOCK_SKEW_MS
 MAX_BEHIND_MS = 7 * DAY  # the duplicate window
+LEVELS = (1, 100, 500, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000)
 TYPES = {"recharges": "recharge", "gifts": "gift", "payouts": "payout", "spend-limits": "spend_limit"}
 KEY_FIELD = {"recharges": "user_id", "gifts": "sender_id", "payouts": "creator_id", "spend-limits": "user_id"}
 
@@ -43,6 +44,44 @@ class ReferenceLedger:
         self.windows: dict[tuple[str, str, int], int] = defaultdict(int)  # (creator, size, start)
         self.seen: set[tuple[str, str, str]] = set()
         self.outcomes: list[dict[str, Any]] = []
+        # promo_id -> every record in publication order: (in force from, value or None).
+        self.promotions: dict[str, list[tuple[int, dict[str, Any] | None]]] = defaultdict(list)
+        self.bonus: dict[str, int] = defaultdict(int)
+        self.bonuses_received: dict[tuple[str, str], int] = defaultdict(int)  # (user, promo_id)
+        self.badges: list[dict[str, Any]] = []
+
+    def publish_promotion(self, promo_id: str, value: dict[str, Any] | None, kafka_ts: int) -> None:
+        """A `promotions` record: a version in force from its `ts`, or a tombstone (None)
+        from its Kafka timestamp on."""
+        self.promotions[promo_id].append((kafka_ts if value is None else value["ts"], value))
+
+    def feed(self, topic: str, ev: dict[str, Any]) -> dict[str, Any] | None:
+        """An event of any input topic; its outcome, or None for a promotion (which has
+        none). A tombstone is {"promo_id", "tombstone": true, "kafka_ts"} (tools/causal.py)."""
+        if topic == "promotions":
+            tombstone = bool(ev.get("tombstone"))
+            self.publish_promotion(ev["promo_id"], None if tombstone else ev, ev["kafka_ts"] if tombstone else 0)
+            return None
+        return self.apply(topic, ev)
+
+    def _bonus(self, user: str, coins: int, ts: int) -> tuple[int, str | None]:
+        best: dict[str, Any] | None = None
+        for promo_id, records in self.promotions.items():
+            in_force = [v for since, v in records if since <= ts]  # publication order
+            p = in_force[-1] if in_force else None
+            if (p is None or coins not in p["packages"] or not p["starts_ts"] <= ts < p["ends_ts"]
+                    or self.bonuses_received[(user, promo_id)] >= p["max_per_user"]):
+                continue
+            if best is None or p["bonus_percent"] > best["bonus_percent"] or (
+                    p["bonus_percent"] == best["bonus_percent"] and promo_id < best["promo_id"]):
+                best = p
+        if best is None:
+            return 0, None
+        return coins * best["bonus_percent"] // 100, best["promo_id"]
+
+    @staticmethod
+    def level(spent: int) -> int:
+        return sum(1 for t in LEVELS if spent >= t)
 
     def apply(self, topic: str, ev: dict[str, Any], now_ms: float | None = None) -> dict[str, Any]:
         """`now_ms`: the deciding clock; an event more than 5 minutes ahead of it or more
@@ -53,7 +92,7 @@ class ReferenceLedger:
         out: dict[str, Any] = {
             "event_id": ev["event_id"], "type": kind, "status": "accepted", "reason": None,
             "subject_id": subject, "coins": None, "diamonds": None, "usd_cents": None,
-            "balance_after": None, "ts": ev["ts"],
+            "balance_after": None, "ts": ev["ts"], "bonus_coins": None, "promo_id": None,
         }
         if now_ms is not None and not now_ms - MAX_BEHIND_MS <= ev["ts"] <= now_ms + MAX_AHEAD_MS:
             out["status"], out["reason"] = "rejected", "invalid_ts"
@@ -74,8 +113,13 @@ class ReferenceLedger:
         if kind == "recharge":
             out["coins"] = ev["coins"]
             if not duplicate:
-                self.coins[subject] += ev["coins"]
+                bonus, promo_id = self._bonus(subject, ev["coins"], ev["ts"])
+                self.coins[subject] += ev["coins"] + bonus
                 self.recharged[subject] += ev["coins"]
+                self.bonus[subject] += bonus
+                if promo_id is not None:
+                    self.bonuses_received[(subject, promo_id)] += 1
+                out["bonus_coins"], out["promo_id"] = bonus, promo_id
             out["balance_after"] = self.coins[subject]
         elif kind == "gift":
             price = CATALOG.get(ev["gift_id"])
@@ -100,6 +144,13 @@ class ReferenceLedger:
                     out["status"], out["reason"] = "rejected", "monthly_limit_exceeded"
                 else:
                     credited = cost // 2
+                    before = self.level(self.spent[subject])
+                    after = self.level(self.spent[subject] + cost)
+                    if after > before:
+                        self.badges.append({
+                            "badge_id": f"gifter_level:{subject}:{after}", "user_id": subject,
+                            "badge": "gifter_level", "level": after, "previous_level": before,
+                            "event_id": ev["event_id"], "ts": ev["ts"]})
                     self.coins[subject] -= cost
                     self.spent[subject] += cost
                     self.day_spent[day] += cost
@@ -141,7 +192,8 @@ class ReferenceLedger:
 
     def user(self, user_id: str) -> dict[str, int]:
         return {"coins": self.coins[user_id], "recharged_coins": self.recharged[user_id],
-                "spent_coins": self.spent[user_id]}
+                "spent_coins": self.spent[user_id], "bonus_coins": self.bonus[user_id],
+                "lifetime_spent_coins": self.spent[user_id], "gifter_level": self.level(self.spent[user_id])}
 
     def budget_fields(self, user_id: str) -> dict[str, Any]:
         """The read model's monthly fields (CONTRACT.md, Read model): the own budget, the

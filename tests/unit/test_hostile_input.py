@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from agents.ingest.decode import MAX_REASON_CHARS, MAX_VALUE_BYTES, SPECS, Malformed, decode
 from agents.outcomes import outcomes_of
 from pipeline.engine.testing import start
-from tools.schemas import validator
+from pipeline.schemas import validator
 
 TOPICS = tuple(SPECS)
 VALID: dict[str, dict[str, Any]] = {
@@ -25,6 +25,8 @@ VALID: dict[str, dict[str, Any]] = {
               "quantity": 1, "ts": 1},
     "payouts": {"event_id": "e1", "creator_id": "c1", "diamonds": 2_000, "ts": 1},
     "spend-limits": {"event_id": "e1", "user_id": "u1", "daily_coin_limit": None, "ts": 1},
+    "promotions": {"promo_id": "e1", "starts_ts": 1, "ends_ts": 2, "bonus_percent": 10, "packages": [100],
+                   "max_per_user": 1, "ts": 1},
 }
 SCHEMAS = {t: validator(t) for t in TOPICS}  # integers are integer literals: 1.0 is not one
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

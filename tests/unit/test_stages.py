@@ -173,6 +173,7 @@ def test_outcome_messages_are_keyed_by_event_id(users: UserLedger) -> None:
     assert loads(msg.value) == {
         "event_id": "r-1", "type": "recharge", "status": "accepted", "reason": None, "subject_id": "u1",
         "coins": 10, "diamonds": None, "usd_cents": None, "balance_after": 10, "ts": T0,
+            "bonus_coins": 0, "promo_id": None,
     }
 
 
@@ -459,6 +460,7 @@ def test_commit_returns_read_model_updates_of_changed_keys(users: UserLedger) ->
         "coins": 200, "recharged_coins": 300, "spent_coins": 100, "daily_coin_limit": -1,
         "last_spend_day": T0 // DAY, "last_spend_day_coins": 100,
         "monthly_coin_limit": -1, "last_spend_month": utc_month(T0), "last_spend_month_coins": 100,
+            "bonus_coins": 0, "lifetime_spent_coins": 100, "gifter_level": 2,
     }
 
 

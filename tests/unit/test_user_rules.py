@@ -16,8 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.ingest.records import Gift, Recharge, SpendLimit
+from agents.ledger.promotions import PromotionBook
 from agents.ledger.rules import (
     Credit,
+    Decided,
     apply_gift,
     apply_recharge,
     apply_spend_limit,
@@ -38,6 +40,11 @@ CATALOG = {
     "money_gun": 500, "galaxy": 1000, "lion": 29999, "universe": 44999,
 }
 _ids = itertools.count()
+BOOK = PromotionBook(7 * DAY)  # no promotion
+
+
+def pair(decided: Decided) -> tuple[Outcome, Credit | None]:
+    return decided.outcome, decided.credit
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +81,14 @@ def user(balance: int = 0, own_limit: int | None = None, day_spend: dict[int, in
 def assert_rejected(state: UserState, ev: Gift, econ: Economics, reason: str) -> Outcome:
     """The gift is rejected for `reason` and leaves the state exactly as it was."""
     before = copy.deepcopy(state)
-    outcome, credit = apply_gift(state, ev, econ)
+    outcome, credit = pair(apply_gift(state, ev, econ))
     assert (outcome.status, outcome.reason, credit) == ("rejected", reason, None)
     assert state == before
     return outcome
 
 
 def assert_accepted(state: UserState, ev: Gift, econ: Economics) -> Outcome:
-    outcome, credit = apply_gift(state, ev, econ)
+    outcome, credit = pair(apply_gift(state, ev, econ))
     assert (outcome.status, outcome.reason) == ("accepted", None), outcome
     assert credit is not None
     return outcome
@@ -91,7 +98,8 @@ def assert_accepted(state: UserState, ev: Gift, econ: Economics) -> Outcome:
 
 
 def test_reason_list_is_the_contract_order() -> None:
-    assert GIFT_REASONS == ("unknown_gift", "self_gift", "insufficient_coins", "spend_limit_exceeded")
+    assert GIFT_REASONS == ("unknown_gift", "self_gift", "insufficient_coins", "spend_limit_exceeded",
+                            "monthly_limit_exceeded")
 
 
 def test_unknown_gift_wins_over_self_gift_and_no_coins(econ: Economics) -> None:
@@ -161,14 +169,14 @@ def test_creator_share_rounds_down_and_fee_is_the_rest(
     assert diamonds + fee == coins
     state = user(coins)
     ev = gift(gift_id, quantity, ts=T0 + 1)
-    outcome, credit = apply_gift(state, ev, econ)
+    outcome, credit = pair(apply_gift(state, ev, econ))
     assert outcome.diamonds == diamonds
     assert credit == Credit("c1", "s1", "u1", coins, diamonds, T0 + 1, ev.event_id, state.first_ts)
 
 
 def test_accepted_gift_outcome_and_state(econ: Economics) -> None:
     state = user(1_000, day_spend={20_000: 50})
-    outcome, _ = apply_gift(state, gift("money_gun", eid="g-9"), econ)
+    outcome, _ = pair(apply_gift(state, gift("money_gun", eid="g-9"), econ))
     assert outcome == Outcome(
         event_id="g-9", type="gift", status="accepted", reason=None, subject_id="u1", coins=500, diamonds=250,
         usd_cents=None, balance_after=500, ts=T0,
@@ -259,10 +267,10 @@ def test_limit_applies_to_spend_made_before_it_was_set(econ: Economics) -> None:
 
 def test_recharge_outcome_and_state() -> None:
     state = user(40)
-    outcome = apply_recharge(state, Recharge("r-1", "u1", 1_000_000, 999, "EUR", T0))
+    outcome = apply_recharge(state, Recharge("r-1", "u1", 1_000_000, 999, "EUR", T0), BOOK)
     assert outcome == Outcome(
         event_id="r-1", type="recharge", status="accepted", reason=None, subject_id="u1", coins=1_000_000,
-        diamonds=None, usd_cents=None, balance_after=1_000_040, ts=T0,
+        diamonds=None, usd_cents=None, balance_after=1_000_040, ts=T0, bonus_coins=0,
     )
     assert (state.balance, state.recharged, state.spent, state.seq) == (1_000_040, 1_000_040, 0, 3)  # seq: the store's
 
@@ -308,9 +316,9 @@ def test_duplicate_outcomes(econ: Economics) -> None:
 
 def test_apply_user_event_dispatch(econ: Economics) -> None:
     state = user(0)
-    assert apply_user_event(state, recharge(10), econ)[1] is None
-    assert apply_user_event(state, limit(3), econ)[1] is None
-    outcome, credit = apply_user_event(state, gift("rose", 2), econ)
+    assert apply_user_event(state, recharge(10), econ, BOOK).credit is None
+    assert apply_user_event(state, limit(3), econ, BOOK).credit is None
+    outcome, credit = pair(apply_user_event(state, gift("rose", 2), econ, BOOK))
     assert (outcome.type, credit.coins if credit else None) == ("gift", 2)
     assert (state.balance, state.own_limit) == (8, 3)
 
@@ -373,7 +381,7 @@ def test_invariants_hold_for_any_sequence(econ: Economics, events: list) -> None
     day_spend: dict[int, int] = {}
     own: int | None = None
     for ev in events:
-        outcome, credit = apply_user_event(state, ev, econ)
+        outcome, credit = pair(apply_user_event(state, ev, econ, BOOK))
         if isinstance(ev, Recharge):
             balance += ev.coins
             recharged += ev.coins
@@ -431,8 +439,8 @@ def budget(value: int | None, ts: int = T0) -> SpendLimit:
 def test_a_monthly_budget_caps_the_month_and_is_checked_after_the_daily_limit(econ: Economics) -> None:
     state = user(10_000)
     apply_spend_limit(state, budget(1_000))
-    assert apply_gift(state, gift("rose", 900), econ)[0].status == "accepted"
-    assert apply_gift(state, gift("rose", 100), econ)[0].status == "accepted"  # exactly the budget
+    assert apply_gift(state, gift("rose", 900), econ).outcome.status == "accepted"
+    assert apply_gift(state, gift("rose", 100), econ).outcome.status == "accepted"  # exactly the budget
     assert_rejected(state, gift("rose", 1), econ, "monthly_limit_exceeded")
     apply_spend_limit(state, limit(500))  # both exceeded: the daily limit is checked first
     assert_rejected(state, gift("rose", 600), econ, "spend_limit_exceeded")
@@ -442,21 +450,21 @@ def test_a_monthly_budget_caps_the_month_and_is_checked_after_the_daily_limit(ec
 def test_a_month_ends_at_its_last_millisecond_utc(econ: Economics) -> None:
     state = user(10_000)
     apply_spend_limit(state, budget(100, ts=OCT_31_LAST_MS - DAY))
-    assert apply_gift(state, gift("rose", 100, ts=OCT_31_LAST_MS), econ)[0].status == "accepted"
+    assert apply_gift(state, gift("rose", 100, ts=OCT_31_LAST_MS), econ).outcome.status == "accepted"
     assert_rejected(state, gift("rose", 1, ts=OCT_31_LAST_MS), econ, "monthly_limit_exceeded")
-    assert apply_gift(state, gift("rose", 100, ts=NOV_1), econ)[0].status == "accepted"  # a new month
+    assert apply_gift(state, gift("rose", 100, ts=NOV_1), econ).outcome.status == "accepted"  # a new month
     assert state.month_spend == {utc_month(OCT_31_LAST_MS): 100, utc_month(NOV_1): 100}
     assert utc_month(NOV_1) == utc_month(OCT_31_LAST_MS) + 1
 
 
 def test_a_budget_set_mid_month_counts_what_the_month_already_spent(econ: Economics) -> None:
     state = user(10_000)
-    assert apply_gift(state, gift("rose", 800), econ)[0].status == "accepted"  # no budget yet
+    assert apply_gift(state, gift("rose", 800), econ).outcome.status == "accepted"  # no budget yet
     apply_spend_limit(state, budget(1_000))
     assert_rejected(state, gift("rose", 300), econ, "monthly_limit_exceeded")
-    assert apply_gift(state, gift("rose", 200), econ)[0].status == "accepted"
+    assert apply_gift(state, gift("rose", 200), econ).outcome.status == "accepted"
     apply_spend_limit(state, budget(None))  # cleared
-    assert apply_gift(state, gift("rose", 5_000), econ)[0].status == "accepted"
+    assert apply_gift(state, gift("rose", 5_000), econ).outcome.status == "accepted"
 
 
 def test_an_absent_field_leaves_its_limit_as_it_was() -> None:
@@ -475,14 +483,14 @@ def test_the_platform_monthly_budget_and_the_smaller_one_applies(econ: Economics
     assert_rejected(state, gift("rose", 701), capped, "monthly_limit_exceeded")
     apply_spend_limit(state, budget(300))
     assert_rejected(state, gift("rose", 301), capped, "monthly_limit_exceeded")
-    assert apply_gift(state, gift("rose", 300), capped)[0].status == "accepted"
+    assert apply_gift(state, gift("rose", 300), capped).outcome.status == "accepted"
 
 
 def test_month_totals_are_bounded_and_a_forgotten_month_fails_safe(econ: Economics) -> None:
     state = user(10_000)
     months = [T0 + i * 31 * DAY for i in range(MAX_SPEND_MONTHS + 1)]
     for ts in months:
-        assert apply_gift(state, gift("rose", 10, ts=ts), econ)[0].status == "accepted"
+        assert apply_gift(state, gift("rose", 10, ts=ts), econ).outcome.status == "accepted"
     assert len(state.month_spend) == MAX_SPEND_MONTHS and utc_month(months[0]) not in state.month_spend
     apply_spend_limit(state, budget(1_000_000, ts=months[-1]))
     # A gift dated in the forgotten month: its month's spend is unknown, so it is refused.
