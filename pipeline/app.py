@@ -33,7 +33,7 @@ from agents.credit.agent import CreatorLedger
 from agents.ledger.agent import UserLedger
 from agents.ledger.promotions import PromotionBook, PromotionsInput
 from agents.metrics import count_committed
-from agents.outcomes import outcomes_of
+from agents.outcomes import LevelUp, outcomes_of
 from agents.readmodel.outcomes import OutcomeCache
 from agents.readmodel.redis_sink import WRITE_TIMEOUT_S, RedisReadModel
 from pipeline import fleet, redis_client, topics
@@ -76,7 +76,7 @@ class LedgerService(Service):
     def _committed(self, effects: list[Any]) -> None:
         """A committed batch's effects: metrics, and its outcomes for GET /outcomes."""
         count_committed(effects)
-        self.outcomes.add(outcomes_of(effects))
+        self.outcomes.add(outcomes_of(effects), (e for e in effects if type(e) is LevelUp))
 
     async def on_start(self) -> None:
         if not self.settings.internal_keys:

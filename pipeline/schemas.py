@@ -1,7 +1,7 @@
 """JSON Schemas of the wire contract's topics, from the repo's `schemas/` folder.
 
-The schema files are the contract as users read it; this module gives Python code (tests,
-tools) validators that apply them the way the pipeline does. Two JSON Schema rules differ
+The schema files are the contract as users read it; this module gives Python code (the
+client, tests, tools) validators that apply them the way the pipeline does. Two JSON Schema rules differ
 from the pipeline and no schema keyword can change them, so the validator changes them:
 
 - "integer" means a JSON integer literal. JSON Schema counts 5.0 as an integer; the pipeline
@@ -22,7 +22,7 @@ from typing import Any
 from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema.protocols import Validator
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"  # of the checkout (not in the package)
 
 
 def topics() -> list[str]:
@@ -78,8 +78,14 @@ ContractValidator = validators.extend(
 
 
 @cache
-def validator(topic: str) -> Validator:
+def validator(topic: str, schema_dir: Path = SCHEMA_DIR) -> Validator:
     """A draft 2020-12 validator of `topic`'s values (no format checking: none is used)."""
-    schema = load_schema(topic)
+    path = schema_dir / f"{topic}.schema.json"
+    if schema_dir == SCHEMA_DIR:
+        schema = load_schema(topic)
+    elif path.is_file():
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        raise ValueError(f"no schema {path}")
     ContractValidator.check_schema(schema)
     return ContractValidator(schema)

@@ -121,7 +121,8 @@ def register_views(app: Any, settings: Settings, service: Any) -> None:
     if settings.http_tokens:
         app.web.web_app.middlewares.append(bearer_auth(settings.http_tokens))
     logging.getLogger("aiohttp.server").addFilter(_OneLineBadRequests())
-    dashboard.register(app.web.web_app, client, settings.redis_prefix)
+    dashboard.register(app.web.web_app, client, settings.redis_prefix,
+                       lambda now: [p.to_json() for p in service.promotions.in_force_now(now)])
     reads = _Reads(client, settings)
     _register_entities(app, reads)
     _register_boards(app, reads)
@@ -174,7 +175,9 @@ class _Reads:
         return view.json(body)
 
     async def board(self, view: View, request: Request, key: Callable[[], str], id_name: str,
-                    score_name: str) -> Response:
+                    score_name: str, top_gifters: bool = False) -> Response:
+        """`top_gifters`: ranks 1 to TOP_GIFTER_RANKS carry "badge": "top_gifter" (a
+        stream's gifter board)."""
         try:
             limit, zkey = limit_of(request), key()
         except ValueError as exc:
@@ -184,7 +187,9 @@ class _Reads:
         except (RedisError, OSError):
             return error(view, 503, "read model unavailable (Redis)")
         return view.json({"entries": [
-            {"rank": i + 1, id_name: member, score_name: score} for i, (member, score) in enumerate(entries)
+            {"rank": i + 1, id_name: member, score_name: score,
+             **({"badge": "top_gifter"} if top_gifters and i < leaderboards.TOP_GIFTER_RANKS else {})}
+            for i, (member, score) in enumerate(entries)
         ]})
 
 
@@ -223,7 +228,8 @@ def _register_boards(app: Any, reads: _Reads) -> None:
         async def get(self, request: Request, stream_id: str) -> Response:
             if not ID_RE.fullmatch(stream_id):
                 return error(self, 400, f"stream_id must match {ID_RE.pattern}")
-            return await reads.board(self, request, lambda: leaderboards.stream_key(stream_id), "user_id", "coins")
+            return await reads.board(self, request, lambda: leaderboards.stream_key(stream_id), "user_id", "coins",
+                                     top_gifters=True)
 
     @app.page("/leaderboards/gifters")
     class DayGiftersView(View):

@@ -36,27 +36,14 @@ from aiokafka import AIOKafkaProducer
 from pipeline import topics
 from pipeline.economics import Economics
 from pipeline.settings import Settings
-from tools.simulate import message
+from tools.simulate import message, spend_limit
 
 Event = tuple[str, dict[str, Any]]  # topic (no prefix), contract value
 
 KEY_FIELDS = {topics.RECHARGES: "user_id", topics.GIFTS: "sender_id", topics.SPEND_LIMITS: "user_id",
               topics.PAYOUTS: "creator_id"}
 MAX_ROUND = 10_000
-MONTHLY_BUDGETS = (None, 2_000, 20_000, 300_000, 7_000)  # spend-limits records that set one
 PROMOTIONS = 3  # promotions a stream keeps changing
-
-
-def spend_limit(event_id: str, user: str, daily: int | None, ts: int, n: int) -> dict[str, Any]:
-    """A spend-limits record, the `n`th of its stream: a third set both limits, a third
-    the monthly budget alone, drawn from `n` and not from a random stream (seeded
-    streams stay as they were before monthly budgets)."""
-    ev: dict[str, Any] = {"event_id": event_id, "user_id": user, "daily_coin_limit": daily, "ts": ts}
-    if n % 3:
-        ev["monthly_coin_limit"] = MONTHLY_BUDGETS[n % len(MONTHLY_BUDGETS)]
-    if n % 3 == 2:
-        del ev["daily_coin_limit"]
-    return ev
 
 
 @dataclass(frozen=True)

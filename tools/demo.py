@@ -34,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
     with running_worker(s, s.data_dir / "demo-worker.log"):
         tag = secrets.token_hex(2)
         cfg = SimConfig(events=args.events, users=args.users, creators=args.creators, seed=args.seed,
-                        id_prefix=f"demo{tag}-")
+                        id_prefix=f"demo{tag}-", promotion_share=0.001, monthly_budgets=True)
         messages = list(generate(cfg, econ))
         print(f"producing {len(messages)} events of a simulated live event (ids demo{tag}-*)")
         counts, elapsed = asyncio.run(_produce_and_wait(s, messages))
@@ -69,7 +69,7 @@ async def _produce_and_wait(s: Settings, messages: list[tuple[str, bytes, bytes]
         for topic, key, value in messages:
             await producer.send(s.topic(topic), value, key=key)
         await producer.flush()
-        wanted = {json.loads(v)["event_id"] for t, _, v in messages}
+        wanted = {json.loads(v)["event_id"] for t, _, v in messages if t != topics.PROMOTIONS}  # no outcome
         counts: Counter[str] = Counter()
         seen: set[str] = set()
         while seen != wanted and time.monotonic() - started < OUTCOMES_TIMEOUT_S:
@@ -102,9 +102,11 @@ def _report(s: Settings, cfg: SimConfig, counts: Counter[str], elapsed: float) -
     for e in board:
         print(f"  {e['creator_id']:>16}  diamonds {e['diamonds']:>8}  "
               f"available {by_id[e['creator_id']]['diamonds']:>8}")
-    recharged = sum(u["recharged_coins"] for u in users)
+    recharged, bonus = sum(u["recharged_coins"] for u in users), sum(u["bonus_coins"] for u in users)
     held, spent = sum(u["coins"] for u in users), sum(u["spent_coins"] for u in users)
-    print(f"\ncoins recharged {recharged} = held {held} + spent {spent}: "
-          f"{'ok' if recharged == held + spent else 'MISMATCH'}")
-    if recharged != held + spent:
+    levels = Counter(u["gifter_level"] for u in users)
+    print("\nViewers by gifter level: " + ", ".join(f"level {k}: {n}" for k, n in sorted(levels.items())))
+    print(f"\ncoins recharged {recharged} + bonus {bonus} = held {held} + spent {spent}: "
+          f"{'ok' if recharged + bonus == held + spent else 'MISMATCH'}")
+    if recharged + bonus != held + spent:
         raise SystemExit("coin conservation failed")

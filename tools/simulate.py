@@ -3,8 +3,12 @@
 Viewers and creators have Zipf-distributed activity (a few whales, a long tail); a
 viewer recharges a package when its coins run low, then sends gifts drawn from the
 catalog with a realistic mix (many roses, few lions). Optional shares of spend-limit
-changes, payouts, malformed messages and producer-retry duplicates, and a "mega live"
-mode in which one creator and one stream receive a given share of all gifts.
+changes (with monthly budgets, `monthly_budgets`), payouts, malformed messages and
+producer-retry duplicates, promotions (`promotion_share`: two at the start, a first-
+recharge bonus and a bigger-package one, then new versions of them), and a "mega live"
+mode in which one creator and one stream receive a given share of all gifts. Level-ups
+come with the gifts. The benchmark's peers know neither promotions nor monthly budgets:
+both are off by default.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pipeline.economics import Economics
 GIFT_POPULARITY = (400, 200, 120, 60, 25, 10, 2, 1)
 QUANTITIES = ((1, 70), (2, 10), (5, 8), (10, 6), (99, 5), (999, 1))
 MAX_GIFT_COINS = 50_000
+MONTHLY_BUDGETS = (None, 2_000, 20_000, 300_000, 7_000)  # spend-limits records that set one (spend_limit)
 
 Message = tuple[str, bytes, bytes]  # topic (no prefix), key, value
 InputMessage = tuple[str, bytes | None, bytes]  # the same, key possibly absent (an external set's record)
@@ -47,11 +52,13 @@ class SimConfig:
     tick_ms: float = 1  # event time advance per event (fractions add up: 1000 / rate keeps to the clock)
     max_gift_coins: int = MAX_GIFT_COINS  # a larger gift is sent with quantity 1
     id_prefix: str = ""
+    promotion_share: float = 0.0  # new versions of the promotions, per event (0: none at all)
+    monthly_budgets: bool = False  # spend limits also set monthly budgets (tools/causal.py's mix)
 
     def __post_init__(self) -> None:
         assert self.events >= 0 and self.users >= 1 and self.creators >= 1
         for share in (self.spend_limit_share, self.payout_share, self.malformed_share,
-                      self.duplicate_share, self.mega_live_share):
+                      self.duplicate_share, self.mega_live_share, self.promotion_share):
             assert 0.0 <= share <= 1.0
 
 
@@ -94,9 +101,14 @@ def generate(cfg: SimConfig, econ: Economics) -> Iterator[Message]:
     recent: list[Message] = []
     start = start_of(cfg)
     p = cfg.id_prefix
+    promo_rng = random.Random(cfg.seed + 3)  # its own: the rest of the stream stays as it was
+    if cfg.promotion_share:
+        yield from _promotions(promo_rng, p, start, start + int(cfg.events * cfg.tick_ms), packages, first=True)
     for n in range(cfg.events):
         ts = start + int((n + 1) * cfg.tick_ms)
         eid = f"{p}e{n}"
+        if cfg.promotion_share and promo_rng.random() < cfg.promotion_share:
+            yield from _promotions(promo_rng, p, ts, start + int(cfg.events * cfg.tick_ms), packages, first=False)
         roll = rng.random()
         if roll < cfg.malformed_share:
             yield _malformed(rng, eid, ts)
@@ -114,8 +126,10 @@ def generate(cfg: SimConfig, econ: Economics) -> Iterator[Message]:
         elif roll < cfg.payout_share + cfg.spend_limit_share:
             u = users.draw()
             limit = rng.choice((None, 5_000, 20_000, 100_000))
-            msg = message(topics.SPEND_LIMITS,
-                          {"event_id": eid, "user_id": f"{p}u{u}", "daily_coin_limit": limit, "ts": ts}, "user_id")
+            value: dict[str, Any] = {"event_id": eid, "user_id": f"{p}u{u}", "daily_coin_limit": limit, "ts": ts}
+            if cfg.monthly_budgets:
+                value = spend_limit(eid, f"{p}u{u}", limit, ts, n)
+            msg = message(topics.SPEND_LIMITS, value, "user_id")
         else:
             u = users.draw()
             if rng.random() < cfg.mega_live_share:
@@ -147,6 +161,33 @@ def generate(cfg: SimConfig, econ: Economics) -> Iterator[Message]:
             if len(recent) > 100:
                 recent.pop(0)
         yield msg
+
+
+def spend_limit(event_id: str, user: str, daily: int | None, ts: int, n: int) -> dict[str, Any]:
+    """A spend-limits record, the `n`th of its stream: a third set both limits, a third
+    the monthly budget alone, drawn from `n` and not from a random stream (seeded
+    streams stay as they were before monthly budgets)."""
+    ev: dict[str, Any] = {"event_id": event_id, "user_id": user, "daily_coin_limit": daily, "ts": ts}
+    if n % 3:
+        ev["monthly_coin_limit"] = MONTHLY_BUDGETS[n % len(MONTHLY_BUDGETS)]
+    if n % 3 == 2:
+        del ev["daily_coin_limit"]
+    return ev
+
+
+def _promotions(rng: random.Random, p: str, ts: int, end_ts: int, packages: tuple[int, ...],
+                first: bool) -> list[Message]:
+    """At the start both promotions, later a new version of one: a first-recharge bonus
+    (the smallest package, once per viewer) and one on the bigger packages; each in force
+    from `ts` until an hour after the last event."""
+    def promo(promo_id: str, percent: int, on: list[int], max_per_user: int) -> Message:
+        return message(topics.PROMOTIONS, {
+            "promo_id": f"{p}{promo_id}", "starts_ts": ts, "ends_ts": end_ts + 3_600_000, "bonus_percent": percent,
+            "packages": on, "max_per_user": max_per_user, "ts": ts}, "promo_id")
+
+    welcome = promo("welcome", rng.choice((50, 100)), [min(packages)], 1)
+    bigger = promo("bigger", rng.choice((5, 10, 15, 20)), sorted(packages)[len(packages) // 2:], rng.choice((2, 5)))
+    return [welcome, bigger] if first else [rng.choice((welcome, bigger))]
 
 
 def message(topic: str, value: dict[str, Any], key_field: str) -> Message:

@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="inject N near-misses of each pattern, labelled, that must not alert (default 0)")
     p.add_argument("--labels", type=Path, default=None,
                    help="where to write the labels, one JSON object per line (default var/sim-labels-<seed>.jsonl)")
+    p.add_argument("--promotions", type=float, default=0.0005, metavar="SHARE",
+                   help="new promotion versions per event, after two at the start (default 0.0005; 0 = none)")
+    p.add_argument("--no-monthly-budgets", action="store_true",
+                   help="spend limits set daily limits only (the benchmark's peers know no monthly budgets)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.add_argument("--id-prefix", default="sim-", help="prefix of every generated id (default sim-)")
 
@@ -61,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = SimConfig(
         events=events, users=args.users, creators=args.creators, seed=args.seed, zipf_s=args.zipf,
         mega_live_share=args.mega_live, malformed_share=args.malformed, duplicate_share=args.duplicates,
-        id_prefix=args.id_prefix,
+        id_prefix=args.id_prefix, promotion_share=args.promotions, monthly_budgets=not args.no_monthly_budgets,
         # Paced: event time keeps to the wall clock, so windows and charts look live.
         tick_ms=1000 / args.rate if args.rate else 1,
     )

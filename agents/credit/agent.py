@@ -17,7 +17,7 @@ from agents.credit.ops import Forwarded, Mark, Op, decode_op, parse_op, payout_o
 from agents.credit.progress import Progress
 from agents.credit.rules import HELD, CreditBatch, apply_credit, apply_payout, duplicate_payout, refused_payout
 from agents.credit.state import MAX_HELD, CreatorState
-from agents.fraud import concentration, loop
+from agents.fraud import concentration, farming, loop
 from agents.fraud.loop import Pairs
 from agents.fraud.sender import Leg
 from agents.ingest.records import Payout
@@ -239,6 +239,10 @@ class CreatorLedger(LedgerStage):
         apply_credit(state, item, self._stamp(), self._covered)
         if item.new_senders:
             concentration.record(state.senders, item.new_senders, self.rules.payout_concentration)
+        if item.farmed:
+            found = farming.observe(state.farmers, item.creator_id, item.farmed, self.rules.bonus_farming)
+            if found is not None:
+                self.raise_alert(found, out)
         out.effects.append(Credited(item.diamonds))
 
     def _payout(self, item: Payout, out: Output) -> None:

@@ -44,14 +44,18 @@ def credit_op(creator_id: str, credits: list[Credit], new_sender_ms: int) -> dic
     return batch_op(CreditBatch(
         creator_id, sum(c.coins for c in credits), len(credits), tuple(sorted(by_ts.items())),
         tuple(tuple(e) for e in new.values() if e[3] > 0),
+        tuple((c.sender_id, c.ts, c.event_id) for c in credits if c.farmed),
     ))
 
 
 def batch_op(batch: CreditBatch) -> dict[str, Any]:
-    return {
+    op = {
         "op": "c", "creator_id": batch.creator_id, "coins": batch.coins, "gifts": batch.gifts,
         "items": [list(item) for item in batch.items], "n": [list(e) for e in batch.new_senders],
     }
+    if batch.farmed:
+        op["f"] = [list(f) for f in batch.farmed]
+    return op
 
 
 def payout_op(ev: Payout, refused: str | None = None, appended: int = 0) -> dict[str, Any]:
@@ -231,7 +235,12 @@ def _credit(data: dict[str, Any], econ: Economics) -> CreditBatch:
         new.append((sender, e[1], e[2], e[3], _id({"e": e[4]}, "e")))
     if sum(e[3] for e in new) > diamonds:
         raise BadOp("new senders' diamonds exceed the credit")
-    return CreditBatch(_id(data, "creator_id"), coins, gifts, tuple(items), tuple(new))
+    farmed: list[tuple[str, int, str]] = []
+    for f in _list(data.get("f", []), "f", gifts):
+        if type(f) is not list or len(f) != 3:
+            raise BadOp("f must be [sender, ts, event id] entries")
+        farmed.append((_id({"s": f[0]}, "s"), _int(f[1], "farmed ts", 0, MAX_TS), _id({"e": f[2]}, "e")))
+    return CreditBatch(_id(data, "creator_id"), coins, gifts, tuple(items), tuple(new), tuple(farmed))
 
 
 def parse_op(data: dict[str, Any]) -> CreditBatch | Payout | Mark | Leg:
@@ -241,6 +250,7 @@ def parse_op(data: dict[str, Any]) -> CreditBatch | Payout | Mark | Leg:
         return Mark(data["source"], data["g"], data["p"], data.get("t", 0))
     if data["op"] == "c":
         return CreditBatch(data["creator_id"], data["coins"], data["gifts"], tuple((t, d) for t, d in data["items"]),
-                           tuple(tuple(e) for e in data.get("n", ())))
+                           tuple(tuple(e) for e in data.get("n", ())),
+                           tuple((s, t, e) for s, t, e in data.get("f", ())))
     require(data["op"] == "p", 'data["op"] == "p"')
     return Payout(data["event_id"], data["creator_id"], data["diamonds"], data["ts"])

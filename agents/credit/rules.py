@@ -29,6 +29,7 @@ class CreditBatch:
     items: tuple[tuple[int, int], ...]  # (event time, diamonds), by event time
     # (sender, first event ts, gift ts, diamonds, event id) of new senders, by sender and hour
     new_senders: tuple[tuple[Any, ...], ...] = ()
+    farmed: tuple[tuple[str, int, str], ...] = ()  # (sender, gift ts, event id): bonus_farming
 
     def __post_init__(self) -> None:
         require(self.gifts > 0, 'self.gifts > 0')

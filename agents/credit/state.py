@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.fraud.concentration import NewSenders
+from agents.fraud.farming import Farmers
 from pipeline.invariants import require
 
 MAX_DAYS = 40
@@ -41,6 +42,8 @@ class CreatorState:
     windows: dict[str, dict[int, int]] = field(default_factory=dict)
     # diamonds from new senders by hour (payout_concentration, agents/fraud/concentration.py)
     senders: NewSenders = field(default_factory=NewSenders)
+    # new senders drained of a bonus, in the last window (bonus_farming, agents/fraud/farming.py)
+    farmers: Farmers = field(default_factory=Farmers)
     # ("day", day) and (size, start) credited since the read model was last given this value
     # (not persisted).
     touched: set[tuple[str, int]] = field(default_factory=set, compare=False, repr=False)
@@ -78,6 +81,7 @@ class CreatorState:
         require(all(len(self.windows.get(name, ())) <= kept for name, (_, kept) in WINDOWS.items()),
                 "windows within their bounds")
         self.senders.check()
+        self.farmers.check()
 
     def add_to_windows(self, ts: int, diamonds: int) -> None:
         for name, (size, kept) in WINDOWS.items():
@@ -102,6 +106,8 @@ class CreatorState:
             data["w"] = {name: [[start, n] for start, n in w.items()] for name, w in self.windows.items()}
         if self.senders:
             data["n"] = self.senders.to_json()
+        if self.farmers:
+            data["bf"] = self.farmers.to_json()
         return data
 
     @classmethod
@@ -110,7 +116,7 @@ class CreatorState:
         state = cls(data["a"], lifetime, data["p"], {d: n for d, n in data["d"]}, data["q"], data.get("h", []),
             sorted([*e, 0][:3] for e in data.get("r", [])),
             {name: {start: n for start, n in w} for name, w in data.get("w", {}).items()},
-            NewSenders.from_json(data.get("n")),
+            NewSenders.from_json(data.get("n")), farmers=Farmers.from_json(data.get("bf")),
         )
         state.check()
         return state

@@ -78,12 +78,27 @@ class RejectionProbe:
 
 
 @dataclass(frozen=True)
+class BonusFarming:
+    """At least `accounts` distinct senders, each new (first event under
+    `new_sender_ms` old) and drained of a promotion's bonus (a gift leaving it at most
+    100 - `spent_percent` % of its coins recharged plus bonus), gave one creator within
+    `window_ms` (agents/fraud/farming.py)."""
+
+    window_ms: int = HOUR_MS
+    accounts: int = 10
+    spent_percent: int = 90
+    new_sender_ms: int = DAY_MS
+    severity: str = "high"
+
+
+@dataclass(frozen=True)
 class FraudRules:
     gift_velocity: GiftVelocity = GiftVelocity()
     recharge_burn: RechargeBurn = RechargeBurn()
     gift_loop: GiftLoop = GiftLoop()
     payout_concentration: PayoutConcentration = PayoutConcentration()
     rejection_probe: RejectionProbe = RejectionProbe()
+    bonus_farming: BonusFarming = BonusFarming()
 
 
 RULES = tuple(f.name for f in dataclasses.fields(FraudRules))
@@ -92,6 +107,7 @@ _RANGES: dict[str, tuple[int, int]] = {
     "window_ms": (1_000, 2 * DAY_MS), "gifts": (1, MAX_COUNT), "rejections": (1, MAX_COUNT),
     "coins": (1, 10**12), "min_coins": (1, 10**12), "min_diamonds": (1, 10**12),
     "spent_percent": (1, 100), "percent": (1, 100), "max_creators": (1, 100), "max_senders": (1, 20),
+    "accounts": (1, MAX_COUNT),
     "new_sender_ms": (1_000, 30 * DAY_MS),
 }
 # The creator's hourly windows (agents/credit/state.py) keep 48 hours.

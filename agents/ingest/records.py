@@ -92,6 +92,11 @@ class Promotion:
     def key(self) -> str:
         return self.promo_id
 
+    def to_json(self) -> dict[str, object]:
+        return {"promo_id": self.promo_id, "starts_ts": self.starts_ts, "ends_ts": self.ends_ts,
+                "bonus_percent": self.bonus_percent, "packages": sorted(self.packages),
+                "max_per_user": self.max_per_user, "ts": self.ts}
+
 
 @dataclass(frozen=True, slots=True)
 class Withdrawal:

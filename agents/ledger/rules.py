@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agents.fraud import farming
 from agents.ingest.records import Gift, Recharge, SpendLimit, UserEvent
 from agents.ledger.promotions import PromotionBook
 from agents.ledger.state import MAX_PROMOS, UserState, utc_day, utc_month
@@ -30,6 +31,7 @@ class Credit:
     ts: int
     event_id: str = ""
     sender_first_ts: int | None = None  # the sender's first event (payout_concentration)
+    farmed: bool = False  # a new sender drained of its bonus (bonus_farming)
 
 
 INVALID_TS = "invalid_ts"
@@ -176,7 +178,10 @@ def apply_gift(state: UserState, ev: Gift, econ: Economics) -> Decided:
         event_id=ev.event_id, type="gift", status="accepted", reason=None, subject_id=ev.sender_id, coins=coins,
         diamonds=diamonds, usd_cents=None, balance_after=state.balance, ts=ev.ts,
     )
-    credit = Credit(ev.creator_id, ev.stream_id, ev.sender_id, coins, diamonds, ev.ts, ev.event_id, state.first_ts)
+    farmed = farming.drained(state.balance, state.recharged, state.bonus, state.first_ts, ev.ts,
+                             econ.fraud.bonus_farming)
+    credit = Credit(ev.creator_id, ev.stream_id, ev.sender_id, coins, diamonds, ev.ts, ev.event_id, state.first_ts,
+                    farmed)
     new_level = econ.gifter_level(state.spent)
     require(new_level >= level, "a gifter level never goes down")
     level_up = LevelUp(ev.sender_id, new_level, level, ev.event_id, ev.ts) if new_level > level else None

@@ -16,6 +16,8 @@ from pipeline.invariants import require
 
 CREATORS_ALL = "lb:creators:all"
 MAX_LIMIT = 1_000
+# Ranks of a stream's gifter board that carry "badge": "top_gifter" (CONTRACT.md, Read model).
+TOP_GIFTER_RANKS = 3
 
 
 def day_name(day: int) -> str:

@@ -29,13 +29,15 @@ from collections.abc import Iterable
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge
 
-from agents.outcomes import Outcome
+from agents.outcomes import LevelUp, Outcome
 from pipeline.engine.codec import dumps
 from pipeline.invariants import require
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "outcomes:committed"
+LEVEL_UPS = "badges:latest"  # sorted set: badges record JSON -> its event time
+MAX_LEVEL_UPS = 100
 MAX_PENDING = 200_000
 CHUNK = 2_000  # outcomes per pipelined round trip
 RETRY_S = 1.0
@@ -53,8 +55,10 @@ def key_of(prefix: str, event_id: str) -> str:
 
 
 class OutcomeCache:
-    """The writer: fed each committed batch's outcomes (the engine's on_committed hook),
-    writes them in the background, one flush at a time."""
+    """The writer: fed each committed batch's outcomes and level-ups (the engine's
+    on_committed hook), writes them in the background, one flush at a time. Level-ups go
+    to a feed of the latest MAX_LEVEL_UPS for the dashboard (not refilled if Redis is
+    emptied: the `badges` topic is their record)."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str, retention_s: int) -> None:
         require(retention_s >= 1, "outcomes are kept at least a second")
@@ -62,20 +66,32 @@ class OutcomeCache:
         self.prefix = prefix
         self.retention_s = retention_s
         self.pending: deque[tuple[str, bytes, bool]] = deque()  # (event_id, JSON, duplicate)
+        self.level_ups: deque[LevelUp] = deque(maxlen=MAX_LEVEL_UPS)
         self._flushing: asyncio.Task[None] | None = None
 
-    def add(self, outcomes: Iterable[Outcome]) -> None:
+    def add(self, outcomes: Iterable[Outcome], level_ups: Iterable[LevelUp] = ()) -> None:
         for o in outcomes:
             self.pending.append((o.event_id, dumps(o), o.status == "duplicate"))
+        self.level_ups.extend(level_ups)
         over = len(self.pending) - MAX_PENDING
         if over > 0:
             for _ in range(over):
                 self.pending.popleft()
             DROPPED.inc(over)
-        if self.pending and (self._flushing is None or self._flushing.done()):
+        if (self.pending or self.level_ups) and (self._flushing is None or self._flushing.done()):
             self._flushing = asyncio.ensure_future(self._flush())
 
     async def _flush(self) -> None:
+        if self.level_ups:
+            ups = list(self.level_ups)
+            self.level_ups.clear()
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.zadd(self.prefix + LEVEL_UPS, {dumps(u.to_json()).decode(): u.ts for u in ups})
+                    pipe.zremrangebyrank(self.prefix + LEVEL_UPS, 0, -MAX_LEVEL_UPS - 1)
+                    await pipe.execute()
+            except (TimeoutError, aioredis.RedisError, OSError):
+                WRITE_ERRORS.inc()  # a feed of the latest: not retried
         while self.pending:
             chunk = [self.pending.popleft() for _ in range(min(CHUNK, len(self.pending)))]
             try:

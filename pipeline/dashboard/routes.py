@@ -13,7 +13,9 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -47,7 +49,10 @@ def is_open(path: str) -> bool:
     return path == PAGE or path.startswith(ASSETS)
 
 
-def register(web_app: web.Application, redis: Redis, prefix: str) -> None:
+Promotions = Callable[[int], list[dict[str, Any]]]
+
+
+def register(web_app: web.Application, redis: Redis, prefix: str, promotions: Promotions = lambda now: []) -> None:
     open_streams = 0
     closing = asyncio.Event()
 
@@ -64,7 +69,7 @@ def register(web_app: web.Application, redis: Redis, prefix: str) -> None:
             return _error(503, f"dashboard streams are limited to {MAX_STREAMS} per worker")
         open_streams += 1
         try:
-            return await _stream(request, redis, prefix, chosen, closing)
+            return await _stream(request, redis, prefix, chosen, closing, promotions)
         finally:
             open_streams -= 1
 
@@ -88,7 +93,7 @@ def _error(status: int, message: str) -> web.Response:
 
 
 async def _stream(request: web.Request, redis: Redis, prefix: str, chosen: Selection,
-                  closing: asyncio.Event) -> web.StreamResponse:
+                  closing: asyncio.Event, promotions: Promotions) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"})
     try:
         await response.prepare(request)
@@ -97,7 +102,7 @@ async def _stream(request: web.Request, redis: Redis, prefix: str, chosen: Selec
         last, failed = "", False
         while not closing.is_set() and time.monotonic() - started < MAX_STREAM_S:
             try:
-                body = await snapshot(redis, prefix, chosen, int(time.time() * 1000))
+                body = await snapshot(redis, prefix, chosen, int(time.time() * 1000), promotions)
                 data, event = json.dumps(body, separators=(",", ":")), "snapshot"
             except REDIS_DOWN:
                 data, event = json.dumps({"error": "read model unavailable (Redis)"}), "unavailable"

@@ -88,8 +88,12 @@ def _check_state(worker: Worker, model: ReferenceLedger, users: set[str], creato
         assert got == model.creator(creator), creator
 
 
+def parts_of(key: str) -> list[str]:
+    return key.split(":")
+
+
 def _board_url(key: str) -> str:
-    parts = key.split(":")
+    parts = parts_of(key)
     if parts[1] == "stream":
         return f"/leaderboards/streams/{parts[2]}/gifters?limit=1000"
     if parts[1] == "gifters":
@@ -115,6 +119,8 @@ def _check_boards(d: Deployment, worker: Worker, model: ReferenceLedger) -> None
             got = [(e[id_name], e[score_name]) for e in body["entries"]]
             assert got == entries[:1000], key
             assert [e["rank"] for e in body["entries"]] == list(range(1, len(got) + 1))
+            top = [e["rank"] for e in body["entries"] if e.get("badge") == "top_gifter"]
+            assert top == (list(range(1, min(3, len(got)) + 1)) if parts_of(key)[1] == "stream" else []), key
     finally:
         client.close()
 

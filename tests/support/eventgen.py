@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.support.reference import CATALOG, KEY_FIELD, ReferenceLedger
-from tools.causal import spend_limit
+from tools.simulate import spend_limit
 
 DAY = 86_400_000
 # 20 s of event time before the latest UTC midnight: in time (CONTRACT.md: at most 7

@@ -56,3 +56,27 @@ def test_paced_event_time_keeps_to_the_clock_at_any_rate() -> None:
         cfg = SimConfig(events=n, start_ts=0, tick_ms=1000 / rate, payout_share=0, spend_limit_share=0)
         stamps = [json.loads(v)["ts"] for _, _, v in generate(cfg, ECON)]
         assert stamps == sorted(stamps) and stamps[-1] == 3_000, rate
+
+
+def test_promotions_monthly_budgets_and_level_ups_when_asked() -> None:
+    """Promotions (two at the start, new versions later), monthly budgets on spend
+    limits, and, through the reference ledger, bonuses given and gifter levels raised."""
+    from tests.support.reference import ReferenceLedger
+
+    cfg = SimConfig(events=20_000, start_ts=1_700_000_000_000, spend_limit_share=0.05, promotion_share=0.001,
+                    monthly_budgets=True)
+    messages = list(generate(cfg, ECON))
+    promos = [json.loads(v) for t, _, v in messages if t == "promotions"]
+    assert len(promos) >= 5 and {p["promo_id"] for p in promos} == {"welcome", "bigger"}
+    assert messages[0][0] == messages[1][0] == "promotions"  # in force before the first recharge
+    limits = [json.loads(v) for t, _, v in messages if t == "spend-limits"]
+    assert any("monthly_coin_limit" in x for x in limits) and any("daily_coin_limit" not in x for x in limits)
+    reference = ReferenceLedger()
+    for topic, _, value in messages:
+        reference.feed(topic, json.loads(value))
+    given = Counter(o["promo_id"] for o in reference.outcomes if o["type"] == "recharge" and o["promo_id"])
+    assert given["welcome"] > 100 and given["bigger"] > 10
+    assert len(reference.badges) > 500 and max(b["level"] for b in reference.badges) >= 6
+    assert Counter(o["reason"] for o in reference.outcomes)["monthly_limit_exceeded"] > 0
+    off = list(generate(SimConfig(events=2_000, start_ts=0), ECON))  # the benchmark's: neither
+    assert not any(t == "promotions" or b"monthly" in v for t, _, v in off)
