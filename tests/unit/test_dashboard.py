@@ -1,15 +1,21 @@
-"""The dashboard's pure parts: the per-minute chart, fleet rates and reports, and which
-paths need no token."""
+"""The dashboard's pure parts: the per-minute chart, fleet rates and reports, which
+paths need no token, and the page's script against its markup (snapshot() itself reads
+Redis: tests/browser/test_dashboard.py calls it on the real server)."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
 from pipeline import fleet
+from pipeline.dashboard import routes
 from pipeline.dashboard.snapshot import MINUTE_MS, per_minute
 from pipeline.web import is_open
 
 T = 1_795_735_200_000  # a minute boundary
+APP_JS = (routes.STATIC / "app.js").read_text()
+PAGE_HTML = routes.PAGE_FILE.read_text()
 
 
 def test_per_minute_fills_quiet_minutes_with_zero_and_ends_now() -> None:
@@ -51,3 +57,20 @@ def test_only_the_page_assets_and_probes_are_open() -> None:
         assert is_open(path), path
     for path in ("/dashboard/events", "/dashboard/", "/dashboardx", "/alerts", "/users/u1", "/metrics/x"):
         assert not is_open(path), path
+
+
+
+def test_every_element_the_script_draws_is_on_the_page() -> None:
+    used = set(re.findall(r'\$\("([\w-]+)"\)', APP_JS))
+    assert {"gifters", "level-ups", "level-ups-empty", "promotions", "promotions-empty"} <= used
+    missing = {i for i in used if f'id="{i}"' not in PAGE_HTML}
+    assert not missing, missing
+
+
+def test_the_script_never_parses_wire_data_as_markup() -> None:
+    """Ids come from the wire: text nodes and attributes only (and the CSP allows no
+    inline script or handler on the page)."""
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in APP_JS, sink
+    assert not re.search(r"<script(?![^>]*\bsrc=)", PAGE_HTML), "an inline script"
+    assert not re.search(r"\son[a-z]+=|\sstyle=", PAGE_HTML), "an inline handler or style"

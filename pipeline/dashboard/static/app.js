@@ -26,19 +26,47 @@ function setStatus(text, kind = "") {
   s.className = "status " + kind;
 }
 
-function table(body, rows, key, cells) {
+// Rows keyed by `key`; a cell is text or a node. `numeric`: the right-aligned columns
+// (default: the last). A row whose text changed flashes.
+function table(body, rows, key, cells, numeric = null) {
   const before = new Map([...body.rows].map((r) => [r.dataset.key, r.dataset.value]));
   body.replaceChildren(...rows.map((row) => {
-    const tr = el("tr", { "data-key": row[key], "data-value": cells(row).join("|") });
-    cells(row).forEach((c, i) => tr.append(el("td", i === cells(row).length - 1 ? { class: "num" } : {}, c)));
+    const cs = cells(row);
+    const nums = numeric || [cs.length - 1];
+    const text = cs.map((c) => (c instanceof Node ? c.textContent : String(c)));
+    const tr = el("tr", { "data-key": row[key], "data-value": text.join("|") });
+    cs.forEach((c, i) => tr.append(el("td", nums.includes(i) ? { class: "num" } : {}, c)));
     if (before.size && before.get(tr.dataset.key) !== tr.dataset.value) tr.classList.add("changed");
     return tr;
   }));
 }
 
+// An epoch-ms time as a <time>, short (the exact instant in its datetime attribute).
+function when(ms, timeStyle = "medium") {
+  const d = new Date(ms);
+  if (typeof ms !== "number" || Number.isNaN(d.getTime())) return el("span", {}, "–");
+  return el("time", { datetime: d.toISOString(), title: d.toString() },
+    d.toLocaleString([], { dateStyle: "short", timeStyle }));
+}
+
+function level(n, extra = "") {
+  return el("span", { class: ("pill level " + extra).trim(), title: `gifter level ${n}` }, `Lv ${n}`);
+}
+
+// The viewer's name, their gifter level, and the stream's top gifter mark (from the
+// row's badge: the server decides who carries it).
+function viewer(r) {
+  const cell = el("span", { class: "viewer" }, el("span", { class: "who" }, r.user_id));
+  if (Number.isInteger(r.gifter_level)) cell.append(" ", level(r.gifter_level));
+  if (r.badge === "top_gifter") {
+    cell.append(" ", el("span", { class: "pill top", title: "a top gifter of this stream" }, "top gifter"));
+  }
+  return cell;
+}
+
 function drawGifters(s) {
   $("stream-name").textContent = s.stream_id || "–";
-  table($("gifters"), s.gifters, "user_id", (r) => [r.rank, r.user_id, fmt.format(r.coins)]);
+  table($("gifters"), s.gifters, "user_id", (r) => [r.rank, viewer(r), fmt.format(r.coins)]);
   $("gifters-empty").hidden = s.gifters.length > 0;
   $("gifters-empty").textContent = s.stream_id ? "No gifts on this stream yet." : "Choose a stream above.";
 }
@@ -102,6 +130,22 @@ function drawAlerts(s) {
   $("alerts-empty").hidden = s.alerts.length > 0;
 }
 
+function drawLevelUps(s) {
+  const ups = s.level_ups || [];  // newest first, as sent
+  $("level-ups").replaceChildren(...ups.map((u) => el("li", { "data-badge": u.badge_id, "data-user": u.user_id },
+    el("strong", { class: "who" }, u.user_id), " ", level(u.previous_level), " → ", level(u.level, "up"), " ",
+    el("span", { class: "muted" }, when(u.ts)))));
+  $("level-ups-empty").hidden = ups.length > 0;
+}
+
+function drawPromotions(s) {
+  const promos = s.promotions || [];  // best first, as sent
+  table($("promotions"), promos, "promo_id", (p) => [
+    el("strong", {}, p.promo_id), `+${p.bonus_percent}%`, (p.packages || []).map((c) => fmt.format(c)).join(" · "),
+    when(p.ends_ts, "short"), fmt.format(p.max_per_user)], [1, 4]);
+  $("promotions-empty").hidden = promos.length > 0;
+}
+
 function drawFleet(f) {
   $("events-per-s").textContent = fmt.format(f.events_per_s);
   $("lag").textContent = fmt.format(f.lag);
@@ -113,7 +157,8 @@ function drawFleet(f) {
 function onEvent(type, data) {
   if (type === "snapshot") {
     const s = JSON.parse(data);
-    drawFleet(s.fleet); drawGifters(s); drawCreators(s); drawChart(s); drawAlerts(s);
+    drawFleet(s.fleet); drawGifters(s); drawCreators(s); drawLevelUps(s); drawPromotions(s); drawChart(s);
+    drawAlerts(s);
     setStatus("live · " + new Date().toLocaleTimeString(), "live");
   } else if (type === "unavailable") {
     setStatus(JSON.parse(data).error, "down");
