@@ -51,7 +51,7 @@ class Letter:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source-topic", choices=topics.INPUTS, help="only dead letters of this input topic")
+    p.add_argument("--source-topic", choices=topics.PARTITIONED_INPUTS, help="only dead letters of this input topic")
     p.add_argument("--error", default="", help="only dead letters whose error contains this text")
     p.add_argument("--max", type=int, default=MAX_DEFAULT, help=f"send at most this many (default {MAX_DEFAULT})")
     p.add_argument("--apply", action="store_true", help="send them (default: a dry run that only counts)")
@@ -82,7 +82,8 @@ async def plan(s: Settings, source: str | None, error: str, limit: int) -> tuple
             raise RuntimeError(f"over {MAX_LOGGED} fingerprints in {topics.REDRIVE_LOG}")
     counts: Counter[str] = Counter()
     chosen: dict[str, Letter] = {}
-    inputs = {s.topic(t) for t in topics.INPUTS}
+    # Not promotions: a fixed promotion is published again by its owner, as any version.
+    inputs = {s.topic(t) for t in topics.PARTITIONED_INPUTS}
     async for r in topics.read_to_end(s, topics.DEAD_LETTERS):
         counts["read"] += 1
         x = letter(r.value, r.key, inputs)

@@ -37,7 +37,10 @@ OUTCOMES = "ledger-outcomes"
 BADGES = "badges"
 DEAD_LETTERS = "dead-letters"
 FRAUD_ALERTS = "fraud-alerts"
-INPUTS = (RECHARGES, GIFTS, PAYOUTS, SPEND_LIMITS, PROMOTIONS)
+# The inputs the worker group consumes, partition p of each by one task (PIPELINE_PARTITIONS
+# partitions each), and every input.
+PARTITIONED_INPUTS = (RECHARGES, GIFTS, PAYOUTS, SPEND_LIMITS)
+INPUTS = (*PARTITIONED_INPUTS, PROMOTIONS)
 OUTPUTS = (OUTCOMES, DEAD_LETTERS, FRAUD_ALERTS, BADGES)
 # Read whole by every worker, whatever their partition count (pipeline/engine/broadcast.py).
 BROADCAST = (PROMOTIONS,)

@@ -53,7 +53,7 @@ async def unapplied(s: Settings, ends: dict[TopicPartition, int],
 
 
 async def settled(s: Settings, timeout_s: float,
-                  names: Sequence[str] = (*topics.INPUTS, topics.CREATOR_OPS)) -> None:
+                  names: Sequence[str] = (*topics.PARTITIONED_INPUTS, topics.CREATOR_OPS)) -> None:
     """Wait until the worker group has applied and committed every record of `names`
     (without prefix) below their ends as they are when called. Raises TimeoutError
     naming what is still unapplied."""

@@ -708,7 +708,7 @@ async def run(s: Settings, args: argparse.Namespace, log_dir: Path, base: Settin
         fleet.start(i)
     try:
         await asyncio.gather(*(fleet.healthy(i) for i in range(args.workers)))
-        lag = Lag(s, s.group_id, list(topics.INPUTS))
+        lag = Lag(s, s.group_id, list(topics.PARTITIONED_INPUTS))
         await lag.start()
         started = time.monotonic()
         traffic.start(s)

@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,7 +33,7 @@ from tools.benchmark.probes import SAMPLE_S, Answered, ProcStats, read_outcomes
 from tools.local_worker import get, running_worker
 from tools.simulate import InputMessage, Message
 
-INPUTS = list(topics.INPUTS)
+INPUTS = list(topics.PARTITIONED_INPUTS)
 MAX_RUN_S = 3_600  # a run that has not finished by then is a failed run
 RECOVERY_TIMEOUT_S = 900
 BOARD_TIMEOUT_S = 60  # after every outcome is read, for the board to show them
@@ -41,6 +42,11 @@ PRODUCER = {"linger_ms": 5, "max_batch_size": 512 * 1024}
 # board, polled every 10 ms (more would load Redis as much as the ledger does).
 BOARD_SAMPLE = 10
 BOARD_POLL_S = 0.01
+# Every ANSWER_SAMPLE-th gift is also asked for with GET /outcomes/{id}?wait_ms=10000 as
+# soon as it is sent, as an app would: the time to that call's answer. A sample: every
+# poll costs the worker an HTTP request and Redis reads, on the same 2 cores.
+ANSWER_SAMPLE = 25
+MAX_OPEN_POLLS = 2_000
 # bench/naive.py's topics (not imported: bench/ is outside the type-checked packages).
 NAIVE_OUTCOMES = "naive-outcomes"
 NAIVE_CREDITS = "naive-credits"
@@ -49,7 +55,10 @@ PROBE = b"probe"  # the event id of the event sent after a recovery
 
 def worker_env(s: Settings, web_port: int) -> dict[str, str]:
     return {"PIPELINE_TOPIC_PREFIX": s.topic_prefix, "PIPELINE_REDIS_PREFIX": s.redis_prefix,
-            "PIPELINE_WEB_PORT": str(web_port), "PIPELINE_PARTITIONS": str(s.partitions)}
+            "PIPELINE_WEB_PORT": str(web_port), "PIPELINE_PARTITIONS": str(s.partitions),
+            # The load generator's long polls all come from 127.0.0.1, as through a proxy.
+            "PIPELINE_HTTP_MAX_CONNECTIONS_PER_CLIENT": str(MAX_OPEN_POLLS + 100),
+            "PIPELINE_HTTP_MAX_CONNECTIONS": str(MAX_OPEN_POLLS + 1_000)}
 
 
 def start_workers(stack: ExitStack, s: Settings, n: int, log_dir: Path,
@@ -188,12 +197,19 @@ async def ceiling(s: Settings, total: int, budget_s: float) -> dict[str, Any]:
 
 
 async def latency(s: Settings, messages: list[Message], rate: float, log_dir: Path) -> dict[str, Any]:
-    """A fixed offered rate: each event's time from its send to its committed outcome,
-    and, for the first gift of each (stream, viewer), to its score on the stream's board."""
+    """A fixed offered rate: each event's time from its send to its committed outcome;
+    for the first gift of each (stream, viewer), to its score on the stream's board; and
+    for every ANSWER_SAMPLE-th gift, to the answer of GET /outcomes/{id}?wait_ms=10000
+    asked right after its send."""
     sampled: dict[bytes, tuple[str, str]] = {}  # event id -> (board key, viewer)
     pairs: set[tuple[str, str]] = set()
+    asked: list[bytes] = []  # gifts whose outcome is asked over HTTP, in send order
+    gifts = 0
     for topic, key, value in messages:
         if topic == topics.GIFTS:
+            gifts += 1
+            if gifts % ANSWER_SAMPLE == 0:
+                asked.append(_event_id(value))
             stream = re.search(rb'"stream_id":"([^"]*)"', value).group(1).decode()  # type: ignore[union-attr]
             if (stream, key.decode()) not in pairs:
                 pairs.add((stream, key.decode()))
@@ -202,6 +218,7 @@ async def latency(s: Settings, messages: list[Message], rate: float, log_dir: Pa
     sent_at: dict[bytes, float] = {}
     to_outcome: list[tuple[float, float]] = []  # (sent, seconds)
     to_board: list[tuple[float, float]] = []
+    to_answer: list[tuple[float, float]] = []
     pending: dict[bytes, tuple[str, str, int]] = {}
     with ExitStack() as stack:
         pids = [p.pid for p in start_workers(stack, s, 1, log_dir)]
@@ -246,7 +263,34 @@ async def latency(s: Settings, messages: list[Message], rate: float, log_dir: Pa
                             del pending[eid]
                 await asyncio.sleep(BOARD_POLL_S)
 
-        tasks = [asyncio.create_task(outcomes()), asyncio.create_task(boards())]
+        async def answers() -> None:
+            open_polls = asyncio.Semaphore(MAX_OPEN_POLLS)
+
+            async def ask(http: aiohttp.ClientSession, eid: bytes) -> None:
+                url = f"http://127.0.0.1:{s.web_port}/outcomes/{eid.decode()}?wait_ms=10000"
+                async with open_polls:
+                    while True:
+                        async with http.get(url) as resp:
+                            await resp.read()
+                            if resp.status == 200:
+                                sent = sent_at[eid]
+                                to_answer.append((sent - started, time.perf_counter() - sent))
+                                return
+                            if resp.status not in (404, 503):
+                                raise RuntimeError(f"GET /outcomes answered {resp.status}")
+                            if resp.status == 503:
+                                await asyncio.sleep(0.05)
+
+            connector = aiohttp.TCPConnector(limit=MAX_OPEN_POLLS)
+            async with aiohttp.ClientSession(connector=connector) as http:
+                polls = []
+                for eid in asked:
+                    while eid not in sent_at:
+                        await asyncio.sleep(0.002)
+                    polls.append(asyncio.create_task(ask(http, eid)))
+                await asyncio.gather(*polls)
+
+        tasks = [asyncio.create_task(outcomes()), asyncio.create_task(boards()), asyncio.create_task(answers())]
         watching = asyncio.create_task(watch(s, s.topic(topics.OUTCOMES), Answered(len(messages), distinct=False),
                                              pids, inputs=INPUTS))
         await produce(s, messages, rate=rate, sent_at=sent_at)
@@ -258,10 +302,15 @@ async def latency(s: Settings, messages: list[Message], rate: float, log_dir: Pa
     figures["offered_events_per_s"] = round(rate)
     figures["to_outcome"] = percentiles([x for _, x in to_outcome])
     figures["to_leaderboard"] = percentiles([x for _, x in to_board])
+    figures["to_http_answer"] = percentiles([x for _, x in to_answer])
+    figures["http_answer_sample"] = f"every {ANSWER_SAMPLE}th gift, GET /outcomes/{{id}}?wait_ms=10000 after its send"
     for row in figures["timeline"]:  # latency by the second of sending
         second = [x for t, x in to_outcome if row["t"] - SAMPLE_S <= t < row["t"]]
         if second:
             row.update({f"outcome_{k}": v for k, v in percentiles(second).items() if k in ("p50_ms", "p99_ms")})
+        answered = [x for t, x in to_answer if row["t"] - SAMPLE_S <= t < row["t"]]
+        if answered:
+            row.update({f"answer_{k}": v for k, v in percentiles(answered).items() if k in ("p50_ms", "p99_ms")})
     return figures
 
 
