@@ -2,14 +2,16 @@
 rules, measured through the real pipeline (local Kafka, Redis and a worker).
 
 The labelled set is either generated (seeded): six hours of dense ordinary traffic of
-established viewers (each has recharged two days before; none is new), with labelled
-fraud instances and near-misses of every rule injected (tools/simulate_fraud.py: each
+established viewers (each has recharged two days before; none is new) under the set's
+promotions (published first; ordinary viewers take them too), with labelled fraud
+instances and near-misses of every rule injected (tools/simulate_fraud.py: each
 rule's near-misses are heavy honest traffic and narrow misses of each of its
 conditions, each label naming its `shape` and `margin`); or read from files, so a set
 the project does not contain is measured the same way:
 
 - `--events FILE`: JSON lines `{"topic": "gifts", "value": {...}}` (contract topics and
-  values; `"key"` is optional and defaults to the value's key field), produced in order;
+  values; `"key"` is optional and defaults to the value's key field), produced in order
+  (a `promotions` record expects no outcome);
 - `--labels FILE`: JSON lines `{"label": "fraud"|"near_miss", "pattern": RULE,
   "subject_id": ..., "event_ids": [...]}`.
 
@@ -98,7 +100,11 @@ def generated(args: argparse.Namespace, econ: economics.Economics) -> tuple[list
                for u in range(cfg.users)]
     scripts = simulate_fraud.scripts(args.instances, args.near_misses, start, TRAFFIC_MS, args.seed, prefix="x",
                                      lead_ms=HISTORY_MS)
-    return history + list(simulate_fraud.inject(generate(cfg, econ), scripts)), [s.label for s in scripts]
+    # The promotions come first, in force from the history's start: every recharge after
+    # them qualifies (ordinary viewers' ones too), and bonus_farming has a bonus to farm.
+    promos = simulate_fraud.promotions(start - HISTORY_MS, start + TRAFFIC_MS + HOUR_MS, prefix="x")
+    return (promos + history + list(simulate_fraud.inject(generate(cfg, econ), scripts)),
+            [s.label for s in scripts])
 
 
 def read_set(events: Path, labels: Path) -> tuple[list[InputMessage], list[dict[str, Any]]]:
@@ -138,6 +144,13 @@ def export(messages: Sequence[InputMessage], labels: list[dict[str, Any]], out: 
 # -- the run --------------------------------------------------------------------------------
 
 
+def expected_outcomes(messages: Sequence[InputMessage]) -> int:
+    """One outcome per well-formed event (CONTRACT.md); a promotion has none, nor has a
+    malformed record (a dead letter)."""
+    return sum(1 for t, k, v in messages
+               if t != topics.PROMOTIONS and not isinstance(decode(t, k, v), Malformed))
+
+
 async def run(
     s: Settings, messages: Sequence[InputMessage], log_dir: Path, rate: float
 ) -> tuple[list[tuple[float, dict[str, Any]]], dict[bytes, float]]:
@@ -148,7 +161,7 @@ async def run(
     sent_at: dict[bytes, float] = {}
     alerts: list[tuple[float, dict[str, Any]]] = []
     outcomes = 0
-    expected = sum(1 for t, k, v in messages if not isinstance(decode(t, k, v), Malformed))  # one outcome each
+    expected = expected_outcomes(messages)
     alert_tps = [TopicPartition(s.topic(topics.FRAUD_ALERTS), p) for p in range(s.partitions)]
     with running_worker(s, log_dir / "fraud-eval-worker.log", runs.worker_env(s, s.web_port)):
         consumer = AIOKafkaConsumer(**s.kafka_options(), isolation_level="read_committed", enable_auto_commit=False)
@@ -341,6 +354,8 @@ def labelled_set(args: argparse.Namespace,
     return generated_messages, labels, (
         f"Generated set (seed {args.seed}): {args.normal} ordinary events of {USERS:,} established "
         f"viewers and {CREATORS} creators over {TRAFFIC_MS // HOUR_MS} hours of event time, "
+        f"{len(simulate_fraud.PROMOTIONS)} promotions in force throughout (a first-recharge bonus and a "
+        f"bigger-package one, published first), "
         f"{args.instances} fraud instances and {args.near_misses} near-misses of each rule, "
         f"in several shapes each (near-misses: heavy honest traffic and narrow misses of each "
         f"condition, tools/simulate_fraud.py); {len(generated_messages)} events produced at {args.rate:.0f}/s.")

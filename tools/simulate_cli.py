@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import itertools
 import sys
 import time
 from collections.abc import Iterator
@@ -71,16 +72,22 @@ def main(args: argparse.Namespace) -> int:
     )
     # Paced, event time starts now; unpaced (a backlog), it ends now (simulate.start_of).
     start_ts = int(time.time() * 1000) if args.rate else start_of(cfg)
-    cfg = dataclasses.replace(cfg, start_ts=start_ts)
+    fraud = bool(args.fraud or args.near_misses)
+    # With labelled fraud, the fraud set's promotions (what its bonus_farming labels
+    # assume), in force over the whole run, instead of the simulator's own.
+    cfg = dataclasses.replace(cfg, start_ts=start_ts, promotion_share=0.0 if fraud else cfg.promotion_share)
     messages = generate(cfg, economics.load(s.economics_file))
-    if args.fraud or args.near_misses:
+    if fraud:
+        span = max(1, int(events * cfg.tick_ms))
+        messages = itertools.chain(simulate_fraud.promotions(start_ts, start_ts + span + 3_600_000, args.id_prefix),
+                                   messages)
         extra = simulate_fraud.scripts(args.fraud, args.near_misses, start_ts, max(1, int(events * cfg.tick_ms)),
                                        args.seed, args.id_prefix)
         labels = args.labels or s.data_dir / f"sim-labels-{args.seed}.jsonl"
         labels.parent.mkdir(parents=True, exist_ok=True)
         simulate_fraud.write_labels(labels, extra)
         messages = simulate_fraud.inject(messages, extra)
-        events += sum(len(x.events) for x in extra)
+        events += sum(len(x.events) for x in extra) + len(simulate_fraud.PROMOTIONS)
         print(f"{len(extra)} labelled instances ({sum(len(x.events) for x in extra)} events) injected; "
               f"labels in {labels}")
     asyncio.run(topics.ensure_topics(s))

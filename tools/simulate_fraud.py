@@ -15,9 +15,14 @@ one narrowly. Fraud instances vary their shape. Parameters are drawn from ranges
 decide the outcome by construction (nothing is redrawn until it fits), against the
 fraud issue's default thresholds and the default catalog. `margin` is the measured
 quantity over its threshold: of the condition a near-miss misses (0.90-0.99, or N+1 over
-N for an "at most N", or 1.01-1.10 for a time window; the honest new viewers and loyal
-fans sit further off), or of the condition a fraud instance crosses.
+N for an "at most N", N-1 over N for an "at least N", 1.01-1.10 for a time window or an
+age, 0 for a bonus not taken; the honest new viewers and loyal fans sit further off), or
+of the condition a fraud instance crosses.
 tests/unit/test_fraud_set.py measures every script independently.
+
+bonus_farming needs promotions to farm: `promotions` are the set's (a first-recharge
+bonus and a bigger-package one), to be produced before the scripts and the traffic, so
+that ordinary viewers take them too.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import heapq
 import json
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +44,7 @@ from pipeline.economics import Economics
 from pipeline.invariants import require
 from tools.simulate import Message
 
-PATTERNS = ("gift_velocity", "recharge_burn", "gift_loop", "payout_concentration", "rejection_probe")
+PATTERNS = ("gift_velocity", "recharge_burn", "gift_loop", "payout_concentration", "rejection_probe", "bonus_farming")
 RULES = FraudRules()  # the defaults the set is built against
 MAX_QUANTITY = 10_000  # the contract's largest gift quantity
 # Cheap gifts, (gift, largest quantity): at most 200 coins each, so bursts of them cross
@@ -609,6 +615,241 @@ def _retry_limit(b: _Builder) -> Made:
     return _retries(b, user, gift)
 
 
+# -- bonus_farming -------------------------------------------------------------------------
+
+# The set's promotions, (promo_id, bonus_percent, packages, max_per_user): published before
+# its traffic and in force over all of it (`promotions`), so ordinary viewers take them
+# too. A first-recharge bonus doubling the smallest package, once per account, and a
+# smaller one on a bigger package. Of the other patterns' accounts only recharge_burn's
+# ordinary new viewers recharge one of these packages (500): recharge_burn counts coins
+# recharged, not bonus coins, and their gifts are affordable either way.
+PROMOTIONS = (("welcome", 100, (100,), 1), ("starter", 20, (500,), 1))
+WELCOME, STARTER = 100, 500  # the packages they pay a bonus on
+UNLISTED = 1_000  # a package no promotion lists
+FARMED = RULES.bonus_farming
+
+
+def promotions(start_ts: int, end_ts: int, prefix: str = "") -> list[Message]:
+    """The records of PROMOTIONS, published at `start_ts` and in force from then until
+    `end_ts`: to be produced before any recharge that is to get their bonus."""
+    out: list[Message] = []
+    for promo_id, percent, packages, most in PROMOTIONS:
+        key = f"{prefix}{promo_id}"
+        value = {"promo_id": key, "starts_ts": start_ts, "ends_ts": end_ts, "bonus_percent": percent,
+                 "packages": list(packages), "max_per_user": most, "ts": start_ts}
+        out.append((topics.PROMOTIONS, key.encode(), json.dumps(value, separators=(",", ":")).encode()))
+    return out
+
+
+def _held(packages: Sequence[int]) -> int:
+    """What a new account holds after recharging `packages` in order under PROMOTIONS:
+    each recharge gets the best promotion listing it that it has not used up."""
+    used: Counter[str] = Counter()
+    held = 0
+    for coins in packages:
+        offers = sorted((-percent, promo_id) for promo_id, percent, listed, most in PROMOTIONS
+                        if coins in listed and used[promo_id] < most)  # the highest, ties by promo_id
+        held += coins
+        if offers:
+            held += coins * -offers[0][0] // 100
+            used[offers[0][1]] += 1
+    return held
+
+
+def _need(held: int) -> int:
+    """The least spend of `held` coins that leaves at most 100 - spent_percent % of them."""
+    return held - held * (100 - FARMED.spent_percent) // 100
+
+
+def _one_gift(b: _Builder, coins: int) -> Gift:
+    """One gift of exactly `coins` (a rose always divides it; a dearer one where it can)."""
+    fits = sorted((price, gift) for gift, price in b.econ.gifts.items()
+                  if price <= coins and coins % price == 0 and coins // price <= MAX_QUANTITY)
+    price, gift = b.rng.choice(fits[-2:])
+    return gift, coins // price
+
+
+def _drain_gifts(b: _Builder, spend: int, below: int, parts: int) -> list[Gift]:
+    """`parts` gifts summing to `spend`, all but the last summing to under `below`: only
+    the last can leave the account drained (when `spend` reaches `below`)."""
+    most = min(below, spend) - 1  # what the gifts before the last may spend
+    parts = max(1, min(parts, most + 1))
+    if parts == 1:
+        return [_one_gift(b, spend)]
+    before = b.rng.randint(min(most, max(parts - 1, spend // 3)), most)
+    return [_one_gift(b, c) for c in _split(b.rng, before, parts - 1)] + [_one_gift(b, spend - before)]
+
+
+def _full(b: _Builder, held: int) -> int:
+    """A farmer's spend: everything (half the time), else 90-100 %."""
+    return held if b.rng.random() < 0.5 else b.rng.randint(_need(held), held)
+
+
+def _fresh(b: _Builder) -> int:
+    """A fresh account's age at its last gift: minutes."""
+    return b.rng.randint(SETTLE_MS + 15_000, 40 * MINUTE_MS)
+
+
+def _account(b: _Builder, user: str, packages: Sequence[int], age: int, gifts: Sequence[Gift],
+             targets: Sequence[str], last: int) -> None:
+    """A new account: `packages` recharged `age` before its `last` gift (the others within
+    seconds), then `gifts` to `targets` in turn, the last at `last`, the others within the
+    minutes before it (after the recharges have settled)."""
+    first = last - age
+    b.recharge(user, packages[0], first)
+    for coins in packages[1:]:
+        b.recharge(user, coins, first + b.rng.randint(1_000, 10_000))
+    lo = max(first + SETTLE_MS, last - 8 * MINUTE_MS)
+    times = sorted(b.rng.randint(lo, last - 1) for _ in gifts[1:]) + [last]
+    for gift, creator, at in zip(gifts, targets, times):
+        b.gift(user, creator, gift, at)
+
+
+def _farm(b: _Builder, drains: Sequence[int], age: Callable[[], int] | None = None,
+          packages: Sequence[int] = (WELCOME,), spend: Callable[[int], int] | None = None,
+          cover: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    """Accounts that each recharge `packages` and give `spend(held)` coins to one creator,
+    the last gift of account i at drains[i]; `cover`: some first send a gift of their
+    prefix to another creator. The creator may then cash out (under payout_concentration's
+    minimum). Returns the creator and each account's (spend, held)."""
+    creator, other = b.id("c"), b.id("o")
+    spent: list[tuple[int, int]] = []
+    diamonds = 0
+    for i, last in enumerate(drains):
+        held = _held(packages)
+        coins = (spend or functools.partial(_full, b))(held)
+        gifts = _drain_gifts(b, coins, _need(held), b.rng.randint(1, 4))
+        targets = [creator] * len(gifts)
+        if cover and len(gifts) > 1 and b.rng.random() < 0.5:
+            targets[0] = other
+        _account(b, b.id(f"u{i}"), packages, (age or functools.partial(_fresh, b))(), gifts, targets, last)
+        diamonds += sum(b.econ.creator_diamonds(b.cost(g)) for g, t in zip(gifts, targets) if t == creator)
+        spent.append((coins, held))
+    if diamonds >= b.econ.min_payout_diamonds and b.rng.random() < 0.6:
+        top = min(diamonds, RULES.payout_concentration.min_diamonds * 9 // 10)
+        b.payout(creator, b.rng.randint(b.econ.min_payout_diamonds, top),
+                 max(drains) + b.rng.randint(10 * MINUTE_MS, 2 * HOUR_MS))
+    return creator, spent
+
+
+def _spread(rng: random.Random, n: int, span: int) -> list[int]:
+    """n times in [0, span], the first at 0 and the last at span."""
+    return [0] + sorted(rng.randint(0, span) for _ in range(n - 2)) + [span]
+
+
+def _farmers(b: _Builder) -> int:
+    return b.rng.randint(FARMED.accounts, 4 * FARMED.accounts)
+
+
+def _crowd(b: _Builder) -> int:
+    return b.rng.randint(FARMED.accounts, 3 * FARMED.accounts)
+
+
+def _farm_burst(b: _Builder) -> Made:
+    """10-40 fresh accounts each recharge the welcome package and drain it (90-100 %)
+    into one creator within 2-15 minutes."""
+    n = _farmers(b)
+    creator, _ = _farm(b, _burst(b.rng, n, b.rng.randint(2 * MINUTE_MS, 15 * MINUTE_MS)))
+    return Made("creator", creator, n / FARMED.accounts)
+
+
+def _farm_spread(b: _Builder) -> Made:
+    """The same, spread over 40-58 minutes, some accounts first sending a gift elsewhere."""
+    n = _farmers(b)
+    creator, _ = _farm(b, _spread(b.rng, n, b.rng.randint(40 * MINUTE_MS, 58 * MINUTE_MS)), cover=True)
+    return Made("creator", creator, n / FARMED.accounts)
+
+
+def _farm_two_promotions(b: _Builder) -> Made:
+    """Each account takes both promotions (the welcome and the starter package) and
+    drains 90-100 % of the 800 coins within 5-50 minutes."""
+    n = _farmers(b)
+    creator, _ = _farm(b, _spread(b.rng, n, b.rng.randint(5 * MINUTE_MS, 50 * MINUTE_MS)),
+                       packages=(WELCOME, STARTER))
+    return Made("creator", creator, n / FARMED.accounts)
+
+
+def _farm_aged(b: _Builder) -> Made:
+    """Accounts made 1-20 hours before, drained together within 5-50 minutes."""
+    n = _farmers(b)
+    creator, _ = _farm(b, _spread(b.rng, n, b.rng.randint(5 * MINUTE_MS, 50 * MINUTE_MS)),
+                       age=lambda: b.rng.randint(HOUR_MS, 20 * HOUR_MS))
+    return Made("creator", creator, n / FARMED.accounts)
+
+
+def _within_hour(b: _Builder, n: int) -> list[int]:
+    return _spread(b.rng, n, b.rng.randint(5 * MINUTE_MS, FARMED.window_ms - 5 * MINUTE_MS))
+
+
+def _one_short(b: _Builder) -> Made:
+    """A farm of accounts - 1 accounts, with 0-4 long-standing fans gifting the creator
+    too (recharged a package no promotion lists, days before)."""
+    n = FARMED.accounts - 1
+    drains = _within_hour(b, n)
+    creator, _ = _farm(b, drains)
+    for i in range(b.rng.randint(0, 4)):
+        fan = b.id(f"f{i}")
+        b.recharge(fan, b.rng.randint(2_000, 5_000), -_old_age(b))
+        for _ in range(b.rng.randint(1, 3)):
+            b.gift(fan, creator, _cheap(b), b.rng.randint(0, max(drains)))
+    return Made("creator", creator, n / FARMED.accounts)
+
+
+def _under_drain(b: _Builder) -> Made:
+    """10-30 new accounts with the welcome bonus give one creator 85-89 % of it (the most
+    drained of them 86-89 %)."""
+    top = b.rng.uniform(0.86, 0.89)
+    creator, spent = _farm(b, _within_hour(b, _crowd(b)),
+                           spend=lambda held: b.rng.randint(math.ceil(0.85 * held), int(top * held)))
+    return Made("creator", creator, max(s / h for s, h in spent) * 100 / FARMED.spent_percent)
+
+
+def _just_old_farm(b: _Builder) -> Made:
+    """Accounts that took the bonus 101-110 % of new_sender_ms before draining it."""
+    ages: list[int] = []
+    youngest = b.rng.uniform(1.01, 1.08)
+
+    def age() -> int:
+        ages.append(int(b.rng.uniform(youngest, 1.10) * FARMED.new_sender_ms))
+        return ages[-1]
+
+    creator, _ = _farm(b, _within_hour(b, _crowd(b)), age=age)
+    return Made("creator", creator, min(ages) / FARMED.new_sender_ms)
+
+
+def _no_bonus_farm(b: _Builder) -> Made:
+    """New accounts that drain a package no promotion lists into one creator (a new
+    creator's friends): no bonus to farm. Under recharge_burn's min_coins."""
+    creator, _ = _farm(b, _within_hour(b, _crowd(b)), packages=(UNLISTED,))
+    return Made("creator", creator, 0.0)
+
+
+def _slow_farm(b: _Builder) -> Made:
+    """10-14 drained accounts, evenly spread: any 10 of them span 101-110 % of the window."""
+    w = FARMED.window_ms
+    n, k = b.rng.randint(FARMED.accounts, FARMED.accounts + 4), FARMED.accounts - 1
+    step = b.rng.uniform(1.012, 1.099) * w / k  # jitter of a second keeps it in 1.01-1.10
+    drains = [int(i * step) + (b.rng.randint(-1_000, 1_000) if i else 0) for i in range(n)]
+    creator, _ = _farm(b, drains)
+    return Made("creator", creator, min(drains[i + k] - drains[i] for i in range(n - k)) / w)
+
+
+def _new_viewers(b: _Builder) -> Made:
+    """A creator's stream draws 10-30 new viewers within the hour: each takes the welcome
+    bonus (a few the starter too) and spends 20-75 % of it, on this creator and others."""
+    creator, others = b.id("c"), b.ids("o", b.rng.randint(0, 2))
+    shares: list[float] = []
+    for i, last in enumerate(_within_hour(b, _crowd(b))):
+        packages = (WELCOME, STARTER) if b.rng.random() < 0.2 else (WELCOME,)
+        held = _held(packages)
+        coins = b.rng.randint(math.ceil(0.2 * held), int(0.75 * held))
+        gifts = _drain_gifts(b, coins, coins, b.rng.randint(1, 4))
+        targets = [creator] + [b.rng.choice([creator, *others]) for _ in gifts[1:]]
+        _account(b, b.id(f"u{i}"), packages, _fresh(b), gifts, targets, last)
+        shares.append(coins / held)
+    return Made("creator", creator, max(shares) * 100 / FARMED.spent_percent)
+
+
 # -- the set -------------------------------------------------------------------------------
 
 Shape = Callable[[_Builder], Made]
@@ -636,6 +877,12 @@ SHAPES: dict[str, dict[str, tuple[tuple[str, Shape], ...]]] = {
     "rejection_probe": {
         "fraud": (("mixed_reasons", _probe),),
         "near_miss": (("retry_insufficient", _retry_insufficient), ("retry_limit", _retry_limit)),
+    },
+    "bonus_farming": {
+        "fraud": (("burst", _farm_burst), ("spread", _farm_spread), ("two_promotions", _farm_two_promotions),
+                  ("aged_accounts", _farm_aged)),
+        "near_miss": (("accounts", _one_short), ("drain_percent", _under_drain), ("sender_age", _just_old_farm),
+                      ("no_bonus", _no_bonus_farm), ("farm_window", _slow_farm), ("new_viewers", _new_viewers)),
     },
 }
 

@@ -1,11 +1,14 @@
-"""tools/fraud_eval.py: a seeded series is judged by its worst run, not its best."""
+"""tools/fraud_eval.py: a seeded series is judged by its worst run, not its best; a
+promotion expects no outcome."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from agents.fraud.thresholds import RULES
-from tools.fraud_eval import markdown, summarize
+from tools.fraud_eval import expected_outcomes, markdown, summarize
+from tools.simulate import message
+from tools.simulate_fraud import promotions
 
 
 def run(precision: float | None, recall: float | None, p99: float | None, fp: int = 0) -> dict[str, Any]:
@@ -35,3 +38,13 @@ def test_a_series_that_meets_every_target_in_every_run() -> None:
     text = markdown({"date": "d", "series": "2 runs", "summary": summary, "command": "c",
                      "runs": [run(1.0, 0.975, 300), run(0.96, 1.0, 1_900)]})
     assert "| gift_velocity | 0.98 | 0.96 |" in text and "**no**" not in text
+
+
+def test_only_well_formed_events_expect_an_outcome_and_promotions_none() -> None:
+    gift = message("gifts", {"event_id": "g1", "sender_id": "u1", "creator_id": "c1", "stream_id": "s1",
+                             "gift_id": "rose", "quantity": 1, "ts": 1_780_000_000_000}, "sender_id")
+    recharge = message("recharges", {"event_id": "r1", "user_id": "u1", "coins": 100, "amount_cents": 100,
+                                     "currency": "USD", "ts": 1_780_000_000_000}, "user_id")
+    malformed = ("gifts", b"u1", b"{oops")
+    promos = promotions(1_780_000_000_000, 1_780_086_400_000)
+    assert expected_outcomes([*promos, recharge, gift, malformed]) == 2

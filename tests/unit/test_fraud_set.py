@@ -1,14 +1,16 @@
 """The labelled fraud set (tools/simulate_fraud.py), measured by a checker written from
 the rules' meaning (the thresholds' docstrings and CONTRACT.md), not from the detectors:
 the independent reference ledger decides which gifts are accepted, then each rule's
-quantity is computed from a script's events alone. Every near-miss must miss, by the
-margin its shape promises, and meet its rule's other conditions; every fraud instance
-must cross its own rule, and no script any other rule."""
+quantity is computed from a script's events alone (under the set's promotions, which
+the reference ledger applies too). Every near-miss must miss, by the margin its shape
+promises, and meet its rule's other conditions; every fraud instance must cross its own
+rule, and no script any other rule."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,12 +22,16 @@ from agents.fraud.thresholds import RULES, FraudRules
 from pipeline import economics
 from tests.support.reference import ReferenceLedger
 from tools import fraud_eval
-from tools.simulate_fraud import PATTERNS, Script, scripts
+from tools.simulate_fraud import PATTERNS, Script, promotions, scripts
 
 R = FraudRules()  # the default thresholds: the set is built against them
 V, B, L, C, P = R.gift_velocity, R.recharge_burn, R.gift_loop, R.payout_concentration, R.rejection_probe
+F = R.bonus_farming
 T0 = 1_780_000_000_000
 LEAD, SPAN = fraud_eval.HISTORY_MS, fraud_eval.TRAFFIC_MS
+HOUR, MINUTE = 3_600_000, 60_000
+# The set's promotions as the evaluation publishes them: before everything, in force throughout.
+PROMOTIONS = [(topic, value) for topic, _, value in promotions(T0 - LEAD, T0 + SPAN + HOUR, prefix="x")]
 Row = tuple[str, dict[str, Any], dict[str, Any]]  # (topic, event, outcome), in event-time order
 
 
@@ -33,11 +39,14 @@ Row = tuple[str, dict[str, Any], dict[str, Any]]  # (topic, event, outcome), in 
 
 
 def decide(events: Iterable[tuple[str, bytes]]) -> list[Row]:
+    """The events' rows; a promotion is applied, and has no row (it has no outcome)."""
     ref = ReferenceLedger()
     rows = []
     for topic, value in events:
         ev = json.loads(value)
-        rows.append((topic, ev, ref.apply(topic, ev)))
+        out = ref.feed(topic, ev)
+        if out is not None:
+            rows.append((topic, ev, out))
     return rows
 
 
@@ -135,6 +144,66 @@ def pay(payout: dict[str, Any], credited: list[tuple[int, str, int]], first: dic
     return Pay(payout["diamonds"], total, sum(new[: C.max_senders]), len(new), needed, age_needed)
 
 
+@dataclass(frozen=True)
+class Gave:
+    """An accepted gift with its sender's ledger after it, as the reference keeps it."""
+
+    ts: int
+    sender: str
+    creator: str
+    age: int  # since the sender's first event
+    held: int  # coins recharged plus bonus coins received, so far
+    balance: int
+    bonus: int  # bonus coins received so far
+    bonuses: int  # bonuses received so far
+
+    @property
+    def share(self) -> float:
+        """What the sender has spent of all it ever had."""
+        return 1 - self.balance / self.held
+
+
+def drained(g: Gave, spent_percent: int = F.spent_percent, new_ms: float = F.new_sender_ms,
+            bonus: bool = True) -> bool:
+    """A farmed gift (the rule's defaults), or with one condition relaxed."""
+    return (g.bonus > 0 or not bonus) and g.age < new_ms and g.balance * 100 <= (100 - spent_percent) * g.held
+
+
+def most(gaves: Iterable[Gave], pred: Callable[[Gave], bool] = drained, window: int = F.window_ms) -> int:
+    """The most distinct senders with a gift meeting `pred` at times spanning less than
+    `window`."""
+    points = sorted((g.ts, g.sender) for g in gaves if pred(g))
+    inside: Counter[str] = Counter()
+    best = lo = 0
+    for t, sender in points:
+        inside[sender] += 1
+        while points[lo][0] <= t - window:
+            inside[points[lo][1]] -= 1
+            if not inside[points[lo][1]]:
+                del inside[points[lo][1]]
+            lo += 1
+        best = max(best, len(inside))
+    return best
+
+
+def span_needed(gaves: Iterable[Gave], k: int = F.accounts, pred: Callable[[Gave], bool] = drained) -> int | None:
+    """The shortest time spanned by gifts meeting `pred` of `k` distinct senders (None:
+    there are not so many)."""
+    points = sorted((g.ts, g.sender) for g in gaves if pred(g))
+    inside: Counter[str] = Counter()
+    best, lo = None, 0
+    for t, sender in points:
+        inside[sender] += 1
+        while len(inside) >= k and (inside[points[lo][1]] > 1 or len(inside) > k):
+            inside[points[lo][1]] -= 1
+            if not inside[points[lo][1]]:
+                del inside[points[lo][1]]
+            lo += 1
+        if len(inside) >= k and (best is None or t - points[lo][0] < best):
+            best = t - points[lo][0]
+    return best
+
+
 @dataclass
 class Figures:
     gifts: dict[str, int]  # sender -> most accepted gifts within a velocity window
@@ -146,6 +215,8 @@ class Figures:
     legs: dict[tuple[str, str], int]  # accepted coins one way
     loops: dict[tuple[str, str], Loop]  # pairs with gifts both ways
     payouts: dict[str, Pay]  # by creator (the last payout)
+    gave: list[Gave] = field(default_factory=list)  # every accepted gift
+    farms: dict[str, list[Gave]] = field(default_factory=dict)  # by creator
 
 
 def measure(rows: list[Row]) -> Figures:
@@ -175,7 +246,27 @@ def measure(rows: list[Row]) -> Figures:
             f.burns[who], f.unbounded[who] = burn(own, True), burn(own, False)
     _pairs(f, accepted)
     _payouts(f, rows, accepted, first)
+    _gave(f, rows, first)
     return f
+
+
+def _gave(f: Figures, rows: list[Row], first: dict[str, int]) -> None:
+    recharged: Counter[str] = Counter()
+    bonus: Counter[str] = Counter()
+    bonuses: Counter[str] = Counter()
+    farms: dict[str, list[Gave]] = defaultdict(list)
+    for topic, ev, out in rows:
+        if topic == "recharges" and out["status"] == "accepted":
+            recharged[ev["user_id"]] += ev["coins"]
+            bonus[ev["user_id"]] += out["bonus_coins"] or 0
+            bonuses[ev["user_id"]] += out["promo_id"] is not None
+        elif topic == "gifts" and out["status"] == "accepted":
+            s = ev["sender_id"]
+            g = Gave(ev["ts"], s, ev["creator_id"], ev["ts"] - first[s], recharged[s] + bonus[s], out["balance_after"],
+                     bonus[s], bonuses[s])
+            f.gave.append(g)
+            farms[g.creator].append(g)
+    f.farms = dict(farms)
 
 
 def _pairs(f: Figures, accepted: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
@@ -207,11 +298,12 @@ def crossed(f: Figures) -> dict[str, set[str]]:
         "payout_concentration": {c for c, p in f.payouts.items() if p.diamonds >= C.min_diamonds
                                  and p.total > 0 and p.top_new * 100 >= C.percent * p.total},
         "rejection_probe": {s for s, n in f.rejections.items() if n >= P.rejections},
+        "bonus_farming": {c for c, gaves in f.farms.items() if most(gaves) >= F.accounts},
     }
 
 
 def script_rows(script: Script) -> list[Row]:
-    return decide((m[0], m[2]) for _, m in sorted(script.events, key=lambda e: e[0]))
+    return decide([*PROMOTIONS, *((m[0], m[2]) for _, m in sorted(script.events, key=lambda e: e[0]))])
 
 
 def pair_of(f: Figures, who: str) -> Loop:
@@ -234,6 +326,25 @@ def _spends(b: Burn) -> bool:
 
 def _share(p: Pay) -> float:
     return p.top_new * 100 / p.total / C.percent
+
+
+def _farmed(f: Figures, s: str) -> float:
+    """Distinct farmed senders of creator `s` within a window, over the rule's count."""
+    return most(f.farms[s]) / F.accounts
+
+
+def _drain_span(f: Figures, s: str) -> int:
+    times = [g.ts for g in f.farms[s] if drained(g)]
+    return max(times) - min(times)
+
+
+def _new_with_bonus(g: Gave) -> bool:
+    return g.bonus > 0 and g.age < F.new_sender_ms
+
+
+def _most_drained(f: Figures) -> float:
+    """The largest share spent by a new sender with a bonus, over the rule's spent_percent."""
+    return max(g.share for g in f.gave if _new_with_bonus(g)) * 100 / F.spent_percent
 
 
 NEAR_MISS: dict[str, tuple[Check, tuple[float, float]]] = {
@@ -268,6 +379,21 @@ NEAR_MISS: dict[str, tuple[Check, tuple[float, float]]] = {
                            (0.90, 0.99)),
     "retry_limit": (lambda f, s: (f.rejections[s] / P.rejections, f.reasons[s] == {"spend_limit_exceeded"}),
                     (0.90, 0.99)),
+    # bonus_farming: the conditions are count, drain, age, bonus and window; each of
+    # these misses one, and meets the others (that one relaxed, the farm would cross).
+    "accounts": (lambda f, s: (_farmed(f, s), len({g.sender for g in f.farms[s] if drained(g)}) == F.accounts - 1),
+                 ((F.accounts - 1) / F.accounts,) * 2),
+    "drain_percent": (lambda f, s: (_most_drained(f), most(f.farms[s], lambda g: drained(g, spent_percent=85))
+                                    >= F.accounts), (0.90, 0.99)),
+    "sender_age": (lambda f, s: (min(g.age for g in f.farms[s] if drained(g, new_ms=math.inf)) / F.new_sender_ms,
+                                 most(f.farms[s], lambda g: drained(g, new_ms=math.inf)) >= F.accounts), (1.01, 1.10)),
+    "no_bonus": (lambda f, s: (max(g.bonus for g in f.farms[s]),
+                               most(f.farms[s], lambda g: drained(g, bonus=False)) >= F.accounts), (0.0, 0.0)),
+    "farm_window": (lambda f, s: ((span_needed(f.farms[s]) or 0) / F.window_ms,
+                                  most(f.farms[s], lambda g: drained(g), 2 * F.window_ms) >= F.accounts),
+                    (1.01, 1.10)),
+    # honest: a creator's crowd of new viewers, each with the welcome bonus, spending part of it
+    "new_viewers": (lambda f, s: (_most_drained(f), most(f.farms[s], _new_with_bonus) >= F.accounts), (0.2, 0.85)),
 }
 FRAUD: dict[str, Check] = {
     "by_count": lambda f, s: (f.gifts[s] / V.gifts, True),
@@ -279,6 +405,10 @@ FRAUD: dict[str, Check] = {
     "new_senders_2": lambda f, s: (_share(f.payouts[s]), f.payouts[s].new_senders == 2),
     "new_senders_3": lambda f, s: (_share(f.payouts[s]), f.payouts[s].new_senders == 3),
     "mixed_reasons": lambda f, s: (f.rejections[s] / P.rejections, len(f.reasons[s]) >= 2),
+    "burst": lambda f, s: (_farmed(f, s), _drain_span(f, s) <= 15 * MINUTE),
+    "spread": lambda f, s: (_farmed(f, s), _drain_span(f, s) >= 40 * MINUTE),
+    "two_promotions": lambda f, s: (_farmed(f, s), all(g.bonuses == 2 for g in f.farms[s] if drained(g))),
+    "aged_accounts": lambda f, s: (_farmed(f, s), min(g.age for g in f.farms[s] if drained(g)) >= HOUR),
 }
 
 
@@ -311,6 +441,9 @@ def test_every_rule_has_its_shapes_in_the_default_counts(default_set: list[tuple
         ("rejection_probe", "fraud", "mixed_reasons"): 40,
         ("rejection_probe", "near_miss", "retry_insufficient"): 20,
         ("rejection_probe", "near_miss", "retry_limit"): 20,
+        **{("bonus_farming", "fraud", k): 10 for k in ("burst", "spread", "two_promotions", "aged_accounts")},
+        **{("bonus_farming", "near_miss", k): 7 for k in ("accounts", "drain_percent", "sender_age", "no_bonus")},
+        ("bonus_farming", "near_miss", "farm_window"): 6, ("bonus_farming", "near_miss", "new_viewers"): 6,
     }
     keys = {"label", "pattern", "shape", "margin", "subject_type", "subject_id", "event_ids", "first_ts", "last_ts"}
     assert all(set(s.label) == keys for s, _ in default_set)
@@ -330,7 +463,7 @@ def test_every_near_miss_misses_by_its_margin_and_meets_the_other_conditions(
         assert others, (label["shape"], label["subject_id"])
         assert label["margin"] == pytest.approx(margin, abs=1e-4), label["shape"]
         seen += 1
-    assert seen == 200
+    assert seen == 240
 
 
 def test_every_fraud_instance_crosses_its_own_rule_and_no_other(default_set: list[tuple[Script, Figures]]) -> None:
@@ -346,7 +479,7 @@ def test_every_fraud_instance_crosses_its_own_rule_and_no_other(default_set: lis
         assert margin >= 1.0 and shaped, (label["shape"], margin)
         assert label["margin"] == pytest.approx(margin, abs=1e-4), label["shape"]
         seen += 1
-    assert seen == 180
+    assert seen == 220
 
 
 def test_triangles_are_rings_of_three_legs_over_min_coins_within_a_window(
@@ -399,20 +532,25 @@ def test_the_evaluation_set_is_dense_and_its_ordinary_traffic_crosses_nothing() 
     fraud_eval.add_arguments(parser)
     args = parser.parse_args([])
     messages, labels = fraud_eval.generated(args, economics.load())
-    assert len(labels) == 400 and len(messages) > fraud_eval.USERS + args.normal
+    assert len(labels) == 480 and len(messages) > fraud_eval.USERS + args.normal
+    assert [topic for topic, _, _ in messages[:2]] == ["promotions"] * 2  # before any recharge
     values = [(topic, json.loads(value)) for topic, _, value in messages]
     times = [ev["ts"] for _, ev in values]
     assert times == sorted(times)
     start = times[0] + fraud_eval.HISTORY_MS  # the history comes first
-    ordinary = [ev["ts"] for _, ev in values if ev["event_id"].startswith("ne")]
+    ordinary = [ev["ts"] for _, ev in values if ev.get("event_id", "").startswith("ne")]
     assert len(ordinary) == args.normal and start < min(ordinary) and max(ordinary) <= start + SPAN
     assert SPAN <= 6 * 3_600_000  # an event every ~0.2 s, not every 1.7 s
     assert min(times) >= start - LEAD and max(times) <= start + SPAN
-    found = crossed(measure(decide((topic, value) for topic, _, value in messages)))
+    rows = decide((topic, value) for topic, _, value in messages)
+    # Ordinary viewers take the promotions too (a 100-coin package once each).
+    assert sum(1 for topic, ev, out in rows if topic == "recharges" and ev["event_id"].startswith("ne")
+               and out["bonus_coins"]) > 100
+    found = crossed(measure(rows))
     crossing = {(rule, who.split("-")[0]) for rule, subjects in found.items() for who in subjects}
     frauds = {(lab["pattern"], lab["subject_id"].split("-")[0]) for lab in labels if lab["label"] == "fraud"}
     assert crossing <= frauds, crossing - frauds  # ordinary traffic and near-misses cross nothing
-    assert len(crossing) == 180  # every fraud instance but the triangles, merged into the traffic
+    assert len(crossing) == 220  # every fraud instance but the triangles, merged into the traffic
 
 
 def test_the_patterns_are_the_rules() -> None:

@@ -1,5 +1,6 @@
-"""Injected fraud patterns: well-formed, merged by event time and labelled reproducibly.
-Whether each crosses or narrowly misses its rule is checked by test_fraud_set.py."""
+"""Injected fraud patterns: well-formed, merged by event time and labelled reproducibly;
+the set's promotions well-formed and in force over it. Whether each crosses or narrowly
+misses its rule is checked by test_fraud_set.py."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import json
 
 import pytest
 
-from agents.ingest.decode import Malformed, decode
+from agents.ingest.decode import Malformed, decode, decode_promotion
+from agents.ingest.records import Promotion
 from pipeline import economics
+from tests.support.reference import ReferenceLedger
 from tools.simulate import SimConfig, generate
-from tools.simulate_fraud import inject, scripts
+from tools.simulate_fraud import PROMOTIONS, STARTER, UNLISTED, WELCOME, _held, inject, promotions, scripts
 
 T0 = 1_780_000_000_000
 MIN, DAY = 60_000, 86_400_000
@@ -38,3 +41,23 @@ def test_labels_are_reproducible(seed: int) -> None:
     a = scripts(1, 1, T0, DAY, seed)
     b = scripts(1, 1, T0, DAY, seed)
     assert [s.label for s in a] == [s.label for s in b] and [s.events for s in a] == [s.events for s in b]
+
+
+def test_the_promotions_are_well_formed_and_in_force_over_the_set() -> None:
+    records = promotions(T0, T0 + DAY, prefix="p-")
+    decoded = [decode_promotion(key, value, T0) for _, key, value in records]
+    assert all(isinstance(p, Promotion) for p in decoded), decoded
+    assert [p.promo_id for p in decoded] == [f"p-{promo_id}" for promo_id, *_ in PROMOTIONS]  # type: ignore[union-attr]
+    assert all(p.ts == p.starts_ts == T0 and p.ends_ts == T0 + DAY for p in decoded)  # type: ignore[union-attr]
+    assert {t for t, _, _ in records} == {"promotions"}
+
+
+@pytest.mark.parametrize("packages", [(WELCOME,), (WELCOME, STARTER), (UNLISTED,), (WELCOME, WELCOME)])
+def test_what_an_account_holds_is_what_the_reference_ledger_gives(packages: tuple[int, ...]) -> None:
+    ref = ReferenceLedger()
+    for _, _, value in promotions(T0, T0 + DAY):
+        ref.feed("promotions", json.loads(value))
+    for i, coins in enumerate(packages):
+        ref.apply("recharges", {"event_id": f"r{i}", "user_id": "u", "coins": coins, "amount_cents": coins,
+                                "currency": "USD", "ts": T0 + i})
+    assert ref.coins["u"] == _held(packages)
