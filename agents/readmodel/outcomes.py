@@ -175,13 +175,13 @@ class OutcomeWaiters:
         deadline = loop.time() + wait_ms / 1000
         try:
             while True:
-                # Between the first read and the registration the outcome may have come:
-                # read again before every wait.
+                # Cleared before the read: a notification that comes while it runs is
+                # kept for the wait (the outcome may have come since the last read).
+                event.clear()
                 found = await self.redis.get(key_of(self.prefix, event_id))
                 left = deadline - loop.time()
                 if found is not None or left <= 0:
                     return found
-                event.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(left, POLL_S))
         finally:

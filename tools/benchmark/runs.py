@@ -219,6 +219,8 @@ async def latency(s: Settings, messages: list[Message], rate: float, log_dir: Pa
     to_outcome: list[tuple[float, float]] = []  # (sent, seconds)
     to_board: list[tuple[float, float]] = []
     to_answer: list[tuple[float, float]] = []
+    asked_set = set(asked)
+    to_outcome_asked: list[float] = []  # the same gifts' time to their outcome on the topic
     pending: dict[bytes, tuple[str, str, int]] = {}
     with ExitStack() as stack:
         pids = [p.pid for p in start_workers(stack, s, 1, log_dir)]
@@ -243,6 +245,8 @@ async def latency(s: Settings, messages: list[Message], rate: float, log_dir: Pa
                         seen += 1
                         sent = sent_at[r.key]
                         to_outcome.append((sent - started, now - sent))
+                        if r.key in asked_set:
+                            to_outcome_asked.append(now - sent)
                         if r.key in sampled and b'"status":"accepted"' in r.value:
                             coins = int(re.search(rb'"coins":(\d+)', r.value).group(1))  # type: ignore[union-attr]
                             pending[r.key] = (*sampled[r.key], coins)
@@ -303,6 +307,7 @@ async def latency(s: Settings, messages: list[Message], rate: float, log_dir: Pa
     figures["to_outcome"] = percentiles([x for _, x in to_outcome])
     figures["to_leaderboard"] = percentiles([x for _, x in to_board])
     figures["to_http_answer"] = percentiles([x for _, x in to_answer])
+    figures["to_outcome_of_the_asked_gifts"] = percentiles(to_outcome_asked)
     figures["http_answer_sample"] = f"every {ANSWER_SAMPLE}th gift, GET /outcomes/{{id}}?wait_ms=10000 after its send"
     for row in figures["timeline"]:  # latency by the second of sending
         second = [x for t, x in to_outcome if row["t"] - SAMPLE_S <= t < row["t"]]
