@@ -24,6 +24,7 @@ from agents.credit.rules import CreditBatch, apply_credit, apply_payout, duplica
 from agents.credit.state import CreatorState
 from agents.ingest.decode import Malformed, decode
 from agents.ingest.records import Payout
+from agents.ledger.promotions import PromotionBook
 from agents.ledger.rules import apply_user_event, duplicate_outcome
 from agents.ledger.state import UserState
 from agents.readmodel import leaderboards
@@ -68,7 +69,8 @@ def create_app() -> faust.App:
                 outcome = duplicate_outcome(state, ev, econ)
             else:
                 seen[dedupe] = True
-                outcome, credit = apply_user_event(state, ev, econ)
+                decided = apply_user_event(state, ev, econ, NO_PROMOTIONS)  # the naive app reads no promotions
+                outcome, credit = decided.outcome, decided.credit
                 users[ev.key] = state.to_json()
                 if credit is not None:
                     await credits.send(key=credit.creator_id.encode(), value=dumps(
@@ -104,6 +106,9 @@ def create_app() -> faust.App:
             await outcomes.send(key=ev.event_id.encode(), value=dumps(outcome))
 
     return app
+
+
+NO_PROMOTIONS = PromotionBook(7 * 86_400_000)
 
 
 def main() -> None:

@@ -126,7 +126,7 @@ def desired(settings: Settings, plan: Plan) -> list[Acl]:
     out.append(Acl(p, "transactional-id", "prefixed", t("ledger-tx-"), "write", "transactional ids, one per partition"))
     if plan.redrive:
         out.append(Acl(p, "transactional-id", "literal", t("ledger-redrive"), "write", "`redrive`"))
-        for name in topics.INPUTS:
+        for name in topics.PARTITIONED_INPUTS:  # promotions are not redriven (pipeline/redrive.py)
             out.append(Acl(p, "topic", "literal", t(name), "write", "`redrive`"))
     for topic in topics.INPUTS:
         for principal in plan.producers.get(topic, ()):
