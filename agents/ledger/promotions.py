@@ -48,7 +48,6 @@ class PromotionBook:
         self.behind_ms = behind_ms  # how old an in-time event can be (TimeBounds.behind_ms)
         self.versions: dict[str, list[Version]] = {}
         self.by_package: dict[int, set[str]] = {}  # coins -> promotions that ever listed them
-        self.published = 0  # records applied (for the dashboard and tests)
 
     def publish(self, item: Promotion | Withdrawal, now_ms: float) -> str | None:
         """Apply one record, in its partition's order; the reason if it is refused."""
@@ -72,7 +71,6 @@ class PromotionBook:
         if promo is not None:
             for coins in promo.packages:
                 self.by_package.setdefault(coins, set()).add(item.promo_id)
-        self.published += 1
         self.check(item.promo_id)
         return None
 

@@ -60,7 +60,6 @@ class Broadcast:
         self.consumer: AIOKafkaConsumer | None = None
         self.tps: list[TopicPartition] = []
         self.letters: deque[Letter] = deque()
-        self.applied = 0
         self._positions: dict[TopicPartition, int] = {}
 
     async def start(self) -> None:
@@ -124,7 +123,6 @@ class Broadcast:
                                       "not dead-lettered", dropped.tp.topic, dropped.tp.partition, dropped.offset,
                                       MAX_LETTERS)
                         self.letters.append(Letter(tp, r.offset, r.key, r.value, error))
-                    self.applied += 1
             for tp in behind:  # past control records too
                 self._positions[tp] = await consumer.position(tp)
         return True
